@@ -1,0 +1,187 @@
+"""Numba kernels against a plain-Python walk of the same packed node arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from sklearn.ensemble import RandomForestRegressor
+
+from tpgrid import _kernels
+from tpgrid.forest import EXTRA_LOCKSTEP_LEVELS, PackedForest, pack_forest
+
+N_FEATURES = 4
+
+
+def reference_tree_predictions(forest: PackedForest, X: np.ndarray) -> np.ndarray:
+    """The obvious walk: from each root, step left or right until a node points to itself."""
+    out = np.full((X.shape[0], forest.n_trees), np.nan)
+    for i, x in enumerate(X):
+        if np.isnan(x).any():
+            continue
+        for t, k in enumerate(forest.roots):
+            while forest.left[k] != k:
+                k = forest.left[k] + int(x[forest.feature[k]] > forest.threshold[k])
+            out[i, t] = forest.value[k]
+    return out
+
+
+def mean_variance(
+    forest: PackedForest, X: np.ndarray, lockstep_levels: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    levels = forest.lockstep_levels if lockstep_levels is None else lockstep_levels
+    return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
+        X, forest.feature, forest.threshold, forest.left, forest.value, forest.roots, levels
+    )
+
+
+def tree_predictions(forest: PackedForest, X: np.ndarray) -> np.ndarray:
+    return _kernels.forest_tree_predictions(  # type: ignore[no-any-return]
+        X, forest.feature, forest.threshold, forest.left, forest.value, forest.roots
+    )
+
+
+def stump(threshold: float | np.float32, feature: int = 1) -> PackedForest:
+    """One tree: ``x[feature] <= threshold`` → 10.0, else 20.0."""
+    return PackedForest(
+        feature=np.array([feature, 0, 0], dtype=np.int16),
+        threshold=np.array([threshold, np.inf, np.inf], dtype=np.float32),
+        left=np.array([1, 1, 2], dtype=np.int32),
+        value=np.array([15.0, 10.0, 20.0]),
+        roots=np.array([0], dtype=np.int32),
+        n_features=N_FEATURES,
+    )
+
+
+@pytest.fixture(scope="module")
+def forest() -> PackedForest:
+    """Deep trees, plus shallow ones and single-leaf ones, in one forest."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((400, N_FEATURES)).astype(np.float32)
+    y = np.sin(3 * X[:, 0]) + X[:, 1] * X[:, 2] + 100.0
+    parts = [
+        pack_forest(RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y)),
+        pack_forest(RandomForestRegressor(n_estimators=3, max_depth=2, random_state=1).fit(X, y)),
+        pack_forest(RandomForestRegressor(n_estimators=2, random_state=2).fit(X, np.ones(400))),
+    ]
+    offsets = np.cumsum([0] + [p.n_nodes for p in parts[:-1]]).astype(np.int32)
+    return PackedForest(
+        feature=np.concatenate([p.feature for p in parts]),
+        threshold=np.concatenate([p.threshold for p in parts]),
+        left=np.concatenate([p.left + o for p, o in zip(parts, offsets, strict=True)]),
+        value=np.concatenate([p.value for p in parts]),
+        roots=np.concatenate([p.roots + o for p, o in zip(parts, offsets, strict=True)]),
+        n_features=N_FEATURES,
+    )
+
+
+def random_rows(n: int, seed: int, nan_fraction: float = 0.0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, N_FEATURES)).astype(np.float32)
+    X[rng.random((n, N_FEATURES)) < nan_fraction] = np.nan
+    return X
+
+
+def test_row_exactly_on_the_threshold_goes_left_and_the_next_float_goes_right() -> None:
+    t = np.float32(0.3)
+    X = np.zeros((3, N_FEATURES), dtype=np.float32)
+    X[:, 1] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))]
+    assert tree_predictions(stump(t), X)[:, 0].tolist() == [10.0, 20.0, 10.0]
+    assert mean_variance(stump(t), X)[0].tolist() == [10.0, 20.0, 10.0]
+
+
+def test_zero_rows_give_empty_outputs(forest: PackedForest) -> None:
+    X = np.empty((0, N_FEATURES), dtype=np.float32)
+    mean, variance = mean_variance(forest, X)
+    assert mean.shape == (0,)
+    assert variance.shape == (0,)
+    assert tree_predictions(forest, X).shape == (0, forest.n_trees)
+
+
+def test_one_row(forest: PackedForest) -> None:
+    X = random_rows(1, seed=1)
+    expected = reference_tree_predictions(forest, X)
+    assert np.array_equal(tree_predictions(forest, X), expected)
+    mean, variance = mean_variance(forest, X)
+    np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
+
+
+TILE_ROWS = _kernels.TILE_VALUES // N_FEATURES
+
+
+@pytest.mark.parametrize("n", [7, 17, TILE_ROWS - 1, TILE_ROWS + 3])
+def test_row_counts_off_the_tile_size(forest: PackedForest, n: int) -> None:
+    X = random_rows(n, seed=n, nan_fraction=0.05)
+    expected = tree_predictions(forest, X)  # the simple walk, checked against the reference
+    mean, variance = mean_variance(forest, X)
+    np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    X=st.integers(0, 90).flatmap(
+        lambda n: arrays(
+            np.float32,
+            (n, N_FEATURES),
+            elements=st.one_of(
+                st.floats(-3, 3, width=32), st.just(np.float32(np.nan)), st.just(np.float32(0))
+            ),
+        )
+    )
+)
+def test_mean_and_variance_are_the_statistics_of_the_tree_predictions(
+    forest: PackedForest, X: np.ndarray
+) -> None:
+    per_tree = reference_tree_predictions(forest, X)
+    mean, variance = mean_variance(forest, X)
+    np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
+    assert np.array_equal(tree_predictions(forest, X), per_tree, equal_nan=True)
+
+
+def test_nan_rows_cost_nothing_and_give_nan(forest: PackedForest) -> None:
+    X = np.full((5_000, N_FEATURES), np.nan, dtype=np.float32)
+    mean, variance = mean_variance(forest, X)
+    assert np.isnan(mean).all()
+    assert np.isnan(variance).all()
+
+
+def test_outputs_do_not_depend_on_how_rows_are_split(forest: PackedForest) -> None:
+    X = random_rows(2 * TILE_ROWS + 11, seed=2, nan_fraction=0.02)
+    whole = mean_variance(forest, X)
+    cut = 1000
+    head, tail = mean_variance(forest, X[:cut]), mean_variance(forest, X[cut:])
+    assert np.array_equal(whole[0], np.concatenate([head[0], tail[0]]), equal_nan=True)
+    assert np.array_equal(whole[1], np.concatenate([head[1], tail[1]]), equal_nan=True)
+
+
+@pytest.mark.parametrize("levels", [0, 1, 3, 40])
+def test_any_number_of_lockstep_levels_gives_the_same_result(
+    forest: PackedForest, levels: int
+) -> None:
+    X = random_rows(300, seed=3, nan_fraction=0.02)
+    expected = mean_variance(forest, X)
+    result = mean_variance(forest, X, np.full(forest.n_trees, levels, dtype=np.int32))
+    assert np.array_equal(result[0], expected[0], equal_nan=True)
+    assert np.array_equal(result[1], expected[1], equal_nan=True)
+
+
+def test_lockstep_levels_are_the_shallowest_leaf_plus_extra_capped_at_the_tree_depth(
+    forest: PackedForest,
+) -> None:
+    depth = np.zeros(forest.n_nodes, dtype=int)
+    for k in range(forest.n_nodes):  # parents come before their children
+        if forest.left[k] != k:
+            depth[forest.left[k] : forest.left[k] + 2] = depth[k] + 1
+    leaf = forest.left == np.arange(forest.n_nodes)
+    ends = [*forest.roots[1:8], forest.roots[8]]
+    shallowest = [depth[a:b][leaf[a:b]].min() for a, b in zip(forest.roots[:8], ends, strict=True)]
+    expected = np.array(shallowest) + EXTRA_LOCKSTEP_LEVELS
+    assert forest.lockstep_levels[:8].tolist() == expected.tolist()  # deep trees
+    assert forest.lockstep_levels[8:11].tolist() == [2, 2, 2]  # max_depth=2 trees
+    assert forest.lockstep_levels[11:].tolist() == [0, 0]  # single-leaf trees
+    assert stump(0.0).lockstep_levels.tolist() == [1]

@@ -1,0 +1,185 @@
+"""The ``tpgrid`` command. Thin: parse options, open a Dask client, call the library, report.
+
+A :class:`~tpgrid.errors.TpgridError` is printed as one message, without a traceback, and the
+command exits with its ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tpgrid.errors import TpgridError
+
+app = typer.Typer(
+    help="1 km soil micronutrient maps of the Tibetan Plateau, on Dask.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(stderr=True)
+P = ParamSpec("P")
+R = TypeVar("R")
+
+SchedulerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--scheduler-address",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Use a running Dask scheduler instead of starting a local cluster.",
+    ),
+]
+WorkersOption = Annotated[
+    int | None, typer.Option("--workers", help="Worker processes of the local cluster.")
+]
+OverwriteOption = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing output that is not ours to update.")
+]
+
+
+def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Show a TpgridError as one red message and exit non-zero, without a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except TpgridError as exc:
+            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+            raise typer.Exit(code=exc.exit_code) from None
+
+    return wrapper
+
+
+@app.callback()
+def main(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log what is skipped and why.")
+    ] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(message)s",
+        handlers=[RichHandler(console=console, show_path=False)],
+    )
+
+
+@contextmanager
+def _cluster(address: str | None, workers: int | None) -> Iterator[None]:
+    from tpgrid.client import dask_client
+
+    with dask_client(address, workers) as client:
+        console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+        yield
+
+
+@contextmanager
+def _chunk_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per layer, fed by the cube builder's per-chunk callback."""
+    tasks: dict[str, Any] = {}
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+
+        def update(layer: str, done: int, total: int) -> None:
+            if layer not in tasks:
+                tasks[layer] = progress.add_task(layer, total=total)
+            progress.update(tasks[layer], completed=done)
+
+        yield update
+
+
+@app.command()
+@_user_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Directory to write the synthetic plateau into.")],
+    size: Annotated[
+        str, typer.Option(help="'small' (tests) or 'full' (whole plateau, 1 km).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a synthetic plateau: covariate GeoTIFFs, catalog, grid, sites and truth rasters."""
+    from tpgrid.synthetic import write_plateau
+
+    started = time.perf_counter()
+    files = write_plateau(out, size=size, seed=seed, overwrite=overwrite)
+    console.print(
+        f"Synthetic plateau ({size}, seed {seed}) written to {files.root} "
+        f"in {time.perf_counter() - started:.1f} s\n  catalog: {files.catalog}\n"
+        f"  grid:    {files.grid}\n  sites:   {files.sites}",
+        highlight=False,
+    )
+
+
+@app.command()
+@_user_errors
+def cube(
+    catalog: Annotated[Path, typer.Option(help="Covariate catalog YAML.")],
+    grid: Annotated[Path, typer.Option(help="Grid YAML (CRS, resolution, bbox, chunk, mask).")],
+    out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Build the covariate cube, or update it: only layers whose source changed are rewritten."""
+    with _cluster(scheduler_address, workers):
+        _build_cube(catalog, grid, out, overwrite)
+
+
+def _build_cube(catalog_path: Path, grid_path: Path, out: Path, overwrite: bool) -> None:
+    from tpgrid.cube import build_cube
+    from tpgrid.grid import TargetGrid, load_grid_spec
+    from tpgrid.sources import load_catalog
+
+    catalog = load_catalog(catalog_path)
+    target = TargetGrid.from_spec(load_grid_spec(grid_path))
+    started = time.perf_counter()
+    with _chunk_progress() as progress:
+        report = build_cube(catalog, target, out, overwrite=overwrite, progress=progress)
+    table = Table(title=f"cube {report.path} ({report.shape[0]} × {report.shape[1]} px)")
+    for column in ("variable", "action", "chunks written"):
+        table.add_column(column)
+    for update in report.layers:
+        table.add_row(
+            update.name, update.action, f"{update.chunks_written} / {update.chunks_total}"
+        )
+    console.print(table)
+    console.print(
+        f"Cube ready in {time.perf_counter() - started:.1f} s: {report.path}", highlight=False
+    )
+
+
+@app.command()
+@_user_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("tpgrid-demo"),
+    full: Annotated[bool, typer.Option("--full", help="The whole plateau at 1 km.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic plateau.")] = 0,
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Run the whole job on a built-in synthetic plateau and a local Dask cluster."""
+    from tpgrid.synthetic import reuse_or_write_plateau
+
+    size = "full" if full else "small"
+    files = reuse_or_write_plateau(out / "plateau", size=size, seed=seed, overwrite=overwrite)
+    console.print(f"Synthetic plateau ({size}): {files.root}", highlight=False)
+    with _cluster(scheduler_address, workers):
+        _build_cube(files.catalog, files.grid, out / "cube.zarr", overwrite)

@@ -1,0 +1,504 @@
+"""Build and update the covariate cube: one Zarr v3 group, every layer on the target grid.
+
+Each catalog layer is reprojected lazily onto the grid (odc-geo ``xr_reproject``), checked
+against its catalog entry chunk by chunk, hashed, and written chunk by chunk, so memory is
+bounded by the chunk size, not the map. Slope, northness and eastness are derived from the
+projected DEM. A ``valid`` variable marks pixels inside the area of interest where every
+layer has data.
+
+Updates are incremental and safe:
+
+* a layer whose source fingerprint (catalog entry + file content) is unchanged is carried over
+  without being read; a changed layer is recomputed, and only chunks whose content hash
+  changed are written (the others are hard-linked from the previous cube);
+* the new cube is assembled beside the old one and swapped in only when complete, so a failed
+  build leaves any previous cube untouched.
+
+Per-chunk content hashes live in the group attributes (``tpgrid:chunk_hashes``); they are what
+later stages key incremental work on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import numpy.typing as npt
+import xarray as xr
+import zarr
+from dask.base import compute
+from dask.delayed import delayed
+from odc.geo.xr import xr_reproject
+from zarr.codecs import ZstdCodec
+
+from tpgrid import __version__
+from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
+from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.sources import (
+    CATEGORICAL_NODATA,
+    Catalog,
+    Layer,
+    check_overlap,
+    choose_resampling,
+    cube_dtype,
+    cube_fill_value,
+    fingerprint,
+    open_layer,
+)
+from tpgrid.terrain import terrain_layers
+
+log = logging.getLogger(__name__)
+
+VALID = "valid"
+ATTR_COMPLETE = "tpgrid:complete"
+ATTR_GRID = "tpgrid:grid"
+ATTR_HASHES = "tpgrid:chunk_hashes"
+ATTR_FINGERPRINTS = "tpgrid:fingerprints"
+ATTR_FEATURES = "tpgrid:features"
+
+ChunkKey = str  # "i.j", the block index of a chunk
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """What a build did to one variable."""
+
+    name: str
+    action: str  # "new", "unchanged" (carried over unread) or "updated"
+    chunks_written: int
+    chunks_total: int
+
+
+@dataclass(frozen=True)
+class CubeReport:
+    path: Path
+    layers: tuple[LayerUpdate, ...]
+    shape: tuple[int, int]
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(update.chunks_written for update in self.layers)
+
+
+@dataclass(frozen=True)
+class _Variable:
+    """One cube variable to (re)build: its lazy data on the grid and its attributes."""
+
+    name: str
+    data: da.Array
+    attrs: dict[str, Any]
+    fill_value: float
+    fingerprint: str
+    check: Callable[[npt.NDArray[Any]], None] = field(default=lambda block: None)
+
+
+def chunk_hash(block: npt.NDArray[Any]) -> str:
+    """Content hash of one decoded chunk: dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{block.dtype.str}{block.shape}".encode())
+    digest.update(np.ascontiguousarray(block).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def build_cube(
+    catalog: Catalog,
+    grid: TargetGrid,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> CubeReport:
+    """Build the cube at ``path``, or update the cube already there.
+
+    An existing cube built for the same grid is updated incrementally; one built for another
+    grid (or a directory that is not a tpgrid cube) is only replaced when ``overwrite``.
+    ``progress(layer, done, total)`` is called as chunks finish.
+    """
+    path = Path(path)
+    previous = _previous_cube(path, grid, overwrite)
+    old_hashes: dict[str, dict[ChunkKey, str]] = previous.get(ATTR_HASHES, {})
+    old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
+
+    variables = _plan_variables(catalog, grid)
+    staging = path.parent / f".{path.name}.staging-{uuid.uuid4().hex[:8]}"
+    try:
+        _create_layout(staging, grid, variables)
+        updates, hashes = [], {}
+        for var in variables:
+            carried = var.fingerprint == old_prints.get(var.name) and var.name in old_hashes
+            if carried:
+                _link_variable(path, staging, var.name)
+                hashes[var.name] = old_hashes[var.name]
+                updates.append(LayerUpdate(var.name, "unchanged", 0, len(old_hashes[var.name])))
+                log.info("%s: unchanged source, carried over", var.name)
+                continue
+            hashes[var.name], written = _write_variable(
+                staging, path, var, old_hashes.get(var.name, {}), progress
+            )
+            updates.append(_update(var.name, old_hashes, hashes[var.name], written))
+
+        valid = _valid_variable(staging, grid, variables, hashes)
+        hashes[VALID], written = _write_variable(
+            staging, path, valid, old_hashes.get(VALID, {}), progress
+        )
+        updates.append(_update(VALID, old_hashes, hashes[VALID], written))
+        _finish(staging, grid, variables, hashes)
+        _swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CubeReport(path=path, layers=tuple(updates), shape=grid.shape)
+
+
+def _update(
+    name: str, old_hashes: dict[str, dict[ChunkKey, str]], hashes: dict[ChunkKey, str], written: int
+) -> LayerUpdate:
+    action = "new" if name not in old_hashes else "updated" if written else "unchanged"
+    log.info("%s: %s, %d of %d chunks written", name, action, written, len(hashes))
+    return LayerUpdate(name, action, written, len(hashes))
+
+
+def open_cube(path: str | Path) -> xr.Dataset:
+    """Open a complete cube lazily; raise :class:`CubeError` if it is missing or incomplete."""
+    path = Path(path)
+    attrs = _read_attrs(path)
+    if attrs is None or not attrs.get(ATTR_COMPLETE):
+        raise CubeError(f"{path} is not a complete tpgrid cube: build it with `tpgrid cube`")
+    cube: xr.Dataset = xr.open_zarr(path, consolidated=True, zarr_format=3)
+    return cube
+
+
+def cube_grid(path: str | Path) -> TargetGrid:
+    """The grid a cube was built on."""
+    attrs = _read_attrs(Path(path))
+    if attrs is None:
+        raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
+    return TargetGrid.from_spec(GridSpec.model_validate(attrs[ATTR_GRID]))
+
+
+def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:
+    """Per variable, per chunk ``"i.j"``, the content hash recorded when it was written."""
+    attrs = _read_attrs(Path(path))
+    if attrs is None:
+        raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
+    hashes: dict[str, dict[ChunkKey, str]] = attrs[ATTR_HASHES]
+    return hashes
+
+
+# --- planning ----------------------------------------------------------------------------
+
+
+def _plan_variables(catalog: Catalog, grid: TargetGrid) -> list[_Variable]:
+    """Open every layer lazily and describe every cube variable, failing before any write."""
+    variables: list[_Variable] = []
+    for name, layer in catalog.layers.items():
+        source = open_layer(catalog, name)
+        check_overlap(name, source, grid)
+        resampling = choose_resampling(layer, source, grid)
+        on_grid = xr_reproject(
+            source,
+            grid.geobox,
+            resampling=resampling,
+            dtype=cube_dtype(layer),
+            dst_nodata=cube_fill_value(layer),
+        )
+        data = on_grid.data.rechunk(grid.chunks)
+        attrs = _layer_attrs(name, layer, resampling)
+        variables.append(
+            _Variable(
+                name,
+                data,
+                attrs,
+                cube_fill_value(layer),
+                fingerprint(catalog, name),
+                _value_check(name, layer),
+            )
+        )
+    if catalog.terrain is not None:
+        dem = next(var for var in variables if var.name == catalog.terrain.dem)
+        widths, height = grid.pixel_size_m()
+        for name, data in terrain_layers(dem.data, widths, height).items():
+            variables.append(
+                _Variable(
+                    name, data, _terrain_attrs(name, dem.name), np.nan, "terrain:" + dem.fingerprint
+                )
+            )
+    return variables
+
+
+def _value_check(name: str, layer: Layer) -> Callable[[npt.NDArray[Any]], None]:
+    """A per-chunk check of values against the catalog entry, raising LayerValueError."""
+    if layer.kind == "categorical":
+        assert layer.classes is not None
+        allowed = np.array(sorted({*layer.classes, CATEGORICAL_NODATA}), dtype="uint8")
+
+        def check_classes(block: npt.NDArray[Any]) -> None:
+            unknown = np.setdiff1d(np.unique(block), allowed)
+            if unknown.size:
+                raise LayerValueError(
+                    f"layer {name!r} has class codes {unknown.tolist()} that are not in its "
+                    f"class table {sorted(layer.classes or {})}: add them under 'classes' in the "
+                    "catalog, or set 'nodata' if they mean no data"
+                )
+
+        return check_classes
+    if layer.valid_range is None:
+        return lambda block: None
+    low, high = layer.valid_range
+
+    def check_range(block: npt.NDArray[Any]) -> None:
+        outside = (block < low) | (block > high)
+        if outside.any():
+            found = block[outside]
+            raise LayerValueError(
+                f"layer {name!r} has {outside.sum()} pixel(s) outside its valid_range "
+                f"[{low}, {high}] (found {found.min():g}..{found.max():g}): fix the source, its "
+                "'nodata' value, or the layer's valid_range in the catalog"
+            )
+
+    return check_range
+
+
+def _layer_attrs(name: str, layer: Layer, resampling: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        "long_name": layer.description or name,
+        "units": layer.units,
+        "tpgrid:kind": layer.kind,
+        "tpgrid:group": layer.group,
+        "tpgrid:resampling": resampling,
+        "grid_mapping": "spatial_ref",
+    }
+    if layer.valid_range is not None:
+        attrs["valid_range"] = list(layer.valid_range)
+    if layer.classes is not None:
+        codes = sorted(layer.classes)
+        attrs["flag_values"] = codes
+        attrs["flag_meanings"] = " ".join(layer.classes[c].replace(" ", "_") for c in codes)
+        attrs["tpgrid:classes"] = {str(c): layer.classes[c] for c in codes}
+    return attrs
+
+
+def _terrain_attrs(name: str, dem: str) -> dict[str, Any]:
+    described = {
+        "slope": ("slope (Horn 1981) of the projected DEM", "degree"),
+        "northness": ("cosine of aspect (downslope direction, clockwise from north)", "1"),
+        "eastness": ("sine of aspect (downslope direction, clockwise from north)", "1"),
+    }
+    long_name, units = described[name]
+    return {
+        "long_name": long_name,
+        "units": units,
+        "tpgrid:kind": "continuous",
+        "tpgrid:group": "topography",
+        "tpgrid:derived_from": dem,
+        "grid_mapping": "spatial_ref",
+    }
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def _create_layout(staging: Path, grid: TargetGrid, variables: Iterable[_Variable]) -> None:
+    """Write coordinates, grid mapping and empty variable metadata (no data chunks)."""
+    coords = grid.coords()
+    placeholders = {
+        var.name: (
+            ("y", "x"),
+            da.zeros(grid.shape, chunks=grid.chunks, dtype=var.data.dtype),
+            var.attrs,
+        )
+        for var in variables
+    }
+    placeholders[VALID] = (
+        ("y", "x"),
+        da.zeros(grid.shape, chunks=grid.chunks, dtype="uint8"),
+        {
+            "long_name": "pixel inside the area of interest with every covariate present",
+            "flag_values": [0, 1],
+            "flag_meanings": "invalid valid",
+            "grid_mapping": "spatial_ref",
+        },
+    )
+    ds = xr.Dataset(placeholders, coords={"y": coords["y"], "x": coords["x"]})
+    ds = ds.rio.write_crs(grid.crs_wkt, grid_mapping_name="spatial_ref")
+    ds = ds.rio.write_transform(grid.geobox.affine, grid_mapping_name="spatial_ref")
+    fill_values = {var.name: var.fill_value for var in variables} | {VALID: 0}
+    encoding = {
+        name: {
+            "chunks": (grid.spec.chunk, grid.spec.chunk),
+            "compressors": (ZstdCodec(level=3),),
+            "fill_value": fill_values[name],
+        }
+        for name in ds.data_vars
+    }
+    ds.to_zarr(
+        staging, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False
+    )
+
+
+def _write_variable(
+    staging: Path,
+    previous: Path,
+    var: _Variable,
+    old_hashes: dict[ChunkKey, str],
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[ChunkKey, str], int]:
+    """Compute, check, hash and store every chunk of one variable; returns hashes and the
+    number of chunks actually written (unchanged chunks are hard-linked from ``previous``)."""
+    blocks = var.data.to_delayed()
+    tasks = [
+        delayed(_store_chunk)(
+            blocks[i, j], staging, previous, var.name, (i, j), var.check, old_hashes.get(f"{i}.{j}")
+        )
+        for i in range(blocks.shape[0])
+        for j in range(blocks.shape[1])
+    ]
+    results = _compute_with_progress(tasks, var.name, progress)
+    hashes = {key: digest for key, digest, _ in results}
+    return dict(sorted(hashes.items())), sum(written for _, _, written in results)
+
+
+def _store_chunk(
+    block: npt.NDArray[Any],
+    staging: Path,
+    previous: Path,
+    name: str,
+    index: tuple[int, int],
+    check: Callable[[npt.NDArray[Any]], None],
+    old_hash: str | None,
+) -> tuple[ChunkKey, str, bool]:
+    check(block)
+    digest = chunk_hash(block)
+    array = zarr.open_array(staging / name, mode="r+", zarr_format=3)
+    relative = array.metadata.encode_chunk_key(index)
+    if digest == old_hash:
+        _link_file(previous / name / relative, staging / name / relative)
+        return f"{index[0]}.{index[1]}", digest, False
+    rows, cols = array.chunks
+    i, j = index
+    array[i * rows : i * rows + block.shape[0], j * cols : j * cols + block.shape[1]] = block
+    return f"{i}.{j}", digest, True
+
+
+def _compute_with_progress(
+    tasks: list[Any], name: str, progress: Callable[[str, int, int], None] | None
+) -> list[Any]:
+    """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
+    try:
+        from distributed import as_completed, get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        results = list(compute(*tasks))
+        if progress:
+            progress(name, len(tasks), len(tasks))
+        return results
+    futures = client.compute(tasks)
+    for done, _ in enumerate(as_completed(futures), start=1):
+        if progress:
+            progress(name, done, len(tasks))
+    return [future.result() for future in futures]
+
+
+def _valid_variable(
+    staging: Path,
+    grid: TargetGrid,
+    variables: list[_Variable],
+    hashes: dict[str, dict[ChunkKey, str]],
+) -> _Variable:
+    """``valid`` = inside the area of interest and no layer missing, from the staged layers."""
+    valid = grid.mask()
+    for var in variables:
+        stored = da.from_zarr(zarr.open_array(staging / var.name, mode="r", zarr_format=3))
+        stored = stored.rechunk(grid.chunks)
+        present = stored != CATEGORICAL_NODATA if stored.dtype == np.uint8 else ~da.isnan(stored)
+        valid = valid & present
+    inputs = json.dumps({name: hashes[name] for name in sorted(hashes)} | {"mask": grid.spec.mask})
+    return _Variable(
+        VALID, valid.astype("uint8"), {}, 0, hashlib.sha256(inputs.encode()).hexdigest()
+    )
+
+
+def _finish(
+    staging: Path,
+    grid: TargetGrid,
+    variables: list[_Variable],
+    hashes: dict[str, dict[ChunkKey, str]],
+) -> None:
+    """Record hashes, fingerprints and grid, mark complete, consolidate metadata."""
+    group = zarr.open_group(staging, mode="r+", zarr_format=3)
+    group.attrs.update(
+        {
+            ATTR_GRID: grid.spec.model_dump(mode="json"),
+            ATTR_HASHES: hashes,
+            ATTR_FINGERPRINTS: {var.name: var.fingerprint for var in variables},
+            ATTR_FEATURES: [var.name for var in variables],
+            "tpgrid:version": __version__,
+            "Conventions": "CF-1.10",
+            ATTR_COMPLETE: True,
+        }
+    )
+    zarr.consolidate_metadata(staging, zarr_format=3)
+
+
+# --- carrying over and swapping ------------------------------------------------------------
+
+
+def _previous_cube(path: Path, grid: TargetGrid, overwrite: bool) -> dict[str, Any]:
+    """Attributes of the cube to update, or {} when building from scratch."""
+    if not path.exists():
+        return {}
+    attrs = _read_attrs(path)
+    same_grid = attrs is not None and attrs.get(ATTR_GRID) == grid.spec.model_dump(mode="json")
+    if attrs is not None and attrs.get(ATTR_COMPLETE) and same_grid:
+        return attrs
+    if overwrite:
+        return {}
+    what = (
+        "a cube built for another grid"
+        if attrs is not None
+        else "something that is not a complete tpgrid cube"
+    )
+    raise OutputExistsError(
+        f"{path} holds {what}; choose another output path or pass --overwrite to replace it"
+    )
+
+
+def _read_attrs(path: Path) -> dict[str, Any] | None:
+    try:
+        return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
+        return None
+
+
+def _link_variable(previous: Path, staging: Path, name: str) -> None:
+    """Carry a variable's chunk files over by hard link (no copy, old cube untouched)."""
+    source_dir = previous / name / "c"
+    for source in source_dir.rglob("*") if source_dir.is_dir() else ():
+        if source.is_file():
+            _link_file(source, staging / name / source.relative_to(previous / name))
+
+
+def _link_file(source: Path, target: Path) -> None:
+    # A chunk that equals the fill value is never stored; then there is nothing to link.
+    if source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(source, target)
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Replace ``path`` with the complete ``staging`` cube; the old one is removed last."""
+    retired = path.parent / f".{path.name}.retired-{uuid.uuid4().hex[:8]}"
+    if path.exists():
+        path.rename(retired)
+    staging.rename(path)
+    shutil.rmtree(retired, ignore_errors=True)

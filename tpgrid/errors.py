@@ -1,0 +1,56 @@
+"""Every failure a user can cause or fix ends in one of these.
+
+Each message names the file, layer or column at fault and says what to do about it; the CLI
+prints the message without a traceback and exits with ``exit_code``.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+
+class TpgridError(Exception):
+    """Base of all user-facing tpgrid errors."""
+
+    exit_code = 2
+
+
+class ConfigError(TpgridError):
+    """A YAML file (catalog, grid, pipeline) with unknown keys, wrong types or bad values."""
+
+
+class GridError(TpgridError):
+    """A grid that cannot be built, or a location that does not fall on it."""
+
+
+class SourceError(TpgridError):
+    """A covariate source that is missing, unreadable, has no CRS or misses the grid."""
+
+
+class LayerValueError(TpgridError):
+    """A covariate whose values break its catalog entry (valid range, class table)."""
+
+
+class CubeError(TpgridError):
+    """A cube that is missing, incomplete, or does not match what is asked of it."""
+
+
+class OutputExistsError(TpgridError):
+    """An output already exists and overwriting it was not asked for."""
+
+
+class ClusterError(TpgridError):
+    """A scheduler that cannot be reached or a cluster that cannot be started."""
+
+
+def describe_validation(exc: ValidationError) -> str:
+    """One line per pydantic error: the dotted key and what is wrong with it."""
+    lines = []
+    for err in exc.errors():
+        where = ".".join(str(part) for part in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            what = "unknown key: remove it or check its spelling"
+        else:
+            what = err["msg"]
+        lines.append(f"  {where}: {what}")
+    return "\n".join(lines)
