@@ -35,6 +35,10 @@ class CubeError(TpgridError):
     """A cube that is missing, incomplete, or does not match what is asked of it."""
 
 
+class ArtifactError(TpgridError):
+    """A model artifact that is missing, incomplete, damaged or of another format."""
+
+
 class OutputExistsError(TpgridError):
     """An output already exists and overwriting it was not asked for."""
 
