@@ -173,7 +173,8 @@ def open_cube(path: str | Path) -> xr.Dataset:
     attrs = _read_attrs(path)
     if attrs is None or not attrs.get(ATTR_COMPLETE):
         raise CubeError(f"{path} is not a complete tpgrid cube: build it with `tpgrid cube`")
-    cube: xr.Dataset = xr.open_zarr(path, consolidated=True, zarr_format=3)
+    # decode_coords="all" keeps the CF grid mapping (spatial_ref) a coordinate, not a variable.
+    cube: xr.Dataset = xr.open_zarr(path, consolidated=True, zarr_format=3, decode_coords="all")
     return cube
 
 
@@ -337,6 +338,9 @@ def _create_layout(staging: Path, grid: TargetGrid, variables: Iterable[_Variabl
             "chunks": (grid.spec.chunk, grid.spec.chunk),
             "compressors": (ZstdCodec(level=3),),
             "fill_value": fill_values[name],
+            # rioxarray moved each variable's grid_mapping attribute into its encoding, which
+            # this explicit encoding replaces: without it readers lose the CRS.
+            "grid_mapping": "spatial_ref",
         }
         for name in ds.data_vars
     }

@@ -1,0 +1,302 @@
+"""The covariate cube: reprojection onto the grid, layout, chunk hashes, safe incremental updates."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from affine import Affine
+from pyproj import CRS
+from scipy.ndimage import binary_dilation
+from typer.testing import CliRunner
+
+from tests.conftest import SMALL_SPEC, linear_field, write_tif
+from tpgrid.cli import app
+from tpgrid.cube import VALID, build_cube, chunk_hashes, cube_grid, open_cube
+from tpgrid.errors import CubeError, LayerValueError, OutputExistsError, SourceError
+from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.sources import load_catalog
+
+BuildCube = Callable[..., Any]
+
+
+@pytest.fixture
+def build(make_catalog: Callable[..., Path], small_grid: TargetGrid, tmp_path: Path) -> BuildCube:
+    """Build (or update) a cube at ``tmp_path/cube.zarr`` from catalog layers."""
+
+    def run(layers: dict[str, Any], terrain: str | None = None, **kwargs: Any) -> Any:
+        catalog = load_catalog(make_catalog(layers, terrain=terrain))
+        return build_cube(catalog, kwargs.pop("grid", small_grid), tmp_path / "cube.zarr", **kwargs)
+
+    return run
+
+
+def interior(grid: TargetGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Row/col index arrays of every pixel at least 2 px from the grid edge."""
+    rows, cols = grid.shape
+    return np.meshgrid(np.arange(2, rows - 2), np.arange(2, cols - 2), indexing="ij")
+
+
+def test_field_linear_in_lonlat_is_reproduced_at_pixel_centres(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    # A 0.1° source (coarser than 1 km: bilinear) and the 30″ DEM (finer: average).
+    lon = 89.45 + 0.1 * np.arange(60)
+    lat = 33.55 - 0.1 * np.arange(40)
+    coarse = linear_field(lon[None, :], lat[:, None]).astype("float32")
+    write_tif(tmp_path / "mat.tif", coarse, transform=Affine(0.1, 0, 89.4, 0, -0.1, 33.6))
+    layers = standard_sources | {
+        "mat": {"path": "mat.tif", "kind": "continuous", "group": "climate"}
+    }
+    build(layers)
+    cube = open_cube(tmp_path / "cube.zarr")
+    rows, cols = interior(small_grid)
+    expected = linear_field(*small_grid.pixel_lonlat(rows, cols))
+    mat = cube["mat"].values[rows, cols]
+    dem = cube["dem"].values[rows, cols]
+    assert cube["mat"].attrs["tpgrid:resampling"] == "bilinear"
+    assert cube["dem"].attrs["tpgrid:resampling"] == "average"
+    np.testing.assert_allclose(mat, expected, atol=0.05)  # bilinear is exact on a plane
+    # Pixels at the rim of the DEM void average only their valid side, so leave them out.
+    void = ~np.isfinite(cube["dem"].values)
+    near_void = binary_dilation(void, iterations=2)[rows, cols]
+    assert 0 < near_void.mean() < 0.01
+    # Averaging 30″ cells over a 1 km pixel: off by at most a fraction of a source cell.
+    np.testing.assert_allclose(dem[~near_void], expected[~near_void], atol=1.0)
+
+
+def test_categorical_layer_keeps_exactly_its_class_codes(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    build(standard_sources)
+    landcover = open_cube(tmp_path / "cube.zarr")["landcover"]
+    codes = landcover.values
+    assert codes.dtype == np.uint8
+    assert set(np.unique(codes)) <= {1, 2, 3, 255}
+    assert set(np.unique(codes)) >= {1, 2, 3}
+    assert landcover.attrs["tpgrid:classes"] == {"1": "forest", "2": "meadow", "3": "desert"}
+    # Away from class boundaries (30 km squares in the source), the code is the source's.
+    rows, cols = interior(small_grid)
+    lon, lat = small_grid.pixel_lonlat(rows, cols)
+    src_col = (lon - 89.5) * 120
+    src_row = (33.5 - lat) * 120
+    source_code = (src_col // 60 + src_row // 60) % 3 + 1
+    far = (np.abs(src_col % 60 - 30) < 25) & (np.abs(src_row % 60 - 30) < 25)
+    np.testing.assert_array_equal(codes[rows, cols][far], source_code[far])
+
+
+def test_nodata_reaches_the_valid_mask_and_terrain(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = open_cube(tmp_path / "cube.zarr")
+    row, col, _ = small_grid.pixel_index([92.125], [31.71])  # the middle of the DEM void
+    r, c = int(row[0]), int(col[0])
+    assert np.isnan(cube["dem"].values[r, c])
+    assert np.isnan(cube["slope"].values[r, c])
+    assert cube[VALID].values[r, c] == 0
+    valid = cube[VALID].values.astype(bool)
+    every_layer = np.isfinite(cube["dem"].values) & (cube["landcover"].values != 255)
+    every_layer &= np.isfinite(cube["slope"].values)
+    np.testing.assert_array_equal(valid, every_layer & small_grid.mask().compute())
+
+
+def test_layout_is_zarr_v3_with_cf_grid_mapping_and_typed_variables(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    group = zarr.open_group(tmp_path / "cube.zarr", mode="r")
+    assert group.metadata.zarr_format == 3
+    dem = group["dem"]
+    assert isinstance(dem, zarr.Array)
+    assert dem.chunks == (128, 128)
+    assert dem.dtype == np.float32
+    assert "zstd" in str(dem.compressors).lower()
+    assert group["landcover"].dtype == np.uint8
+    cube = open_cube(tmp_path / "cube.zarr")
+    assert set(cube.data_vars) == {"dem", "landcover", "slope", "northness", "eastness", VALID}
+    assert "spatial_ref" in cube.coords
+    assert cube["dem"].encoding["grid_mapping"] == "spatial_ref"
+    assert CRS(cube.rio.crs.to_wkt()) == CRS(small_grid.crs_wkt)
+    assert cube.rio.transform() == small_grid.geobox.affine
+    assert cube_grid(tmp_path / "cube.zarr").spec == small_grid.spec
+    np.testing.assert_allclose(cube["x"].values, small_grid.coords()["x"])
+
+
+def test_inclined_plane_in_a_projected_crs_gives_its_slope_in_degrees(
+    build: BuildCube, tmp_path: Path
+) -> None:
+    """A 250 m DEM in the grid's own CRS, rising 0.1 m per metre eastward: slope 5.71°."""
+    grid = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"mask": "bbox"}))
+    x0, y0 = grid.geobox.affine.c - 5000, grid.geobox.affine.f + 5000
+    rows, cols = grid.shape[0] * 4 + 40, grid.shape[1] * 4 + 40
+    east_m = x0 + 250 * (np.arange(cols) + 0.5)
+    plane = np.broadcast_to(0.1 * (east_m - x0) + 1000.0, (rows, cols)).astype("float32")
+    write_tif(
+        tmp_path / "plane.tif", plane, crs=grid.crs_wkt, transform=Affine(250, 0, x0, 0, -250, y0)
+    )
+    layers = {"dem": {"path": "plane.tif", "kind": "continuous", "group": "topography"}}
+    build(layers, terrain="dem", grid=grid)
+    cube = open_cube(tmp_path / "cube.zarr")
+    r, c = interior(grid)
+    np.testing.assert_allclose(cube["slope"].values[r, c], np.degrees(np.arctan(0.1)), atol=1e-3)
+    np.testing.assert_allclose(cube["eastness"].values[r, c], -1.0, atol=1e-6)  # faces west
+
+
+def test_chunk_hashes_are_stable_across_builds(
+    make_catalog: Callable[..., Path],
+    standard_sources: dict[str, Any],
+    small_grid: TargetGrid,
+    tmp_path: Path,
+) -> None:
+    catalog = load_catalog(make_catalog(standard_sources, terrain="dem"))
+    build_cube(catalog, small_grid, tmp_path / "a.zarr")
+    build_cube(catalog, small_grid, tmp_path / "b.zarr")
+    first, second = chunk_hashes(tmp_path / "a.zarr"), chunk_hashes(tmp_path / "b.zarr")
+    assert first == second
+    assert len(first["dem"]) == 9
+    assert len(set(first["dem"].values())) == 9  # every chunk differs, so hashes do
+
+
+def test_unchanged_sources_are_carried_over_without_writing(
+    build: BuildCube, standard_sources: dict[str, Any]
+) -> None:
+    build(standard_sources, terrain="dem")
+    report = build(standard_sources, terrain="dem")
+    assert report.chunks_written == 0
+    assert {u.action for u in report.layers} == {"unchanged"}
+
+
+def test_a_source_changed_in_one_region_rewrites_only_the_chunks_it_touches(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    before = chunk_hashes(tmp_path / "cube.zarr")
+    # Raise the DEM by 100 m in a 0.2° square around 91.9 °E, 32.4 °N.
+    with_bump = write_dem_with_bump(tmp_path, lon=(91.8, 92.0), lat=(32.3, 32.5))
+    report = build(
+        standard_sources | {"dem": standard_sources["dem"] | {"path": with_bump}}, terrain="dem"
+    )
+    after = chunk_hashes(tmp_path / "cube.zarr")
+    actions = {u.name: (u.action, u.chunks_written) for u in report.layers}
+    changed = {key for key in after["dem"] if after["dem"][key] != before["dem"][key]}
+    row, col, _ = small_grid.pixel_index([91.9], [32.4])
+    bump_chunk = f"{int(row[0]) // 128}.{int(col[0]) // 128}"
+    assert changed == {bump_chunk}
+    assert actions["dem"] == ("updated", 1)
+    assert actions["landcover"] == ("unchanged", 0)
+    # A uniform raise does not change slope inside the bump, only along its rim, so slope
+    # changes in the bump's chunk and nowhere else.
+    assert actions["slope"][1] == 1
+    assert after["landcover"] == before["landcover"]
+
+
+def write_dem_with_bump(tmp_path: Path, lon: tuple[float, float], lat: tuple[float, float]) -> str:
+    from tests.conftest import source_lonlat
+
+    src_lon, src_lat = source_lonlat()
+    dem = linear_field(src_lon[None, :], src_lat[:, None]).astype("float32")
+    dem[200:230, 300:330] = -9999.0
+    inside = (
+        (src_lon[None, :] > lon[0])
+        & (src_lon[None, :] < lon[1])
+        & (src_lat[:, None] > lat[0])
+        & (src_lat[:, None] < lat[1])
+    )
+    dem[inside] += 100.0
+    write_tif(tmp_path / "dem_bump.tif", dem, nodata=-9999.0)
+    return "dem_bump.tif"
+
+
+def test_failed_build_leaves_the_previous_cube_untouched(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources)
+    before = chunk_hashes(tmp_path / "cube.zarr")
+    files_before = sorted(p.name for p in tmp_path.iterdir())
+    broken = standard_sources | {"dem": standard_sources["dem"] | {"valid_range": [0, 3100]}}
+    with pytest.raises(LayerValueError):
+        build(broken)
+    assert chunk_hashes(tmp_path / "cube.zarr") == before
+    assert open_cube(tmp_path / "cube.zarr")["dem"].notnull().any()
+    assert sorted(p.name for p in tmp_path.iterdir()) == files_before  # no staging left
+
+
+def test_values_outside_the_valid_range_name_the_layer_and_the_fix(
+    build: BuildCube, standard_sources: dict[str, Any]
+) -> None:
+    broken = standard_sources | {"dem": standard_sources["dem"] | {"valid_range": [0, 3100]}}
+    with pytest.raises(
+        LayerValueError, match=r"layer 'dem'.*outside its valid_range \[0.0, 3100.0\]"
+    ):
+        build(broken)
+
+
+def test_class_codes_missing_from_the_table_name_the_layer(
+    build: BuildCube, standard_sources: dict[str, Any]
+) -> None:
+    two_classes = standard_sources["landcover"] | {"classes": {1: "forest", 2: "meadow"}}
+    with pytest.raises(LayerValueError, match=r"layer 'landcover' has class codes \[3\]"):
+        build(standard_sources | {"landcover": two_classes})
+
+
+def test_layer_missing_the_grid_is_refused_before_anything_is_written(
+    build: BuildCube, tmp_path: Path
+) -> None:
+    write_tif(
+        tmp_path / "far.tif",
+        np.ones((10, 10), "float32"),
+        transform=Affine(0.1, 0, 10.0, 0, -0.1, 50.0),
+    )
+    with pytest.raises(SourceError, match="'far'.*does not overlap"):
+        build({"far": {"path": "far.tif", "kind": "continuous", "group": "climate"}})
+    assert not (tmp_path / "cube.zarr").exists()
+
+
+def test_a_directory_that_is_not_a_cube_is_not_overwritten_unless_asked(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    (tmp_path / "cube.zarr").mkdir()
+    (tmp_path / "cube.zarr" / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        build(standard_sources)
+    assert (tmp_path / "cube.zarr" / "notes.txt").read_text() == "mine"
+    build(standard_sources, overwrite=True)
+    assert not (tmp_path / "cube.zarr" / "notes.txt").exists()
+
+
+def test_a_cube_of_another_grid_is_not_overwritten_unless_asked(
+    build: BuildCube, standard_sources: dict[str, Any]
+) -> None:
+    build(standard_sources)
+    other = TargetGrid.from_spec(GridSpec(bbox=(90.0, 30.0, 93.0, 33.0), chunk=128))
+    with pytest.raises(OutputExistsError, match="another grid"):
+        build(standard_sources, grid=other)
+
+
+def test_opening_an_incomplete_cube_is_a_cube_error(tmp_path: Path) -> None:
+    zarr.open_group(tmp_path / "half.zarr", mode="w", zarr_format=3)
+    with pytest.raises(CubeError, match="not a complete tpgrid cube"):
+        open_cube(tmp_path / "half.zarr")
+
+
+def test_cli_reports_a_bad_catalog_without_a_traceback(
+    make_catalog: Callable[..., Path], tmp_path: Path
+) -> None:
+    catalog = make_catalog(
+        {"dem": {"path": "nowhere.tif", "kind": "continuous", "group": "topography"}}
+    )
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("bbox: [90, 30, 94, 33]\nchunk: 128\n")
+    result = CliRunner().invoke(
+        app,
+        ["cube", "--catalog", str(catalog), "--grid", str(grid), "--out", str(tmp_path / "c.zarr")],
+    )
+    assert result.exit_code == 2
+    assert "layer 'dem'" in result.output
+    assert "nowhere.tif" in result.output
+    assert "Traceback" not in result.output
