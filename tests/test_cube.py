@@ -1,4 +1,4 @@
-"""The covariate cube: reprojection onto the grid, layout, chunk hashes, safe incremental updates."""
+"""The covariate cube: reprojection, layout, chunk hashes, safe incremental updates."""
 
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def test_layer_missing_the_grid_is_refused_before_anything_is_written(
         np.ones((10, 10), "float32"),
         transform=Affine(0.1, 0, 10.0, 0, -0.1, 50.0),
     )
-    with pytest.raises(SourceError, match="'far'.*does not overlap"):
+    with pytest.raises(SourceError, match=r"'far'.*does not overlap"):
         build({"far": {"path": "far.tif", "kind": "continuous", "group": "climate"}})
     assert not (tmp_path / "cube.zarr").exists()
 
