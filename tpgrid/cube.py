@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +38,6 @@ import zarr
 from dask.base import compute
 from dask.delayed import delayed
 from odc.geo.xr import xr_reproject
-from zarr.codecs import ZstdCodec
 
 from tpgrid import __version__
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
@@ -55,12 +53,20 @@ from tpgrid.sources import (
     fingerprint,
     open_layer,
 )
+from tpgrid.store import (
+    ATTR_COMPLETE,
+    VariableLayout,
+    create_layout,
+    finish,
+    read_attrs,
+    staging_path,
+    swap_in,
+)
 from tpgrid.terrain import terrain_layers
 
 log = logging.getLogger(__name__)
 
 VALID = "valid"
-ATTR_COMPLETE = "tpgrid:complete"
 ATTR_GRID = "tpgrid:grid"
 ATTR_HASHES = "tpgrid:chunk_hashes"
 ATTR_FINGERPRINTS = "tpgrid:fingerprints"
@@ -129,7 +135,7 @@ def build_cube(
     old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
 
     variables = _plan_variables(catalog, grid)
-    staging = path.parent / f".{path.name}.staging-{uuid.uuid4().hex[:8]}"
+    staging = staging_path(path)
     try:
         _create_layout(staging, grid, variables)
         updates, hashes = [], {}
@@ -152,7 +158,7 @@ def build_cube(
         )
         updates.append(_update(VALID, old_hashes, hashes[VALID], written))
         _finish(staging, grid, variables, hashes)
-        _swap_in(staging, path)
+        swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -170,7 +176,7 @@ def _update(
 def open_cube(path: str | Path) -> xr.Dataset:
     """Open a complete cube lazily; raise :class:`CubeError` if it is missing or incomplete."""
     path = Path(path)
-    attrs = _read_attrs(path)
+    attrs = read_attrs(path)
     if attrs is None or not attrs.get(ATTR_COMPLETE):
         raise CubeError(f"{path} is not a complete tpgrid cube: build it with `tpgrid cube`")
     # decode_coords="all" keeps the CF grid mapping (spatial_ref) a coordinate, not a variable.
@@ -180,7 +186,7 @@ def open_cube(path: str | Path) -> xr.Dataset:
 
 def cube_grid(path: str | Path) -> TargetGrid:
     """The grid a cube was built on."""
-    attrs = _read_attrs(Path(path))
+    attrs = read_attrs(Path(path))
     if attrs is None:
         raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
     return TargetGrid.from_spec(GridSpec.model_validate(attrs[ATTR_GRID]))
@@ -188,7 +194,7 @@ def cube_grid(path: str | Path) -> TargetGrid:
 
 def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:
     """Per variable, per chunk ``"i.j"``, the content hash recorded when it was written."""
-    attrs = _read_attrs(Path(path))
+    attrs = read_attrs(Path(path))
     if attrs is None:
         raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
     hashes: dict[str, dict[ChunkKey, str]] = attrs[ATTR_HASHES]
@@ -310,43 +316,20 @@ def _terrain_attrs(name: str, dem: str) -> dict[str, Any]:
 
 def _create_layout(staging: Path, grid: TargetGrid, variables: Iterable[_Variable]) -> None:
     """Write coordinates, grid mapping and empty variable metadata (no data chunks)."""
-    coords = grid.coords()
-    placeholders = {
-        var.name: (
-            ("y", "x"),
-            da.zeros(grid.shape, chunks=grid.chunks, dtype=var.data.dtype),
-            var.attrs,
-        )
+    layouts = {
+        var.name: VariableLayout(str(var.data.dtype), var.fill_value, var.attrs)
         for var in variables
     }
-    placeholders[VALID] = (
-        ("y", "x"),
-        da.zeros(grid.shape, chunks=grid.chunks, dtype="uint8"),
+    layouts[VALID] = VariableLayout(
+        "uint8",
+        0,
         {
             "long_name": "pixel inside the area of interest with every covariate present",
             "flag_values": [0, 1],
             "flag_meanings": "invalid valid",
-            "grid_mapping": "spatial_ref",
         },
     )
-    ds = xr.Dataset(placeholders, coords={"y": coords["y"], "x": coords["x"]})
-    ds = ds.rio.write_crs(grid.crs_wkt, grid_mapping_name="spatial_ref")
-    ds = ds.rio.write_transform(grid.geobox.affine, grid_mapping_name="spatial_ref")
-    fill_values = {var.name: var.fill_value for var in variables} | {VALID: 0}
-    encoding = {
-        name: {
-            "chunks": (grid.spec.chunk, grid.spec.chunk),
-            "compressors": (ZstdCodec(level=3),),
-            "fill_value": fill_values[name],
-            # rioxarray moved each variable's grid_mapping attribute into its encoding, which
-            # this explicit encoding replaces: without it readers lose the CRS.
-            "grid_mapping": "spatial_ref",
-        }
-        for name in ds.data_vars
-    }
-    ds.to_zarr(
-        staging, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False
-    )
+    create_layout(staging, grid, layouts)
 
 
 def _write_variable(
@@ -439,8 +422,8 @@ def _finish(
     hashes: dict[str, dict[ChunkKey, str]],
 ) -> None:
     """Record hashes, fingerprints and grid, mark complete, consolidate metadata."""
-    group = zarr.open_group(staging, mode="r+", zarr_format=3)
-    group.attrs.update(
+    finish(
+        staging,
         {
             ATTR_GRID: grid.spec.model_dump(mode="json"),
             ATTR_HASHES: hashes,
@@ -448,10 +431,8 @@ def _finish(
             ATTR_FEATURES: [var.name for var in variables],
             "tpgrid:version": __version__,
             "Conventions": "CF-1.10",
-            ATTR_COMPLETE: True,
-        }
+        },
     )
-    zarr.consolidate_metadata(staging, zarr_format=3)
 
 
 # --- carrying over and swapping ------------------------------------------------------------
@@ -461,7 +442,7 @@ def _previous_cube(path: Path, grid: TargetGrid, overwrite: bool) -> dict[str, A
     """Attributes of the cube to update, or {} when building from scratch."""
     if not path.exists():
         return {}
-    attrs = _read_attrs(path)
+    attrs = read_attrs(path)
     same_grid = attrs is not None and attrs.get(ATTR_GRID) == grid.spec.model_dump(mode="json")
     if attrs is not None and attrs.get(ATTR_COMPLETE) and same_grid:
         return attrs
@@ -477,13 +458,6 @@ def _previous_cube(path: Path, grid: TargetGrid, overwrite: bool) -> dict[str, A
     )
 
 
-def _read_attrs(path: Path) -> dict[str, Any] | None:
-    try:
-        return dict(zarr.open_group(path, mode="r", zarr_format=3).attrs)
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError, KeyError):
-        return None
-
-
 def _link_variable(previous: Path, staging: Path, name: str) -> None:
     """Carry a variable's chunk files over by hard link (no copy, old cube untouched)."""
     source_dir = previous / name / "c"
@@ -497,12 +471,3 @@ def _link_file(source: Path, target: Path) -> None:
     if source.is_file():
         target.parent.mkdir(parents=True, exist_ok=True)
         os.link(source, target)
-
-
-def _swap_in(staging: Path, path: Path) -> None:
-    """Replace ``path`` with the complete ``staging`` cube; the old one is removed last."""
-    retired = path.parent / f".{path.name}.retired-{uuid.uuid4().hex[:8]}"
-    if path.exists():
-        path.rename(retired)
-    staging.rename(path)
-    shutil.rmtree(retired, ignore_errors=True)
