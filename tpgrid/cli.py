@@ -68,10 +68,13 @@ def main(
         bool, typer.Option("--verbose", "-v", help="Log what is skipped and why.")
     ] = False,
 ) -> None:
+    level = logging.INFO if verbose else logging.WARNING
+    # The level goes on the handler too: distributed's loggers set their own level (INFO) and
+    # would otherwise print every worker registration through the root handler.
     logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
+        level=level,
         format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False)],
+        handlers=[RichHandler(console=console, show_path=False, level=level)],
     )
 
 
