@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +118,99 @@ def standard_sources(tmp_path: Path) -> dict[str, Any]:
             "classes": {1: "forest", 2: "meadow", 3: "desert"},
         },
     }
+
+
+@dataclass
+class DaskProcesses:
+    """A scheduler and workers started as separate `dask` processes on 127.0.0.1."""
+
+    address: str
+    scheduler_file: Path
+    workers: list[subprocess.Popen[bytes]]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_dask_processes(
+    tmp_dir: Path, n_workers: int = 2
+) -> tuple[subprocess.Popen[bytes], DaskProcesses]:
+    """`dask scheduler` and ``n_workers`` single-threaded `dask worker` processes."""
+    dask_cli = str(Path(sys.executable).with_name("dask"))
+    port = _free_port()
+    scheduler_file = tmp_dir / "scheduler.json"
+    log = (tmp_dir / "scheduler.log").open("wb")
+    scheduler = subprocess.Popen(
+        [
+            dask_cli,
+            "scheduler",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--dashboard-address",
+            "127.0.0.1:0",
+            "--scheduler-file",
+            str(scheduler_file),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    address = f"tcp://127.0.0.1:{port}"
+    workers = [
+        subprocess.Popen(
+            [
+                dask_cli,
+                "worker",
+                address,
+                "--nthreads",
+                "1",
+                "--nworkers",
+                "1",
+                "--host",
+                "127.0.0.1",
+                "--no-dashboard",
+                "--name",
+                f"w{i}",
+            ],
+            stdout=(tmp_dir / f"worker{i}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        for i in range(n_workers)
+    ]
+    from distributed import Client
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout="2s") as client:
+                client.wait_for_workers(n_workers, timeout=max(1.0, deadline - time.monotonic()))
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    return scheduler, DaskProcesses(address, scheduler_file, workers)
+
+
+def stop_dask_processes(scheduler: subprocess.Popen[bytes], processes: DaskProcesses) -> None:
+    for proc in [*processes.workers, scheduler]:
+        proc.terminate()
+    for proc in [*processes.workers, scheduler]:
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@pytest.fixture(scope="module")
+def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskProcesses]:
+    """A real multi-process cluster for one test module; see :func:`start_dask_processes`."""
+    scheduler, processes = start_dask_processes(tmp_path_factory.mktemp("dask"))
+    try:
+        yield processes
+    finally:
+        stop_dask_processes(scheduler, processes)

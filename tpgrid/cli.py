@@ -80,9 +80,9 @@ def main(
 
 @contextmanager
 def _cluster(address: str | None, workers: int | None) -> Iterator[None]:
-    from tpgrid.client import dask_client
+    from tpgrid.client import LocalSpec, dask_client
 
-    with dask_client(address, workers) as client:
+    with dask_client(LocalSpec(workers=workers), address=address) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         yield
 

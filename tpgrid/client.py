@@ -1,4 +1,16 @@
-"""Dask clients: a LocalCluster on this machine, or an existing scheduler by address.
+"""Dask clients from a cluster spec: local, an existing scheduler, SLURM/PBS, Kubernetes, Coiled.
+
+A spec is a small YAML file (see ``cluster/*.yaml``)::
+
+    kind: local            # local | address | scheduler_file | slurm | pbs | kubernetes | coiled
+    workers: 2
+    threads_per_worker: 1
+
+Backends other than ``local``/``address``/``scheduler_file`` are imported only when a spec
+asks for them, and a missing one is a :class:`ClusterError` naming the extra to install.
+Workers get ``NUMBA_NUM_THREADS=1`` (Dask supplies the parallelism; the kernels must not start
+their own thread pools inside worker threads) and a shared ``NUMBA_CACHE_DIR`` where the backend
+lets us set environment variables, so compiled kernels are reused across worker restarts.
 
 Work is submitted through whatever client is current, so library functions never need one
 passed in; the CLI opens one here and closes it when the command ends.
@@ -6,45 +18,230 @@ passed in; the CLI opens one here and closes it when the command ends.
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
 
+import yaml
 from distributed import Client, LocalCluster
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from tpgrid.errors import ClusterError
+from tpgrid.errors import ClusterError, ConfigError, describe_validation
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
+NUMBA_CACHE_DIR = str(Path.home() / ".cache" / "tpgrid" / "numba")
+
+
+def worker_environment() -> dict[str, str]:
+    """Environment variables every worker should have (see the module docstring)."""
+    return {
+        "NUMBA_NUM_THREADS": "1",
+        "NUMBA_CACHE_DIR": os.environ.get("NUMBA_CACHE_DIR", NUMBA_CACHE_DIR),
+    }
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class LocalSpec(_Spec):
+    """Worker processes on this machine, on 127.0.0.1."""
+
+    kind: Literal["local"] = "local"
+    workers: int | None = Field(None, ge=1, description="worker processes; default one per core")
+    threads_per_worker: int = Field(1, ge=1)
+    memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'")
+
+
+class AddressSpec(_Spec):
+    """A scheduler that is already running."""
+
+    kind: Literal["address"]
+    address: str = Field(description="e.g. tcp://10.0.0.5:8786")
+
+
+class SchedulerFileSpec(_Spec):
+    """A scheduler that wrote its address to a file (``dask scheduler --scheduler-file``)."""
+
+    kind: Literal["scheduler_file"]
+    scheduler_file: Path
+
+
+class JobqueueSpec(_Spec):
+    """Workers as batch jobs on an HPC queue (dask-jobqueue)."""
+
+    kind: Literal["slurm", "pbs"]
+    jobs: int = Field(1, ge=1, description="batch jobs to submit")
+    cores: int = Field(ge=1, description="cores per job")
+    memory: str = Field(description="memory per job, e.g. '32GiB'")
+    processes: int = Field(1, ge=1, description="worker processes per job")
+    walltime: str = "02:00:00"
+    queue: str | None = None
+    account: str | None = None
+    job_extra_directives: tuple[str, ...] = ()
+    local_directory: str | None = None
+
+
+class KubernetesSpec(_Spec):
+    """A Dask cluster made by the dask-kubernetes operator."""
+
+    kind: Literal["kubernetes"]
+    name: str = "tpgrid"
+    image: str = Field(description="a container image with tpgrid installed")
+    workers: int = Field(2, ge=1)
+    namespace: str | None = None
+    resources: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="{requests: {cpu, memory}, limits: {...}}"
+    )
+
+
+class CoiledSpec(_Spec):
+    """A cloud cluster made by Coiled."""
+
+    kind: Literal["coiled"]
+    name: str | None = None
+    workers: int = Field(4, ge=1)
+    worker_memory: str | None = None
+    region: str | None = None
+    software: str | None = None
+
+
+ClusterSpec = Annotated[
+    LocalSpec | AddressSpec | SchedulerFileSpec | JobqueueSpec | KubernetesSpec | CoiledSpec,
+    Field(discriminator="kind"),
+]
+_SPEC_ADAPTER: TypeAdapter[ClusterSpec] = TypeAdapter(ClusterSpec)
+
+#: The backend module each kind needs, and the pip extra that installs it.
+_BACKENDS = {
+    "slurm": ("dask_jobqueue", "hpc"),
+    "pbs": ("dask_jobqueue", "hpc"),
+    "kubernetes": ("dask_kubernetes.operator", "kubernetes"),
+    "coiled": ("coiled", "coiled"),
+}
+
+
+def load_cluster_spec(path: str | Path) -> ClusterSpec:
+    """Read a cluster spec YAML; every mistake names the file and the key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"cluster spec {path} does not exist: see cluster/*.yaml for examples")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"cluster spec {path} is not valid YAML: {exc}") from exc
+    return parse_cluster_spec(data, source=str(path))
+
+
+def parse_cluster_spec(data: Any, source: str = "cluster spec") -> ClusterSpec:
+    """Validate a cluster spec given as a mapping (e.g. a section of a pipeline config)."""
+    try:
+        return _SPEC_ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is not valid:\n{describe_validation(exc)}") from exc
 
 
 @contextmanager
-def dask_client(
-    address: str | None = None, n_workers: int | None = None, threads_per_worker: int = 1
-) -> Iterator[Client]:
-    """A client to ``address`` (or ``$DASK_SCHEDULER_ADDRESS``), else a LocalCluster of worker
-    processes on 127.0.0.1 (one per core by default, one thread each: the numba kernels
-    release the GIL, but reprojection and compression scale better across processes)."""
+def dask_client(spec: ClusterSpec | None = None, *, address: str | None = None) -> Iterator[Client]:
+    """A client for ``address`` (or ``$DASK_SCHEDULER_ADDRESS``) if given, else for ``spec``,
+    else for a LocalCluster of one single-threaded worker process per core.
+
+    A cluster this function starts is closed when the block ends; an existing scheduler is
+    left running.
+    """
     address = address or os.environ.get(ADDRESS_ENV)
     if address:
-        try:
-            client = Client(address, timeout="10s")
-        except OSError as exc:
-            raise ClusterError(
-                f"cannot reach the Dask scheduler at {address}: start it, or fix the address "
-                f"(--scheduler-address / ${ADDRESS_ENV})"
-            ) from exc
-        with client:
-            yield client
-        return
-    workers = n_workers or max(1, os.cpu_count() or 1)
-    with (
-        LocalCluster(
-            n_workers=workers,
-            threads_per_worker=threads_per_worker,
+        spec = AddressSpec(kind="address", address=address)
+    spec = spec or LocalSpec()
+    with ExitStack() as stack:
+        if isinstance(spec, AddressSpec):
+            client = _connect(spec.address, stack)
+        elif isinstance(spec, SchedulerFileSpec):
+            if not spec.scheduler_file.is_file():
+                raise ClusterError(
+                    f"scheduler file {spec.scheduler_file} does not exist: start the scheduler "
+                    "with `dask scheduler --scheduler-file` first, or fix the path"
+                )
+            client = stack.enter_context(Client(scheduler_file=str(spec.scheduler_file)))
+        else:
+            cluster = stack.enter_context(_start_cluster(spec))
+            client = stack.enter_context(Client(cluster))
+        yield client
+
+
+def _connect(address: str, stack: ExitStack) -> Client:
+    try:
+        client = Client(address, timeout="10s")
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address}: start it, or fix the address "
+            f"(--scheduler-address / ${ADDRESS_ENV} / the cluster spec)"
+        ) from exc
+    stack.enter_context(client)
+    return client
+
+
+def _start_cluster(
+    spec: LocalSpec | JobqueueSpec | KubernetesSpec | CoiledSpec,
+) -> Any:
+    """A new cluster object (a context manager) for ``spec``."""
+    env = worker_environment()
+    if isinstance(spec, LocalSpec):
+        return LocalCluster(
+            n_workers=spec.workers or max(1, os.cpu_count() or 1),
+            threads_per_worker=spec.threads_per_worker,
+            memory_limit=spec.memory_limit,
             host="127.0.0.1",
             dashboard_address="127.0.0.1:0",
             processes=True,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
-        yield client
+            env=env,
+        )
+    backend = _import_backend(spec.kind)
+    if isinstance(spec, JobqueueSpec):
+        cluster_class = backend.SLURMCluster if spec.kind == "slurm" else backend.PBSCluster
+        cluster = cluster_class(
+            cores=spec.cores,
+            memory=spec.memory,
+            processes=spec.processes,
+            walltime=spec.walltime,
+            queue=spec.queue,
+            account=spec.account,
+            job_extra_directives=list(spec.job_extra_directives),
+            local_directory=spec.local_directory,
+            job_script_prologue=[f"export {key}={value}" for key, value in env.items()],
+        )
+        cluster.scale(jobs=spec.jobs)
+        return cluster
+    if isinstance(spec, KubernetesSpec):
+        return backend.KubeCluster(
+            custom_cluster_spec=backend.make_cluster_spec(
+                name=spec.name,
+                image=spec.image,
+                n_workers=spec.workers,
+                resources=spec.resources or None,
+                env=env,
+            ),
+            namespace=spec.namespace,
+        )
+    return backend.Cluster(
+        name=spec.name,
+        n_workers=spec.workers,
+        worker_memory=spec.worker_memory,
+        region=spec.region,
+        software=spec.software,
+        environ=env,
+    )
+
+
+def _import_backend(kind: str) -> Any:
+    module, extra = _BACKENDS[kind]
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ClusterError(
+            f"a {kind!r} cluster needs the {module.split('.')[0]} package, which is not "
+            f'installed: pip install "tpgrid[{extra}]"'
+        ) from exc

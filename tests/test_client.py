@@ -1,0 +1,94 @@
+"""Cluster specs and clients: local, an existing multi-process scheduler, missing backends."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import DaskProcesses
+from tpgrid.client import (
+    AddressSpec,
+    JobqueueSpec,
+    LocalSpec,
+    SchedulerFileSpec,
+    dask_client,
+    load_cluster_spec,
+    parse_cluster_spec,
+)
+from tpgrid.errors import ClusterError, ConfigError
+
+CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
+
+
+@pytest.mark.cluster
+def test_local_spec_starts_single_threaded_worker_processes_with_numba_settings() -> None:
+    with dask_client(LocalSpec(workers=2)) as client:
+        info = client.scheduler_info()["workers"]
+        env = client.run(lambda: __import__("os").environ.get("NUMBA_NUM_THREADS"))
+    assert len(info) == 2
+    assert all(worker["nthreads"] == 1 for worker in info.values())
+    assert set(env.values()) == {"1"}
+
+
+@pytest.mark.cluster
+def test_address_connects_to_a_running_scheduler_and_leaves_it_running(
+    dask_processes: DaskProcesses,
+) -> None:
+    with dask_client(AddressSpec(kind="address", address=dask_processes.address)) as client:
+        assert client.submit(sum, [1, 2, 3]).result() == 6
+        assert len(client.scheduler_info()["workers"]) == 2
+    with dask_client(address=dask_processes.address) as again:
+        assert len(again.scheduler_info()["workers"]) == 2
+
+
+@pytest.mark.cluster
+def test_scheduler_file_connects(dask_processes: DaskProcesses) -> None:
+    spec = SchedulerFileSpec(kind="scheduler_file", scheduler_file=dask_processes.scheduler_file)
+    with dask_client(spec) as client:
+        assert client.scheduler.address == dask_processes.address
+
+
+@pytest.mark.cluster
+def test_environment_address_wins_over_the_spec(
+    dask_processes: DaskProcesses, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", dask_processes.address)
+    with dask_client(LocalSpec(workers=1)) as client:
+        assert client.scheduler.address == dask_processes.address
+
+
+def test_unreachable_scheduler_is_a_cluster_error_naming_the_address() -> None:
+    expected = r"127\.0\.0\.1:9.*start it, or fix the address"
+    with pytest.raises(ClusterError, match=expected), dask_client(address="tcp://127.0.0.1:9"):
+        pass
+
+
+def test_missing_scheduler_file_is_a_cluster_error(tmp_path: Path) -> None:
+    spec = SchedulerFileSpec(kind="scheduler_file", scheduler_file=tmp_path / "nope.json")
+    with pytest.raises(ClusterError, match=r"nope\.json"), dask_client(spec):
+        pass
+
+
+def test_backend_without_its_extra_names_the_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # None in sys.modules makes `import dask_jobqueue` fail, installed or not.
+    monkeypatch.setitem(sys.modules, "dask_jobqueue", None)
+    spec = JobqueueSpec(kind="slurm", cores=4, memory="8GiB")
+    with pytest.raises(ClusterError, match=r'pip install "tpgrid\[hpc\]"'), dask_client(spec):
+        pass
+
+
+@pytest.mark.parametrize("path", sorted(CLUSTER_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_cluster_spec_is_valid(path: Path) -> None:
+    spec = load_cluster_spec(path)
+    assert spec.kind == path.stem.replace("-", "_")
+
+
+def test_unknown_keys_and_kinds_are_config_errors_naming_them() -> None:
+    with pytest.raises(ConfigError, match="workerz: unknown key"):
+        parse_cluster_spec({"kind": "local", "workerz": 2})
+    with pytest.raises(ConfigError, match="yarn"):
+        parse_cluster_spec({"kind": "yarn"})
