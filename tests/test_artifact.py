@@ -1,4 +1,5 @@
-"""Model artifacts: arrays + JSON round trip, no pickle, tampering and truncation refused."""
+"""Model artifacts: arrays + JSON round trip, no pickle, tampering and truncation refused;
+scikit-learn's trees stored beside the packed forest rebuild an identical estimator."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from tpgrid.artifact import FOREST_FILE, MODEL_FILE, ModelArtifact, load_model, save_model
+from tpgrid.artifact import (
+    FOREST_FILE,
+    MODEL_FILE,
+    SKLEARN_FILE,
+    ModelArtifact,
+    load_estimator,
+    load_model,
+    save_model,
+)
 from tpgrid.errors import ArtifactError
 from tpgrid.features import CategoricalFeature, FeatureSpec
 from tpgrid.forest import pack_forest
@@ -18,12 +27,28 @@ FEATURES = FeatureSpec(("dem", "map"), (CategoricalFeature("vegetation", (1, 2),
 
 
 @pytest.fixture(scope="module")
-def artifact() -> ModelArtifact:
+def estimator() -> RandomForestRegressor:
     rng = np.random.default_rng(0)
     X = rng.standard_normal((300, 4)).astype(np.float32)
     y = X[:, 0] * 3 + X[:, 2]
-    forest = pack_forest(RandomForestRegressor(n_estimators=5, random_state=0).fit(X, y))
+    return RandomForestRegressor(n_estimators=5, max_features=0.5, random_state=0).fit(X, y)
+
+
+@pytest.fixture(scope="module")
+def artifact(estimator: RandomForestRegressor) -> ModelArtifact:
+    forest = pack_forest(estimator)
     return ModelArtifact("Fe", forest, FEATURES, {"hyperparameters": {"n_estimators": 5}})
+
+
+@pytest.fixture
+def saved_with_estimator(
+    artifact: ModelArtifact, estimator: RandomForestRegressor, tmp_path: Path
+) -> Path:
+    return save_model(artifact, tmp_path / "Fe", estimator=estimator)
+
+
+def points(n: int) -> np.ndarray:
+    return np.random.default_rng(1).standard_normal((n, 4)).astype(np.float32)
 
 
 def test_round_trip_predicts_identically_and_keeps_the_record(
@@ -78,3 +103,81 @@ def test_other_format_is_refused(artifact: ModelArtifact, tmp_path: Path) -> Non
 def test_feature_count_must_match_the_forest(artifact: ModelArtifact) -> None:
     with pytest.raises(ArtifactError, match="4 columns"):
         ModelArtifact("Fe", artifact.forest, FeatureSpec(("dem",)))
+
+
+def test_rebuilt_estimator_predicts_exactly_like_the_fitted_one(
+    saved_with_estimator: Path, estimator: RandomForestRegressor
+) -> None:
+    rebuilt = load_estimator(saved_with_estimator)
+    X = points(200)
+    np.testing.assert_array_equal(rebuilt.predict(X), estimator.predict(X))
+    for mine, theirs in zip(rebuilt.estimators_, estimator.estimators_, strict=True):
+        np.testing.assert_array_equal(mine.predict(X), theirs.predict(X))
+
+
+def test_rebuilt_estimator_keeps_hyperparameters_and_importances(
+    saved_with_estimator: Path, estimator: RandomForestRegressor
+) -> None:
+    rebuilt = load_estimator(saved_with_estimator)
+    assert rebuilt.get_params() == estimator.get_params()
+    np.testing.assert_array_equal(rebuilt.feature_importances_, estimator.feature_importances_)
+
+
+def test_sklearn_trees_file_holds_no_pickled_objects(saved_with_estimator: Path) -> None:
+    with np.load(saved_with_estimator / SKLEARN_FILE, allow_pickle=False) as data:
+        assert data["threshold"].dtype == np.float64
+        assert all(data[name].dtype != object for name in data.files)
+
+
+def test_saving_the_trees_leaves_the_model_hash_unchanged(
+    saved_with_estimator: Path, artifact: ModelArtifact
+) -> None:
+    assert load_model(saved_with_estimator).model_hash == artifact.model_hash
+
+
+def test_tampered_sklearn_trees_are_refused(saved_with_estimator: Path) -> None:
+    arrays = dict(np.load(saved_with_estimator / SKLEARN_FILE))
+    arrays["threshold"] = arrays["threshold"] + 0.5
+    np.savez(saved_with_estimator / SKLEARN_FILE, **arrays)
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        load_estimator(saved_with_estimator)
+
+
+def test_truncated_sklearn_trees_are_refused(saved_with_estimator: Path) -> None:
+    data = (saved_with_estimator / SKLEARN_FILE).read_bytes()
+    (saved_with_estimator / SKLEARN_FILE).write_bytes(data[: len(data) // 3])
+    with pytest.raises(ArtifactError, match="damaged"):
+        load_estimator(saved_with_estimator)
+
+
+def test_trees_of_another_forest_are_refused_even_with_a_matching_hash(
+    saved_with_estimator: Path, artifact: ModelArtifact, tmp_path: Path
+) -> None:
+    X = points(300)
+    other = RandomForestRegressor(n_estimators=5, random_state=1).fit(X, X[:, 1])
+    other_dir = save_model(
+        ModelArtifact("Fe", pack_forest(other), FEATURES), tmp_path / "other", estimator=other
+    )
+    (saved_with_estimator / SKLEARN_FILE).write_bytes((other_dir / SKLEARN_FILE).read_bytes())
+    doc = json.loads((saved_with_estimator / MODEL_FILE).read_text())
+    doc["sklearn_trees"]["sha256"] = json.loads((other_dir / MODEL_FILE).read_text())[
+        "sklearn_trees"
+    ]["sha256"]
+    (saved_with_estimator / MODEL_FILE).write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="different forests"):
+        load_estimator(saved_with_estimator)
+
+
+def test_artifact_saved_without_trees_says_so(artifact: ModelArtifact, tmp_path: Path) -> None:
+    save_model(artifact, tmp_path)
+    with pytest.raises(ArtifactError, match="without scikit-learn trees"):
+        load_estimator(tmp_path)
+
+
+def test_saving_an_estimator_that_is_not_the_forest_is_refused(
+    artifact: ModelArtifact, tmp_path: Path
+) -> None:
+    X = points(300)
+    other = RandomForestRegressor(n_estimators=5, random_state=1).fit(X, X[:, 1])
+    with pytest.raises(ValueError, match="not the one"):
+        save_model(artifact, tmp_path, estimator=other)

@@ -6,6 +6,11 @@ forest's SHA-256 and a free-form ``record`` (hyperparameters, CV results, screen
 calibration, training-table hash, library versions) written by the fitting step. Loading reads
 arrays and JSON only, so it never runs code from the file, and checks the forest against the
 recorded hash, so a tampered or truncated artifact is refused with a clear error.
+
+Optionally it also holds ``sklearn_trees.npz``: scikit-learn's own node arrays of every tree,
+from which :func:`load_estimator` rebuilds the fitted ``RandomForestRegressor`` for analysis
+(importances, partial dependence). It is hash-checked like the forest and must pack into exactly
+the recorded forest, so the two files can never disagree.
 """
 
 from __future__ import annotations
@@ -17,13 +22,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from tpgrid.errors import ArtifactError, ConfigError
 from tpgrid.features import FeatureSpec
-from tpgrid.forest import PackedForest
+from tpgrid.forest import PackedForest, pack_forest
 
 FORMAT = "tpgrid-model/1"
 FOREST_FILE = "forest.npz"
 MODEL_FILE = "model.json"
+SKLEARN_FILE = "sklearn_trees.npz"
+
+#: Per-node arrays of ``sklearn_trees.npz``: the fields of scikit-learn's node record, plus the
+#: node value (one output).
+_NODE_FIELDS = (
+    "left_child",
+    "right_child",
+    "feature",
+    "threshold",
+    "impurity",
+    "n_node_samples",
+    "weighted_n_node_samples",
+    "missing_go_to_left",
+)
+_SKLEARN_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,16 +76,20 @@ class ModelArtifact:
         return digest.hexdigest()
 
 
-def save_model(artifact: ModelArtifact, directory: str | Path) -> Path:
+def save_model(
+    artifact: ModelArtifact, directory: str | Path, *, estimator: Any | None = None
+) -> Path:
     """Write ``artifact`` into ``directory`` (created if needed); returns the directory.
 
-    ``model.json`` is written last, so a directory without it is an incomplete artifact.
+    With ``estimator`` (the fitted ``RandomForestRegressor`` the forest was packed from), its
+    node arrays go to ``sklearn_trees.npz`` too, for :func:`load_estimator`. ``model.json`` is
+    written last, so a directory without it is an incomplete artifact.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / MODEL_FILE).unlink(missing_ok=True)
     artifact.forest.save_npz(directory / FOREST_FILE)
-    doc = {
+    doc: dict[str, Any] = {
         "format": FORMAT,
         "element": artifact.element,
         "features": artifact.features.to_json(),
@@ -70,6 +97,16 @@ def save_model(artifact: ModelArtifact, directory: str | Path) -> Path:
         "model_hash": artifact.model_hash,
         "record": artifact.record,
     }
+    if estimator is not None:
+        if pack_forest(estimator).content_hash() != doc["forest_sha256"]:
+            raise ValueError("the estimator is not the one the artifact's forest was packed from")
+        arrays = sklearn_tree_arrays(estimator)
+        np.savez(directory / SKLEARN_FILE, allow_pickle=False, **arrays)
+        doc["sklearn_trees"] = {
+            "file": SKLEARN_FILE,
+            "sha256": _arrays_hash(arrays),
+            "params": _json_params(estimator.get_params()),
+        }
     (directory / MODEL_FILE).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return directory
 
@@ -78,22 +115,8 @@ def load_model(directory: str | Path) -> ModelArtifact:
     """Read an artifact written by :func:`save_model`; raise :class:`ArtifactError` when it is
     missing, incomplete, of another format, or does not match its recorded hash."""
     directory = Path(directory)
+    doc = _read_model_json(directory)
     model_json = directory / MODEL_FILE
-    if not model_json.is_file():
-        raise ArtifactError(
-            f"{directory} is not a complete model artifact (no {MODEL_FILE}): fit it again "
-            "with `tpgrid fit`"
-        )
-    try:
-        doc = json.loads(model_json.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(f"{model_json} is not valid JSON ({exc}): fit the model again") from exc
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        found = doc.get("format") if isinstance(doc, dict) else None
-        raise ArtifactError(
-            f"{model_json} is format {found!r}, not {FORMAT!r}: fit the model again with this "
-            "version of tpgrid"
-        )
     try:
         forest = PackedForest.load_npz(directory / FOREST_FILE)
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
@@ -118,3 +141,166 @@ def load_model(directory: str | Path) -> ModelArtifact:
             f"{model_json} has no usable feature list: fit the model again"
         ) from exc
     return ModelArtifact(element=element, forest=forest, features=features, record=record)
+
+
+def _read_model_json(directory: Path) -> dict[str, Any]:
+    model_json = directory / MODEL_FILE
+    if not model_json.is_file():
+        raise ArtifactError(
+            f"{directory} is not a complete model artifact (no {MODEL_FILE}): fit it again "
+            "with `tpgrid fit`"
+        )
+    try:
+        doc = json.loads(model_json.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{model_json} is not valid JSON ({exc}): fit the model again") from exc
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        found = doc.get("format") if isinstance(doc, dict) else None
+        raise ArtifactError(
+            f"{model_json} is format {found!r}, not {FORMAT!r}: fit the model again with this "
+            "version of tpgrid"
+        )
+    return doc
+
+
+# --- scikit-learn's own trees, for analysis ------------------------------------------------
+
+
+def sklearn_tree_arrays(estimator: Any) -> dict[str, npt.NDArray[Any]]:
+    """A fitted single-output ``RandomForestRegressor`` as plain arrays (``np.savez``-able).
+
+    Node arrays (:data:`_NODE_FIELDS` and ``value``) are the trees' nodes one tree after the
+    other, in scikit-learn's own order and dtypes (threshold float64); ``node_offset``
+    [n_trees + 1] says where each tree starts; ``max_depth`` and ``random_state`` are per tree.
+    """
+    trees = [tree.tree_ for tree in estimator.estimators_]
+    if estimator.n_outputs_ != 1:
+        raise ValueError(f"only single-output forests are stored, not {estimator.n_outputs_}")
+    nodes = [tree.__getstate__()["nodes"] for tree in trees]
+    arrays: dict[str, npt.NDArray[Any]] = {
+        name: np.ascontiguousarray(np.concatenate([n[name] for n in nodes]))
+        for name in _NODE_FIELDS
+    }
+    arrays["value"] = np.concatenate([tree.value[:, 0, 0] for tree in trees]).astype(np.float64)
+    counts = np.array([tree.node_count for tree in trees], dtype=np.int64)
+    arrays["node_offset"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    arrays["max_depth"] = np.array([tree.max_depth for tree in trees], dtype=np.int64)
+    arrays["random_state"] = np.array(
+        [tree.random_state for tree in estimator.estimators_], dtype=np.int64
+    )
+    arrays["n_features"] = np.array(estimator.n_features_in_, dtype=np.int64)
+    arrays["format_version"] = np.array(_SKLEARN_FORMAT_VERSION, dtype=np.int64)
+    return arrays
+
+
+def rebuild_estimator(arrays: dict[str, npt.NDArray[Any]], params: dict[str, Any]) -> Any:
+    """The fitted ``RandomForestRegressor`` (hyperparameters ``params``) from
+    :func:`sklearn_tree_arrays` output: it predicts exactly as the one the arrays came from.
+
+    Each tree is restored through scikit-learn's own ``Tree.__setstate__`` (the path unpickling
+    takes), but from arrays read without pickle.
+    """
+    from sklearn.ensemble import RandomForestRegressor
+    from sklearn.tree import DecisionTreeRegressor
+    from sklearn.tree._tree import NODE_DTYPE, Tree
+
+    missing = {*_NODE_FIELDS, "value", "node_offset", "max_depth", "random_state"} - set(arrays)
+    if missing:
+        raise ValueError(f"not scikit-learn tree arrays: missing {sorted(missing)}")
+    if int(arrays["format_version"]) != _SKLEARN_FORMAT_VERSION:
+        raise ValueError(f"tree arrays format {int(arrays['format_version'])} is not supported")
+    unknown = set(NODE_DTYPE.names or ()) - set(_NODE_FIELDS)
+    if unknown:
+        raise ValueError(f"this scikit-learn's tree nodes have fields {sorted(unknown)} not stored")
+    forest = RandomForestRegressor(**params)
+    n_features = int(arrays["n_features"])
+    offsets = arrays["node_offset"]
+    estimators = []
+    for t in range(offsets.size - 1):
+        part = slice(int(offsets[t]), int(offsets[t + 1]))
+        n_nodes = part.stop - part.start
+        nodes = np.zeros(n_nodes, dtype=NODE_DTYPE)
+        for name in _NODE_FIELDS:
+            nodes[name] = arrays[name][part]
+        tree = Tree(n_features, np.ones(1, dtype=np.intp), 1)
+        tree.__setstate__(
+            {
+                "max_depth": int(arrays["max_depth"][t]),
+                "node_count": n_nodes,
+                "nodes": nodes,
+                "values": np.ascontiguousarray(arrays["value"][part].reshape(n_nodes, 1, 1)),
+            }
+        )
+        member = DecisionTreeRegressor(
+            **{name: getattr(forest, name) for name in forest.estimator_params}
+            | {"random_state": int(arrays["random_state"][t])}
+        )
+        member.tree_ = tree
+        member.n_features_in_ = n_features
+        member.n_outputs_ = 1
+        estimators.append(member)
+    forest.estimators_ = estimators
+    forest.estimator_ = DecisionTreeRegressor()
+    forest.n_features_in_ = n_features
+    forest.n_outputs_ = 1
+    return forest
+
+
+def load_estimator(directory: str | Path) -> Any:
+    """The fitted scikit-learn ``RandomForestRegressor`` of an artifact saved with its estimator.
+
+    Raises :class:`ArtifactError` when the artifact has no tree arrays, when they are damaged or
+    do not match their recorded hash, or when they do not pack into the artifact's forest.
+    """
+    directory = Path(directory)
+    doc = _read_model_json(directory)
+    entry = doc.get("sklearn_trees")
+    path = directory / SKLEARN_FILE
+    if not isinstance(entry, dict):
+        raise ArtifactError(
+            f"{directory} was saved without scikit-learn trees: fit the model again with "
+            "`tpgrid fit` to analyse it"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise ArtifactError(
+            f"{path} cannot be read ({exc}): the artifact is damaged; fit the model again"
+        ) from exc
+    if _arrays_hash(arrays) != entry.get("sha256"):
+        raise ArtifactError(
+            f"{path} does not match the hash recorded in {directory / MODEL_FILE}: the artifact "
+            "was changed or damaged; fit the model again"
+        )
+    try:
+        estimator = rebuild_estimator(arrays, dict(entry["params"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ArtifactError(
+            f"{path} cannot be rebuilt into a scikit-learn forest ({exc}): fit the model again "
+            "with this version of tpgrid and scikit-learn"
+        ) from exc
+    if pack_forest(estimator).content_hash() != doc.get("forest_sha256"):
+        raise ArtifactError(
+            f"{path} and {directory / FOREST_FILE} describe different forests: the artifact "
+            "was changed; fit the model again"
+        )
+    return estimator
+
+
+def _arrays_hash(arrays: dict[str, npt.NDArray[Any]]) -> str:
+    """SHA-256 over every array's name, dtype, shape and bytes, in name order."""
+    digest = hashlib.sha256()
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def _json_params(params: dict[str, Any]) -> dict[str, Any]:
+    """Estimator hyperparameters as JSON values (numpy scalars to Python ones)."""
+    return {
+        name: value.item() if isinstance(value, np.generic) else value
+        for name, value in params.items()
+    }
