@@ -47,6 +47,14 @@ class ClusterError(TpgridError):
     """A scheduler that cannot be reached or a cluster that cannot be started."""
 
 
+class SiteTableError(TpgridError):
+    """A site table that is missing, malformed, or cannot train a model for an element."""
+
+
+class FitError(TpgridError):
+    """A model fit that cannot produce anything (e.g. every element has too few sites)."""
+
+
 def describe_validation(exc: ValidationError) -> str:
     """One line per pydantic error: the dotted key and what is wrong with it."""
     lines = []
