@@ -12,15 +12,19 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from tpgrid.errors import TpgridError
+
+if TYPE_CHECKING:
+    from tpgrid.model import FitReport
 
 app = typer.Typer(
     help="1 km soil micronutrient maps of the Tibetan Plateau, on Dask.",
@@ -186,3 +190,113 @@ def demo(
     console.print(f"Synthetic plateau ({size}): {files.root}", highlight=False)
     with _cluster(scheduler_address, workers):
         _build_cube(files.catalog, files.grid, out / "cube.zarr", overwrite)
+
+
+@app.command()
+@_user_errors
+def fit(
+    sites: Annotated[Path, typer.Option(help="Site table (CSV or Parquet), one row per sample.")],
+    cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
+    out: Annotated[Path, typer.Option(help="Directory for the models, one folder per element.")],
+    settings: Annotated[
+        Path | None, typer.Option(help="Fit settings YAML; the options below override it.")
+    ] = None,
+    element: Annotated[
+        list[str] | None,
+        typer.Option("--element", "-e", help="Element to fit (repeat it); default: all seven."),
+    ] = None,
+    trees: Annotated[int | None, typer.Option(help="Trees of each final forest [500].")] = None,
+    search_trees: Annotated[
+        int | None, typer.Option(help="Trees of each CV forest in search and assessment [100].")
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="CV folds [10].")] = None,
+    block_km: Annotated[
+        float | None, typer.Option(help="Edge of the spatial CV blocks, km [100].")
+    ] = None,
+    screen_sd: Annotated[
+        float | None, typer.Option(help="Remove values beyond mean ± this many SD [3]; 0: off.")
+    ] = None,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated elements calibrated XRF → ICP-MS [Zn,Ni]; '': none."),
+    ] = None,
+    train_on: Annotated[
+        str | None, typer.Option(help="'samples' or 'site_means' [samples].")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
+    from tpgrid.model import fit_models, fit_settings
+
+    given: dict[str, Any] = {
+        "elements": tuple(element) if element else None,
+        "n_trees": trees,
+        "search_trees": search_trees,
+        "cv_folds": folds,
+        "spatial_block_km": block_km,
+        "screening_sd": screen_sd,
+        "calibrate": None if calibrate is None else tuple(filter(None, calibrate.split(","))),
+        "train_on": train_on,
+        "seed": seed,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if screen_sd == 0:
+        overrides["screening_sd"] = None  # 0 SD would remove everything: it means "off"
+    chosen = fit_settings(settings, overrides)
+    started = time.perf_counter()
+    with _cluster(scheduler_address, workers), _chunk_progress() as progress:
+        report = fit_models(sites, cube, out, chosen, overwrite=overwrite, progress=progress)
+    console.print(
+        _fit_table(report, f"models in {out} (CV forests of {chosen.search_trees} trees)")
+    )
+    for skipped in report.skipped:
+        console.print(f"[yellow]{skipped.element} skipped:[/] {skipped.reason}", highlight=False)
+    for reason, ids in report.excluded_sites.items():
+        console.print(
+            f"[yellow]{len(ids)} site(s) not used ({reason.replace('_', ' ')}):[/] "
+            + ", ".join(ids),
+            highlight=False,
+        )
+    console.print(f"Fitted in {time.perf_counter() - started:.1f} s: {out}", highlight=False)
+
+
+def _fit_table(report: FitReport, title: str) -> Table:
+    """Per element: sites, fit and OOB R², then one line per CV scheme with its metrics."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in (
+        "element",
+        "sites",
+        "fit R²",
+        "OOB R²",
+        "CV",
+        "R²",
+        "RMSE",
+        "MAE",
+        "bias",
+        "CCC",
+    ):
+        table.add_column(column, justify="left" if column in ("element", "CV") else "right")
+    for fitted in report.fitted:
+        record = fitted.record
+        head = [
+            fitted.element,
+            str(record["training"]["n_sites"]),
+            f"{record['fit']['r2']:.2f}",
+            f"{record['fit']['oob_r2']:.2f}",
+        ]
+        for i, scheme in enumerate(("grouped", "random", "spatial")):
+            cv = record["cv"][scheme]
+            scores = ["skipped", "", "", "", ""]
+            if "r2" in cv:
+                errors = (_mg_per_kg(cv[key]) for key in ("rmse", "mae", "bias"))
+                scores = [f"{cv['r2']:.2f}", *errors, f"{cv['ccc']:.2f}"]
+            table.add_row(*(head if i == 0 else [""] * 4), scheme, *scores, end_section=i == 2)
+    return table
+
+
+def _mg_per_kg(value: float) -> str:
+    """Three significant digits, without exponents for the thousands of mg/kg of Fe."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"

@@ -1,0 +1,401 @@
+"""Fitting: metrics, folds that never split a site, the grouped/random/spatial CVs, the
+distributed search, the artifacts written, and the errors of bad inputs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+from typer.testing import CliRunner
+
+from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
+from tpgrid.artifact import FOREST_FILE, MODEL_FILE, SKLEARN_FILE, load_estimator, load_model
+from tpgrid.cli import app
+from tpgrid.errors import ArtifactError, ConfigError, CubeError, FitError, OutputExistsError
+from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.model import (
+    CV_PREDICTIONS_FILE,
+    TRAINING_FILE,
+    FitReport,
+    FitSettings,
+    SearchGrid,
+    bias,
+    fit_forest,
+    fit_models,
+    fit_settings,
+    group_folds,
+    lins_ccc,
+    mae,
+    projected_xy,
+    r2_score,
+    rmse,
+    spatial_blocks,
+    training_hash,
+)
+from tpgrid.synthetic import PlateauFiles
+
+#: Small forests and a two-candidate grid: the behaviour under test, in seconds.
+QUICK = FitSettings(
+    elements=("Fe", "Zn", "Ni"),
+    n_trees=40,
+    search_trees=20,
+    search_grid=SearchGrid(max_features=(0.33,), min_samples_leaf=(1, 5)),
+)
+
+
+@pytest.fixture(scope="module")
+def fitted(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> FitReport:
+    out = tmp_path_factory.mktemp("models")
+    return fit_models(plateau.sites, cube_path, out, QUICK, local_threads=2)
+
+
+def model_dir(fitted: FitReport, element: str) -> Path:
+    return next(f.directory for f in fitted.fitted if f.element == element)
+
+
+def record(fitted: FitReport, element: str) -> dict[str, Any]:
+    return next(f.record for f in fitted.fitted if f.element == element)
+
+
+def predictions(fitted: FitReport, element: str) -> pd.DataFrame:
+    return pd.read_parquet(model_dir(fitted, element) / CV_PREDICTIONS_FILE)
+
+
+# --- metrics by hand ------------------------------------------------------------------------
+
+OBSERVED = [1.0, 2.0, 3.0, 4.0]
+PREDICTED = [2.0, 2.0, 3.0, 5.0]  # errors +1, 0, 0, +1
+
+
+def test_r2_rmse_mae_and_bias_by_hand() -> None:
+    assert r2_score(OBSERVED, PREDICTED) == pytest.approx(1 - 2 / 5)  # SS_res 2, SS_tot 5
+    assert rmse(OBSERVED, PREDICTED) == pytest.approx(np.sqrt(0.5))
+    assert mae(OBSERVED, PREDICTED) == pytest.approx(0.5)
+    assert bias(OBSERVED, PREDICTED) == pytest.approx(0.5)  # over-prediction is positive
+
+
+def test_lins_ccc_by_hand() -> None:
+    # means 2.5 and 3; population variances 1.25 and 1.5; covariance 1.25
+    assert lins_ccc(OBSERVED, PREDICTED) == pytest.approx(2 * 1.25 / (1.25 + 1.5 + 0.25))
+
+
+def test_ccc_penalises_departures_from_the_one_to_one_line_that_correlation_ignores() -> None:
+    x = np.arange(10.0)
+    assert lins_ccc(x, x) == pytest.approx(1.0)
+    assert np.corrcoef(x, 2 * x + 3)[0, 1] == pytest.approx(1.0)
+    assert lins_ccc(x, 2 * x + 3) < 0.5
+
+
+def test_metrics_refuse_unpaired_arrays() -> None:
+    with pytest.raises(ValueError, match="equal length"):
+        rmse([1.0, 2.0, 3.0], [1.0, 2.0])
+
+
+# --- folds ----------------------------------------------------------------------------------
+
+
+def test_group_folds_keep_each_group_in_one_fold_and_balance_the_folds() -> None:
+    groups = np.repeat([f"S{i:03d}" for i in range(23)], 3)
+    folds = group_folds(groups, 5, seed=0)
+    per_group = pd.Series(folds).groupby(groups).nunique()
+    assert (per_group == 1).all()
+    groups_per_fold = pd.Series(groups).groupby(folds).nunique()
+    assert sorted(groups_per_fold) == [4, 4, 5, 5, 5]
+
+
+def test_group_folds_need_a_group_per_fold() -> None:
+    with pytest.raises(ValueError, match="3 groups cannot fill 5 folds"):
+        group_folds(["a", "b", "c"], 5, seed=0)
+
+
+def test_spatial_blocks_follow_the_block_edges() -> None:
+    x = np.array([0.0, 99_999.0, 100_000.0, -1.0, 50_000.0])
+    y = np.array([0.0, 0.0, 0.0, 0.0, 150_000.0])
+    blocks = spatial_blocks(x, y, block_km=100.0)
+    assert blocks[0] == blocks[1]
+    assert len({blocks[0], blocks[2], blocks[3], blocks[4]}) == 4
+
+
+def test_projected_coordinates_are_metres_on_a_geographic_grid() -> None:
+    grid = TargetGrid.from_spec(GridSpec(crs="EPSG:4326", resolution=0.01, bbox=(90, 30, 94, 33)))
+    x, y = projected_xy(grid, [91.0, 92.0, 91.0], [31.0, 31.0, 32.0])
+    assert x[1] - x[0] == pytest.approx(95_400, rel=0.01)  # 1° of longitude at 31 °N
+    assert y[2] - y[0] == pytest.approx(111_000, rel=0.01)
+
+
+# --- settings -------------------------------------------------------------------------------
+
+
+def test_search_grid_candidates_are_every_combination() -> None:
+    grid = SearchGrid(max_features=(0.3, 0.6), min_samples_leaf=(1, 3, 5), max_depth=(None, 8))
+    candidates = grid.candidates()
+    assert len(candidates) == 12
+    assert {"max_features": 0.6, "min_samples_leaf": 3, "max_depth": 8} in candidates
+
+
+def test_settings_file_with_an_unknown_key_names_it(tmp_path: Path) -> None:
+    (tmp_path / "fit.yaml").write_text("n_tree: 300\n")
+    with pytest.raises(ConfigError, match="n_tree: unknown key"):
+        fit_settings(tmp_path / "fit.yaml", {})
+
+
+def test_overrides_apply_on_top_of_the_settings_file(tmp_path: Path) -> None:
+    (tmp_path / "fit.yaml").write_text("n_trees: 300\nsearch_grid: {max_features: [0.5]}\n")
+    settings = fit_settings(tmp_path / "fit.yaml", {"cv_folds": 5})
+    assert (settings.n_trees, settings.cv_folds) == (300, 5)
+    assert settings.search_grid.max_features == (0.5,)
+
+
+def test_max_features_must_be_fractions() -> None:
+    with pytest.raises(ConfigError, match=r"search_grid\.max_features"):
+        fit_settings(None, {"search_grid": {"max_features": [7]}})
+
+
+# --- fitting the small plateau --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("element", ["Fe", "Zn", "Ni"])
+def test_no_site_is_ever_in_both_train_and_test_folds(fitted: FitReport, element: str) -> None:
+    table = predictions(fitted, element)
+    for fold in range(QUICK.cv_folds):
+        test = table["fold_grouped"] == fold
+        assert set(table.loc[test, "site_id"]).isdisjoint(table.loc[~test, "site_id"])
+    assert table["fold_grouped"].nunique() == QUICK.cv_folds
+
+
+def test_spatial_folds_hold_whole_sites(fitted: FitReport) -> None:
+    table = predictions(fitted, "Fe")
+    assert (table.groupby("site_id")["fold_spatial"].nunique() == 1).all()
+    assert record(fitted, "Fe")["cv"]["spatial"]["n_blocks"] >= QUICK.cv_folds
+
+
+def test_random_sample_cv_scores_higher_than_grouped_cv_when_sites_share_an_effect(
+    fitted: FitReport,
+) -> None:
+    # The synthetic site effect is shared by a site's three samples: a random split lets the
+    # model see a test sample's site-mates, which the grouped split forbids.
+    for element in ("Fe", "Zn"):
+        cv = record(fitted, element)["cv"]
+        assert cv["random"]["r2"] > cv["grouped"]["r2"] + 0.15, element
+        assert cv["random"]["rmse"] < cv["grouped"]["rmse"], element
+
+
+def test_every_cv_scheme_is_reported_with_every_metric(fitted: FitReport) -> None:
+    rec = record(fitted, "Zn")
+    for scheme in ("grouped", "random", "spatial"):
+        assert {"r2", "rmse", "mae", "bias", "ccc", "n", "n_folds"} <= set(rec["cv"][scheme])
+    assert 0 < rec["fit"]["oob_r2"] < rec["fit"]["r2"] < 1
+
+
+def test_cv_metrics_are_those_of_the_saved_out_of_fold_predictions(fitted: FitReport) -> None:
+    table, rec = predictions(fitted, "Zn"), record(fitted, "Zn")
+    for scheme in ("grouped", "random", "spatial"):
+        observed, predicted = table["observed"], table[f"predicted_{scheme}"]
+        assert rec["cv"][scheme]["r2"] == pytest.approx(r2_score(observed, predicted))
+        assert rec["cv"][scheme]["ccc"] == pytest.approx(lins_ccc(observed, predicted))
+    assert len(table) == rec["training"]["n_rows"]
+
+
+def test_the_search_selects_the_candidate_with_the_lowest_grouped_rmse(fitted: FitReport) -> None:
+    search = record(fitted, "Fe")["search"]
+    best = min(search["candidates"], key=lambda c: c["rmse"])
+    assert search["selected"] == best["params"]
+    assert search["n_fits"] == 2 * QUICK.cv_folds
+    assert record(fitted, "Fe")["hyperparameters"]["n_estimators"] == QUICK.n_trees
+
+
+def test_the_record_holds_screening_calibration_and_provenance(
+    fitted: FitReport,
+    plateau: PlateauFiles,  # noqa: F811
+) -> None:
+    rec = record(fitted, "Zn")
+    outliers = pd.read_csv(plateau.outliers)
+    assert set(outliers.loc[outliers["element"] == "Zn", "sample_id"]) <= set(
+        rec["screening"]["removed"]
+    )
+    assert rec["calibration"]["slope"] == pytest.approx(0.75, abs=0.05)
+    assert rec["target"]["scale"] == "ICP-MS (XRF calibrated)"
+    assert record(fitted, "Fe")["calibration"] is None
+    assert rec["versions"]["scikit-learn"]
+    assert rec["settings"]["search_trees"] == QUICK.search_trees
+
+
+def test_the_training_table_hash_is_that_of_the_saved_table(fitted: FitReport) -> None:
+    directory = model_dir(fitted, "Ni")
+    table = pd.read_parquet(directory / TRAINING_FILE)
+    assert training_hash(table) == record(fitted, "Ni")["training"]["table_sha256"]
+
+
+def test_categoricals_are_one_hot_over_the_classes_seen_in_training(fitted: FitReport) -> None:
+    artifact = load_model(model_dir(fitted, "Ni"))
+    table = pd.read_parquet(model_dir(fitted, "Ni") / TRAINING_FILE)
+    indicators = [c for c in artifact.features.columns if "=" in c]
+    assert indicators
+    assert (table[indicators].sum() > 0).all()  # no class without a training site
+    assert list(table.columns[4:-1]) == list(artifact.features.columns)
+
+
+def test_the_artifact_reproduces_the_fit_with_both_forests(fitted: FitReport) -> None:
+    directory = model_dir(fitted, "Zn")
+    X = pd.read_parquet(directory / TRAINING_FILE)[list(load_model(directory).features.columns)]
+    observed = pd.read_parquet(directory / TRAINING_FILE)["observed"]
+    packed, _ = load_model(directory).forest.predict_mean_variance(X.to_numpy(np.float32))
+    rebuilt = load_estimator(directory).predict(X.to_numpy(np.float32))
+    assert r2_score(observed, rebuilt) == record(fitted, "Zn")["fit"]["r2"]
+    np.testing.assert_allclose(packed, rebuilt, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("name", "load"), [(FOREST_FILE, load_model), (SKLEARN_FILE, load_estimator)]
+)
+def test_a_truncated_or_tampered_artifact_fails_clearly(
+    fitted: FitReport, tmp_path: Path, name: str, load: Any
+) -> None:
+    truncated, tampered = tmp_path / "truncated", tmp_path / "tampered"
+    for copy in (truncated, tampered):
+        shutil.copytree(model_dir(fitted, "Ni"), copy)
+    data = (truncated / name).read_bytes()
+    (truncated / name).write_bytes(data[: len(data) // 2])
+    with pytest.raises(ArtifactError, match="damaged"):
+        load(truncated)
+    arrays = dict(np.load(tampered / name))
+    arrays["threshold"] = arrays["threshold"] * 0.5
+    np.savez(tampered / name, **arrays)
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        load(tampered)
+
+
+def test_model_json_says_which_trees_the_cv_used(fitted: FitReport) -> None:
+    doc = json.loads((model_dir(fitted, "Fe") / MODEL_FILE).read_text())
+    assert doc["record"]["search"]["trees_per_fit"] == QUICK.search_trees
+    assert doc["record"]["cv"]["trees_per_fit"] == QUICK.search_trees
+    assert doc["sklearn_trees"]["params"]["n_estimators"] == QUICK.n_trees
+
+
+# --- skipping and refusing -------------------------------------------------------------------
+
+
+def test_elements_with_fewer_sites_than_folds_are_skipped_with_the_reason(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Cu"), "cv_folds": 16})
+    report = fit_models(plateau.sites, cube_path, tmp_path, settings, local_threads=2)
+    assert [f.element for f in report.fitted] == ["Cu"]
+    (skipped,) = report.skipped
+    assert skipped.element == "Ni"
+    assert "15 sites with usable Ni values, fewer than the 16 CV folds" in skipped.reason
+    assert not (tmp_path / "Ni").exists()
+
+
+def test_no_fittable_element_is_a_fit_error(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Mo"), "cv_folds": 16})
+    with pytest.raises(FitError, match=r"no element could be fitted:\n  Ni: 15 sites"):
+        fit_models(plateau.sites, cube_path, tmp_path, settings)
+
+
+def test_existing_models_are_replaced_only_when_asked(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = QUICK.model_copy(update={"elements": ("Ni",)})
+    fit_models(plateau.sites, cube_path, tmp_path, settings, local_threads=2)
+    first = load_model(tmp_path / "Ni").model_hash
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        fit_models(plateau.sites, cube_path, tmp_path, settings.model_copy(update={"seed": 1}))
+    assert load_model(tmp_path / "Ni").model_hash == first
+    fit_models(
+        plateau.sites, cube_path, tmp_path, settings.model_copy(update={"seed": 1}), overwrite=True
+    )
+    assert load_model(tmp_path / "Ni").model_hash != first
+    assert [p.name for p in tmp_path.iterdir()] == ["Ni"]  # no staging left behind
+
+
+def test_a_cube_missing_a_catalogued_layer_is_refused(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(cube_path, copy)
+    shutil.rmtree(copy / "ndvi")
+    zarr.consolidate_metadata(copy, zarr_format=3)
+    with pytest.raises(CubeError, match=r"lacks layer\(s\) \['ndvi'\] listed in its catalog"):
+        fit_models(plateau.sites, copy, tmp_path / "models", QUICK)
+
+
+def test_a_cube_layer_without_data_at_the_sites_is_refused(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    copy = tmp_path / "cube.zarr"
+    shutil.copytree(cube_path, copy)
+    shutil.rmtree(copy / "soc" / "c")  # metadata kept, every chunk gone: reads as NaN
+    with pytest.raises(CubeError, match="layer 'soc' has no data at 120 site pixel"):
+        fit_models(plateau.sites, copy, tmp_path / "models", QUICK)
+
+
+# --- on a Dask cluster, and from the command line ---------------------------------------------
+
+
+def test_the_search_on_a_dask_cluster_gives_the_local_result(fitted: FitReport) -> None:
+    table = pd.read_parquet(model_dir(fitted, "Ni") / TRAINING_FILE)
+    columns = list(load_model(model_dir(fitted, "Ni")).features.columns)
+    X, y = table[columns].to_numpy(np.float32), table["observed"].to_numpy()
+    sites, blocks = table["site_id"].to_numpy(), table["row"].to_numpy() // 100
+    local = fit_forest(X, y, sites, blocks, QUICK, local_threads=1)
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
+        Client(cluster),
+    ):
+        on_dask = fit_forest(X, y, sites, blocks, QUICK)
+    assert on_dask.record["search"]["backend"].startswith("dask: 2 workers")
+    assert local.record["search"]["backend"] == "local threads: 1"
+    for scheme in ("grouped", "random", "spatial"):
+        np.testing.assert_array_equal(on_dask.predictions[scheme], local.predictions[scheme])
+
+
+def test_tpgrid_fit_prints_the_cv_table_and_the_skipped_elements(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = tmp_path / "fit.yaml"
+    settings.write_text("search_grid: {max_features: [0.33], min_samples_leaf: [5]}\n")
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        result = CliRunner().invoke(
+            app,
+            [
+                "fit",
+                *("--sites", str(plateau.sites), "--cube", str(cube_path)),
+                *("--out", str(tmp_path / "models"), "--settings", str(settings)),
+                *("-e", "Mo", "-e", "Cu", "--trees", "40", "--search-trees", "10"),
+                *("--folds", "16", "--scheduler-address", client.scheduler.address),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "Cu " in result.output
+    assert all(scheme in result.output for scheme in ("grouped", "random", "spatial"))
+    assert "Mo skipped: 15 sites" in result.output
+    assert load_model(tmp_path / "models" / "Cu").record["hyperparameters"]["n_estimators"] == 40
