@@ -55,6 +55,10 @@ class FitError(TpgridError):
     """A model fit that cannot produce anything (e.g. every element has too few sites)."""
 
 
+class AnalysisError(TpgridError):
+    """An analysis the data cannot support: too few sites, classes or values for it."""
+
+
 def describe_validation(exc: ValidationError) -> str:
     """One line per pydantic error: the dotted key and what is wrong with it."""
     lines = []
