@@ -1,0 +1,202 @@
+"""Prediction intervals from the spread of a forest's trees, and how often they hold.
+
+The map's uncertainty layer is the variance between the trees' predictions. That spread says
+how much the bootstrap forests disagree about the *mean* at a pixel, not how far a new
+measurement may fall from it, so an interval built from it (tree quantiles, or mean ± z·sd)
+need not cover its nominal share of new sites. This module measures that: every site is
+predicted by forests of a grouped cross-validation that did not see it (:func:`cross_fit`),
+and the intervals' achieved coverage is set against their nominal level. It also calibrates
+the interval ``mean ± k·sd`` so that it holds: ``k`` is the ``level`` quantile of the held-out
+scores ``|y − mean| / sd`` (split-conformal with the tree sd as scale), checked fold by fold
+with ``k`` taken from the other folds only (cross-conformal), so the reported coverage is not
+the one ``k`` was tuned on.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from scipy import stats
+from sklearn.base import clone
+
+from tpgrid.errors import AnalysisError
+from tpgrid.forest import PackedForest, pack_forest
+
+F64 = npt.NDArray[np.float64]
+#: Nominal level of the intervals the report shows.
+LEVEL = 0.9
+#: Tree spread below this share of the mean is treated as this share (mg/kg), so one row
+#: predicted identically by every tree does not get an infinite calibration score.
+MIN_RELATIVE_SD = 1e-6
+
+
+@dataclass(frozen=True, eq=False)
+class CrossFit:
+    """Grouped cross-validation of one forest: ``forests[f]`` was fitted without the rows of
+    fold ``f``; ``trees`` (n_rows, n_trees) holds every tree's prediction of each row by the
+    forest that did not see it (mg/kg)."""
+
+    folds: npt.NDArray[np.intp]
+    forests: tuple[PackedForest, ...]
+    trees: F64
+
+    @property
+    def mean(self) -> F64:
+        """Out-of-fold prediction (mean over the trees), mg/kg."""
+        result: F64 = self.trees.mean(axis=1)
+        return result
+
+    @property
+    def sd(self) -> F64:
+        """Out-of-fold spread between the trees (population SD), mg/kg."""
+        result: F64 = self.trees.std(axis=1)
+        return result
+
+    def rows(self, fold: int) -> npt.NDArray[np.intp]:
+        """Rows held out of ``forests[fold]``."""
+        return np.flatnonzero(self.folds == fold)
+
+
+def cross_fit(
+    estimator: Any,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    folds: npt.ArrayLike,
+    *,
+    n_trees: int | None = None,
+) -> CrossFit:
+    """Refit (a clone of) the scikit-learn forest ``estimator`` once per fold without that
+    fold's rows, and predict the held-out rows with every tree (numba kernel).
+
+    ``folds`` numbers every row 0 … k − 1 (grouped by site: see ``tpgrid.model.group_folds``).
+    ``n_trees`` overrides the estimator's number of trees (cost control: the spread between
+    trees does not depend on how many there are, only how well it is estimated does).
+    """
+    X32 = np.asarray(X, dtype=np.float32)
+    target = np.asarray(y, dtype=np.float64)
+    fold_ids = np.asarray(folds, dtype=np.intp)
+    n_folds = int(fold_ids.max()) + 1
+    if n_folds < 2 or set(np.unique(fold_ids).tolist()) != set(range(n_folds)):
+        raise AnalysisError(f"folds must number the rows 0 … k − 1 with k ≥ 2, got {n_folds}")
+    # The out-of-bag score of the final fit is of no use here and costs a pass over the data.
+    template = clone(estimator).set_params(oob_score=False)
+    if n_trees is not None:
+        template.set_params(n_estimators=n_trees)
+    forests: list[PackedForest] = []
+    trees: F64 | None = None
+    for fold in range(n_folds):
+        test = fold_ids == fold
+        fitted = clone(template).fit(X32[~test], target[~test])
+        forest = pack_forest(fitted)
+        forests.append(forest)
+        predicted = forest.predict_trees(X32[test])
+        if trees is None:
+            trees = np.full((X32.shape[0], predicted.shape[1]), np.nan)
+        trees[test] = predicted
+    assert trees is not None
+    return CrossFit(folds=fold_ids, forests=tuple(forests), trees=trees)
+
+
+# --- intervals -------------------------------------------------------------------------------
+
+
+def quantile_interval(trees: F64, level: float = LEVEL) -> tuple[F64, F64]:
+    """The central ``level`` interval of the trees' predictions per row (e.g. 5–95 %)."""
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(trees, [tail, 1.0 - tail], axis=1)
+    return low, high
+
+
+def normal_quantile(level: float = LEVEL) -> float:
+    """``z`` of the central ``level`` interval of a normal distribution (1.645 for 90 %)."""
+    return float(stats.norm.ppf(0.5 + level / 2.0))
+
+
+def sd_interval(mean: F64, sd: F64, k: float) -> tuple[F64, F64]:
+    """``mean ± k·sd``."""
+    return mean - k * sd, mean + k * sd
+
+
+def coverage(observed: npt.ArrayLike, low: F64, high: F64) -> float:
+    """Share of ``observed`` inside ``[low, high]``."""
+    y = np.asarray(observed, dtype=np.float64)
+    return float(np.mean((y >= low) & (y <= high)))
+
+
+def calibration_scores(observed: npt.ArrayLike, mean: F64, sd: F64) -> F64:
+    """``|y − mean| / sd`` per row: how many tree SDs the observation lies from the mean."""
+    floor = MIN_RELATIVE_SD * np.abs(mean)
+    scale = np.maximum(sd, np.where(floor > 0, floor, MIN_RELATIVE_SD))
+    result: F64 = np.abs(np.asarray(observed, dtype=np.float64) - mean) / scale
+    return result
+
+
+def calibrated_k(scores: F64, level: float = LEVEL) -> float:
+    """The conformal ``k``: the ⌈(n + 1)·level⌉-th smallest score (finite-sample guarantee of
+    at least ``level`` coverage for an exchangeable new site); ``inf`` when n is too small."""
+    n = scores.size
+    rank = math.ceil((n + 1) * level)
+    if rank > n:
+        return math.inf
+    return float(np.sort(scores)[rank - 1])
+
+
+@dataclass(frozen=True)
+class CoverageRow:
+    """One interval method's nominal and achieved coverage on held-out sites."""
+
+    method: str
+    nominal: float
+    achieved: float
+    mean_width: float  # mg/kg
+    k: float  # multiplier of the tree SD (NaN for tree quantiles)
+
+
+def coverage_table(
+    observed: npt.ArrayLike, cv: CrossFit, level: float = LEVEL
+) -> tuple[pd.DataFrame, float]:
+    """Achieved coverage of three ``level`` intervals on the held-out rows of ``cv``.
+
+    - ``tree quantiles``: the central ``level`` range of the trees' predictions;
+    - ``mean ± z·sd``: ``z`` of a normal distribution (1.645 for 90 %);
+    - ``mean ± k·sd, calibrated``: ``k`` from :func:`calibrated_k` on the other folds' rows.
+
+    Returns the table (one row per method) and ``k`` calibrated on all rows, the multiplier
+    to use for the map's interval ``mean ± k·sd``.
+    """
+    y = np.asarray(observed, dtype=np.float64)
+    mean, sd = cv.mean, cv.sd
+    scores = calibration_scores(y, mean, sd)
+    rows: list[CoverageRow] = []
+    low, high = quantile_interval(cv.trees, level)
+    rows.append(
+        CoverageRow("tree quantiles", level, coverage(y, low, high), _width(low, high), math.nan)
+    )
+    z = normal_quantile(level)
+    low, high = sd_interval(mean, sd, z)
+    rows.append(CoverageRow("mean ± z·sd", level, coverage(y, low, high), _width(low, high), z))
+    low, high = np.empty_like(y), np.empty_like(y)
+    for fold in np.unique(cv.folds):
+        held = cv.folds == fold
+        k_fold = calibrated_k(scores[~held], level)
+        low[held], high[held] = sd_interval(mean[held], sd[held], k_fold)
+    k_all = calibrated_k(scores, level)
+    rows.append(
+        CoverageRow(
+            "mean ± k·sd, calibrated",
+            level,
+            coverage(y, low, high),
+            _width(low, high),
+            k_all,
+        )
+    )
+    return pd.DataFrame([row.__dict__ for row in rows]).set_index("method"), k_all
+
+
+def _width(low: F64, high: F64) -> float:
+    return float(np.mean(high - low))
