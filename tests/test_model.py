@@ -252,7 +252,8 @@ def test_the_artifact_reproduces_the_fit_with_both_forests(fitted: FitReport) ->
     observed = pd.read_parquet(directory / TRAINING_FILE)["observed"]
     packed, _ = load_model(directory).forest.predict_mean_variance(X.to_numpy(np.float32))
     rebuilt = load_estimator(directory).predict(X.to_numpy(np.float32))
-    assert r2_score(observed, rebuilt) == record(fitted, "Zn")["fit"]["r2"]
+    # Equal up to the order in which threads add up the trees (last bits of a float64 sum).
+    assert r2_score(observed, rebuilt) == pytest.approx(record(fitted, "Zn")["fit"]["r2"], 1e-12)
     np.testing.assert_allclose(packed, rebuilt, rtol=1e-12)
 
 

@@ -375,7 +375,7 @@ def fit_forest(
     settings: FitSettings,
     *,
     local_threads: int | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     label: str = "",
 ) -> ElementFit:
     """Search, assess and fit one element's forest on ``X`` (float32) and ``y`` (mg/kg).
@@ -384,14 +384,25 @@ def fit_forest(
     the three CVs use ``settings.search_trees`` trees per forest; the final forest
     ``settings.n_trees``.
     """
-    k, seed = settings.cv_folds, settings.seed
-    folds: dict[str, I64 | None] = {
-        "grouped": group_folds(sites, k, seed),
-        "random": group_folds(np.arange(y.size), k, seed),
-    }
+    k, seed, trees = settings.cv_folds, settings.seed, settings.search_trees
+    grouped = group_folds(sites, k, seed)
     n_blocks = int(np.unique(blocks).size)
-    spatial_k = min(k, n_blocks)
-    folds["spatial"] = group_folds(blocks, spatial_k, seed) if n_blocks >= 2 else None
+    assessed = {"random": group_folds(np.arange(y.size), k, seed)}
+    if n_blocks >= 2:
+        assessed["spatial"] = group_folds(blocks, min(k, n_blocks), seed)
+    if n_blocks < 2:
+        log.warning(
+            "%s: every site in one %g km block, no spatial CV", label, settings.spatial_block_km
+        )
+    elif n_blocks < k:
+        log.warning(
+            "%s: only %d spatial blocks of %g km, so spatial CV has %d folds, not %d",
+            label,
+            n_blocks,
+            settings.spatial_block_km,
+            n_blocks,
+            k,
+        )
 
     def report(stage: str) -> Callable[[int, int], None] | None:
         if progress is None:
@@ -401,13 +412,9 @@ def fit_forest(
     with _runner(local_threads) as runner:
         shared = runner.share(X, y)
         candidates = settings.search_grid.candidates()
-        grouped = folds["grouped"]
-        assert grouped is not None
         started = time.perf_counter()
         futures = [
-            runner.submit(
-                fold_predictions, *shared, grouped, f, params, settings.search_trees, seed
-            )
+            runner.submit(fold_predictions, *shared, grouped, f, params, trees, seed)
             for params in candidates
             for f in range(k)
         ]
@@ -415,60 +422,23 @@ def fit_forest(
         search_wall = time.perf_counter() - started
         oof = [_assemble(grouped, results[c * k : (c + 1) * k]) for c in range(len(candidates))]
         scores = [cv_metrics(y, pred) for pred in oof]
-        best = int(np.argmin([s["rmse"] for s in scores]))
+        best = int(np.argmin([score["rmse"] for score in scores]))
         params = candidates[best]
 
-        # The other two CVs of the winner run on the cluster while the final forest is fitted.
+        # The winner's other CVs run on the cluster while the final forest is fitted here.
         pending = {
             scheme: [
-                runner.submit(
-                    fold_predictions, *shared, scheme_folds, f, params, settings.search_trees, seed
-                )
-                for f in range(int(scheme_folds.max()) + 1)
+                runner.submit(fold_predictions, *shared, folds, f, params, trees, seed)
+                for f in range(int(folds.max()) + 1)
             ]
-            for scheme in ("random", "spatial")
-            if (scheme_folds := folds[scheme]) is not None
+            for scheme, folds in assessed.items()
         }
         estimator = _final_forest(X, y, params, settings)
-        predictions = {"grouped": oof[best]}
+        predictions = {"grouped": oof[best], "spatial": np.full(y.size, np.nan)}
         for scheme, scheme_futures in pending.items():
-            scheme_folds = folds[scheme]
-            assert scheme_folds is not None
-            predictions[scheme] = _assemble(
-                scheme_folds, runner.gather(scheme_futures, report(scheme))
-            )
+            results = runner.gather(scheme_futures, report(scheme))
+            predictions[scheme] = _assemble(assessed[scheme], results)
         backend = runner.description
-
-    cv: dict[str, Any] = {
-        "trees_per_fit": settings.search_trees,
-        "note": (
-            "pooled out-of-fold metrics; grouped is the search's own CV of the selected "
-            "candidate (not nested, so slightly optimistic); random splits samples and lets a "
-            "site's triplicates leak across folds, shown for comparison only"
-        ),
-        "grouped": {"groups": "site", "n_folds": k, **cv_metrics(y, predictions["grouped"])},
-        "random": {"groups": "row", "n_folds": k, **cv_metrics(y, predictions["random"])},
-    }
-    spatial_record: dict[str, Any] = {
-        "groups": f"{settings.spatial_block_km:g} km blocks",
-        "block_km": settings.spatial_block_km,
-        "n_blocks": n_blocks,
-    }
-    if folds["spatial"] is None:
-        spatial_record["skipped"] = "all sites lie in one block: choose smaller blocks"
-        predictions["spatial"] = np.full(y.size, np.nan)
-    else:
-        if spatial_k < k:
-            log.warning(
-                "%s: only %d spatial blocks of %g km, so spatial CV has %d folds, not %d",
-                label,
-                n_blocks,
-                settings.spatial_block_km,
-                spatial_k,
-                k,
-            )
-        spatial_record |= {"n_folds": spatial_k, **cv_metrics(y, predictions["spatial"])}
-    cv["spatial"] = spatial_record
 
     record = {
         "hyperparameters": {
@@ -480,18 +450,18 @@ def fit_forest(
         "search": {
             "cv": "k-fold grouped by site",
             "n_folds": k,
-            "trees_per_fit": settings.search_trees,
+            "trees_per_fit": trees,
             "selected_by": "lowest pooled grouped-CV RMSE",
             "candidates": [
-                {"params": c, "r2": s["r2"], "rmse": s["rmse"]}
-                for c, s in zip(candidates, scores, strict=True)
+                {"params": c, "r2": score["r2"], "rmse": score["rmse"]}
+                for c, score in zip(candidates, scores, strict=True)
             ],
             "selected": params,
             "n_fits": len(futures),
             "wall_s": round(search_wall, 3),
             "backend": backend,
         },
-        "cv": cv,
+        "cv": _cv_record(y, predictions, k, n_blocks, settings),
         "fit": {
             "r2": r2_score(y, estimator.predict(X)),
             "oob_r2": float(estimator.oob_score_),
@@ -501,7 +471,34 @@ def fit_forest(
             ),
         },
     }
-    return ElementFit(estimator=estimator, predictions=predictions, folds=folds, record=record)
+    folds_by_scheme: dict[str, I64 | None] = {"grouped": grouped, "spatial": None, **assessed}
+    return ElementFit(estimator, predictions, folds_by_scheme, record)
+
+
+def _cv_record(
+    y: F64, predictions: Mapping[str, F64], k: int, n_blocks: int, settings: FitSettings
+) -> dict[str, Any]:
+    """The three CVs side by side, with what each groups by."""
+    spatial: dict[str, Any] = {
+        "groups": f"{settings.spatial_block_km:g} km blocks",
+        "block_km": settings.spatial_block_km,
+        "n_blocks": n_blocks,
+    }
+    if n_blocks < 2:
+        spatial["skipped"] = "all sites lie in one block: choose smaller blocks"
+    else:
+        spatial |= {"n_folds": min(k, n_blocks), **cv_metrics(y, predictions["spatial"])}
+    return {
+        "trees_per_fit": settings.search_trees,
+        "note": (
+            "pooled out-of-fold metrics; grouped is the search's own CV of the selected "
+            "candidate (not nested, so slightly optimistic); random splits samples and lets a "
+            "site's triplicates leak across folds, shown for comparison only"
+        ),
+        "grouped": {"groups": "site", "n_folds": k, **cv_metrics(y, predictions["grouped"])},
+        "random": {"groups": "row", "n_folds": k, **cv_metrics(y, predictions["random"])},
+        "spatial": spatial,
+    }
 
 
 def _assemble(folds: I64, fold_results: Sequence[F64]) -> F64:
@@ -596,9 +593,9 @@ def fit_models(
         for e in settings.elements
     }
     provenance = {
-        "sites": {"path": str(table.path), "sha256": table.sha256},
+        "sites": {"path": str(table.path.resolve()), "sha256": table.sha256},
         "cube": {
-            "path": str(cube),
+            "path": str(cube.resolve()),
             "grid": grid.spec.model_dump(mode="json"),
             "chunk_hashes_sha256": _json_sha256(chunk_hashes(cube)),
         },
@@ -704,9 +701,8 @@ def feature_spec(
             continue
         table = {int(code): str(label) for code, label in dict(attrs["tpgrid:classes"]).items()}
         seen = sorted(int(c) for c in np.unique(values[name]) if int(c) != CATEGORICAL_NODATA)
-        categorical.append(
-            CategoricalFeature(name, tuple(seen), tuple(table.get(c, str(c)) for c in seen))
-        )
+        # The cube builder refuses codes outside the class table, so every code has a name.
+        categorical.append(CategoricalFeature(name, tuple(seen), tuple(table[c] for c in seen)))
     return FeatureSpec(continuous=continuous, categorical=tuple(categorical))
 
 
@@ -751,7 +747,11 @@ def _fit_element(
         "element": element,
         "target": {"units": "mg/kg", "transform": "none", "scale": training.record["scale"]},
         "training": {
-            **{k: v for k, v in training.record.items() if k not in ("screening", "calibration")},
+            **{
+                key: value
+                for key, value in training.record.items()
+                if key not in ("screening", "calibration", "scale")
+            },
             "table_sha256": training_hash(table),
             "table_file": TRAINING_FILE,
         },
