@@ -155,9 +155,15 @@ def betasq(
     return per_variable[["betasq", "percent", "aliased"]].sort_values("betasq", ascending=False)
 
 
-def _independent_columns(Z: F64, tolerance: float = 1e-8) -> list[int]:
+def _independent_columns(Z: F64, tolerance: float = 1e-5) -> list[int]:
     """Columns of ``Z`` (standardized) that are not constant and not in the span of the columns
-    kept before them: R's pivoting in column order."""
+    kept before them: R's pivoting in column order.
+
+    A column counts as in the span when its residual is below ``tolerance`` of its norm. R's
+    ``lm`` uses 1e-7, but covariates come from float32 rasters: clay + silt + sand sums to 100
+    only to ~1e-7 relative, which leaves sand a residual of ~3e-7 and, kept, gives clay, silt
+    and sand huge coefficients of opposite sign.
+    """
     kept: list[int] = []
     basis = np.empty((Z.shape[0], 0))
     for j in range(Z.shape[1]):

@@ -30,6 +30,10 @@ from tpgrid.forest import PackedForest, pack_forest
 F64 = npt.NDArray[np.float64]
 #: Nominal level of the intervals the report shows.
 LEVEL = 0.9
+#: Interval methods of :func:`coverage_table`.
+TREE_QUANTILES = "tree quantiles"
+NORMAL_SD = "mean ± z·sd"
+CALIBRATED_SD = "mean ± k·sd, calibrated"
 #: Tree spread below this share of the mean is treated as this share (mg/kg), so one row
 #: predicted identically by every tree does not get an infinite calibration score.
 MIN_RELATIVE_SD = 1e-6
@@ -175,11 +179,11 @@ def coverage_table(
     rows: list[CoverageRow] = []
     low, high = quantile_interval(cv.trees, level)
     rows.append(
-        CoverageRow("tree quantiles", level, coverage(y, low, high), _width(low, high), math.nan)
+        CoverageRow(TREE_QUANTILES, level, coverage(y, low, high), _width(low, high), math.nan)
     )
     z = normal_quantile(level)
     low, high = sd_interval(mean, sd, z)
-    rows.append(CoverageRow("mean ± z·sd", level, coverage(y, low, high), _width(low, high), z))
+    rows.append(CoverageRow(NORMAL_SD, level, coverage(y, low, high), _width(low, high), z))
     low, high = np.empty_like(y), np.empty_like(y)
     for fold in np.unique(cv.folds):
         held = cv.folds == fold
@@ -188,7 +192,7 @@ def coverage_table(
     k_all = calibrated_k(scores, level)
     rows.append(
         CoverageRow(
-            "mean ± k·sd, calibrated",
+            CALIBRATED_SD,
             level,
             coverage(y, low, high),
             _width(low, high),
