@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
 
 import typer
 from rich import box
@@ -300,3 +300,62 @@ def _fit_table(report: FitReport, title: str) -> Table:
 def _mg_per_kg(value: float) -> str:
     """Three significant digits, without exponents for the thousands of mg/kg of Fe."""
     return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+@app.command()
+@_user_errors
+def predict(
+    cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
+    models: Annotated[
+        Path, typer.Option(help="A model directory, or a directory of them (one per element).")
+    ],
+    out: Annotated[Path, typer.Option(help="Zarr group to write the maps into.")],
+    publish: Annotated[
+        Path | None,
+        typer.Option(help="Also write COGs, quicklook PNGs and a STAC item into this directory."),
+    ] = None,
+    unseen: Annotated[
+        Literal["nan", "predict"],
+        typer.Option(
+            help="Pixels whose categorical class the model never saw: 'nan' (no prediction) "
+            "or 'predict' (predict with every class indicator off)."
+        ),
+    ] = "nan",
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Predict mean, variance and sd maps of every element over the cube."""
+    from tpgrid.outputs import publish as publish_run
+    from tpgrid.predict import load_models, predict_cube
+
+    artifacts = load_models(models)
+    with _cluster(scheduler_address, workers), _chunk_progress() as progress:
+        report = predict_cube(
+            cube,
+            artifacts,
+            out,
+            unseen=unseen,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        published = publish_run(out, publish, overwrite=overwrite) if publish else None
+    table = Table(title=f"prediction {report.path}", box=box.SIMPLE_HEAD)
+    for column in ("element", "trees", "pixels predicted", "unseen class"):
+        table.add_column(column, justify="left" if column == "element" else "right")
+    for summary in report.elements:
+        table.add_row(
+            summary.element,
+            str(summary.n_trees),
+            f"{summary.pixels_predicted:,}",
+            f"{summary.pixels_unseen:,}",
+        )
+    console.print(table)
+    state = "already up to date" if report.up_to_date else f"written in {report.seconds:.1f} s"
+    console.print(f"Maps {state}: {report.path}", highlight=False)
+    if published:
+        console.print(
+            f"Published to {published.directory}: {len(published.cogs)} COGs, "
+            f"{len(published.quicklooks)} quicklooks, STAC item {published.stac_item}",
+            highlight=False,
+        )

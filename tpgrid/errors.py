@@ -43,6 +43,18 @@ class OutputExistsError(TpgridError):
     """An output already exists and overwriting it was not asked for."""
 
 
+class FeatureMismatchError(TpgridError):
+    """A model whose feature variables are missing from the cube or mean something else there."""
+
+
+class ChunkingError(CubeError):
+    """A cube variable whose shape or chunking does not match the cube's grid."""
+
+
+class PredictionError(TpgridError):
+    """A prediction output that is missing or incomplete."""
+
+
 class ClusterError(TpgridError):
     """A scheduler that cannot be reached or a cluster that cannot be started."""
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import dask.array as da
 import numpy.typing as npt
+import rioxarray  # noqa: F401  (registers the Dataset.rio accessor used below)
 import xarray as xr
 import zarr
 from zarr.codecs import ZstdCodec

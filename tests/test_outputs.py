@@ -1,0 +1,205 @@
+"""Publishing a run: COGs GDAL validates, quicklooks with colour bars, a STAC item, CF/ACDD.
+
+The run is a prediction group written with the same layout functions as `tpgrid predict`, filled
+with known values, so every published pixel can be checked against them.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import xarray as xr
+from rio_cogeo.cogeo import cog_validate
+
+from tests.conftest import SMALL_SPEC
+from tpgrid.errors import OutputExistsError, PredictionError
+from tpgrid.grid import TargetGrid
+from tpgrid.outputs import (
+    ATTR_RUN,
+    COG_MEDIA_TYPE,
+    LAYERS,
+    UNSEEN_NODATA,
+    global_attrs,
+    layer_layouts,
+    open_prediction,
+    publish,
+    quicklook_figure,
+    variable_name,
+)
+from tpgrid.store import create_layout, finish, write_window
+
+ELEMENTS = ("Fe", "Mo")
+RUN_ID = "ab" * 32
+
+
+def known_layers(grid: TargetGrid, element: str) -> dict[str, np.ndarray]:
+    """A smooth mean with NaN outside a disc, its variance and sd, and an unseen-class block."""
+    rows, cols = np.indices(grid.shape)
+    inside = (rows - 180) ** 2 + (cols - 180) ** 2 < 170**2
+    scale = 30_000.0 if element == "Fe" else 1.5
+    mean = np.where(inside, scale * (1 + rows / 400 + cols / 800), np.nan).astype(np.float32)
+    variance = (0.1 * mean) ** 2
+    unseen = np.where(inside, 0, UNSEEN_NODATA).astype(np.uint8)
+    unseen[100:120, 100:140] = 1
+    mean[100:120, 100:140] = np.nan
+    variance[100:120, 100:140] = np.nan
+    return {"mean": mean, "variance": variance, "sd": np.sqrt(variance), "unseen": unseen}
+
+
+@pytest.fixture(scope="module")
+def grid() -> TargetGrid:
+    return TargetGrid.from_spec(SMALL_SPEC)
+
+
+@pytest.fixture(scope="module")
+def run(grid: TargetGrid, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A complete prediction group of two elements, laid out as `predict_cube` lays it out."""
+    path = tmp_path_factory.mktemp("run") / "maps.zarr"
+    layouts = {}
+    for element in ELEMENTS:
+        layouts |= layer_layouts(element, n_trees=20, unseen="nan")
+    create_layout(path, grid, layouts)
+    for element in ELEMENTS:
+        for layer, values in known_layers(grid, element).items():
+            for window in grid.windows():
+                name = variable_name(element, layer)
+                write_window(path, name, window, values[window.rows, window.cols])
+    record = {
+        "run_id": RUN_ID,
+        "grid": grid.spec.model_dump(mode="json"),
+        "unseen": "nan",
+        "models": {e: {"model_hash": e.lower() * 32, "n_trees": 20} for e in ELEMENTS},
+    }
+    finish(path, global_attrs(grid, ELEMENTS, RUN_ID) | {ATTR_RUN: record})
+    return path
+
+
+@pytest.fixture(scope="module")
+def published(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("published") / "maps"
+    publish(run, directory)
+    return directory
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_every_layer_is_a_valid_cloud_optimized_geotiff(published: Path, layer: str) -> None:
+    for element in ELEMENTS:
+        valid, errors, _ = cog_validate(published / f"{variable_name(element, layer)}.tif")
+        assert valid, errors
+        with rasterio.open(published / f"{variable_name(element, layer)}.tif") as cog:
+            assert cog.profile["tiled"]
+            assert cog.overviews(1)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_cog_pixels_equal_the_layer_and_padding_is_nodata(
+    published: Path, grid: TargetGrid, layer: str
+) -> None:
+    expected = known_layers(grid, "Mo")[layer]
+    with rasterio.open(published / f"Mo_{layer}.tif") as cog:
+        values = cog.read(1)
+        nodata = cog.nodata
+    rows, cols = grid.shape
+    assert 0 <= values.shape[0] - rows < 8
+    assert 0 <= values.shape[1] - cols < 8
+    assert np.array_equal(values[:rows, :cols], expected, equal_nan=True)
+    padding = np.concatenate([values[rows:, :].ravel(), values[:, cols:].ravel()])
+    if layer == "unseen":
+        assert nodata == UNSEEN_NODATA
+        assert (padding == UNSEEN_NODATA).all()
+    else:
+        assert np.isnan(nodata)
+        assert np.isnan(padding).all()
+
+
+def test_cog_has_the_grid_crs_and_transform(published: Path, grid: TargetGrid) -> None:
+    with rasterio.open(published / "Fe_mean.tif") as cog:
+        assert cog.crs == rasterio.CRS.from_wkt(grid.crs_wkt)
+        assert cog.transform == grid.geobox.affine
+
+
+def test_cog_band_description_names_the_element_and_units(published: Path) -> None:
+    with rasterio.open(published / "Fe_sd.tif") as cog:
+        assert cog.descriptions == ("Fe content, standard deviation between 20 trees (mg/kg)",)
+
+
+def test_quicklook_shows_mean_and_sd_with_colour_bars_in_mg_per_kg(published: Path) -> None:
+    figure = quicklook_figure(published, "Mo")
+    bars = [axes for axes in figure.axes if axes.get_label() == "<colorbar>"]
+    maps = [axes for axes in figure.axes if axes not in bars]
+    assert [axes.get_ylabel() for axes in bars] == ["Mo (mg/kg)", "Mo (mg/kg)"]
+    assert [axes.get_title() for axes in maps] == ["Mo mean", "Mo between-tree SD"]
+    with open(published / "Mo_quicklook.png", "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stac_item_describes_the_run_and_every_asset(published: Path, grid: TargetGrid) -> None:
+    item = json.loads((published / "item.json").read_text())
+    assert item["type"] == "Feature"
+    assert item["stac_version"] == "1.0.0"
+    assert item["id"] == f"tpgrid-{RUN_ID[:16]}"
+    assert item["properties"]["tpgrid:run_id"] == RUN_ID
+    assert item["properties"]["datetime"].endswith("+00:00")
+    assert item["properties"]["proj:code"] == "ESRI:102025"
+    with rasterio.open(published / "Fe_mean.tif") as cog:
+        assert item["properties"]["proj:shape"] == [cog.height, cog.width]
+        assert item["properties"]["proj:bbox"] == list(cog.bounds)
+    west, south, east, north = item["bbox"]
+    assert 89.5 < west < 90.0 < 94.0 < east < 94.5
+    assert 29.5 < south < 30.0 < 33.0 < north < 33.5
+    ring = np.array(item["geometry"]["coordinates"][0])
+    assert item["geometry"]["type"] == "Polygon"
+    assert np.allclose(ring.min(axis=0), [west, south])
+    assert np.allclose(ring.max(axis=0), [east, north])
+    tiffs = {name for name, a in item["assets"].items() if a["type"] == COG_MEDIA_TYPE}
+    assert tiffs == {variable_name(e, layer) for e in ELEMENTS for layer in LAYERS}
+    for asset in item["assets"].values():
+        assert (published / asset["href"]).is_file()
+    assert item["assets"]["Fe_quicklook"]["roles"] == ["overview"]
+    assert item["assets"]["Fe_variance"]["raster:bands"][0]["unit"] == "mg2 kg-2"
+    assert item["assets"]["Fe_unseen"]["raster:bands"][0]["nodata"] == UNSEEN_NODATA
+
+
+def test_group_has_cf_and_acdd_attributes(run: Path) -> None:
+    ds = xr.open_zarr(run, consolidated=True, zarr_format=3, decode_coords="all")
+    assert ds.attrs["Conventions"] == "CF-1.10, ACDD-1.3"
+    assert ds.attrs["id"] == RUN_ID
+    assert {"title", "summary", "date_created", "geospatial_bounds"} <= set(ds.attrs)
+    assert 89.5 < ds.attrs["geospatial_lon_min"] < 90.0
+    assert ds["Fe_mean"].attrs["units"] == "mg/kg"
+    assert ds["Fe_variance"].attrs["units"] == "mg2 kg-2"
+    assert ds["Fe_unseen"].attrs["flag_values"] == [0, 1]
+    assert ds["Fe_mean"].encoding["grid_mapping"] == "spatial_ref"
+    assert "crs_wkt" in ds["spatial_ref"].attrs
+
+
+def test_publishing_the_same_run_again_is_up_to_date(run: Path, published: Path) -> None:
+    before = (published / "item.json").stat().st_mtime_ns
+    report = publish(run, published)
+    assert report.up_to_date
+    assert (published / "item.json").stat().st_mtime_ns == before
+
+
+def test_directory_holding_something_else_is_refused_unless_overwrite(
+    run: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "maps"
+    directory.mkdir()
+    (directory / "old.tif").write_bytes(b"old")
+    with pytest.raises(OutputExistsError, match=r"maps exists.*--overwrite"):
+        publish(run, directory)
+    assert (directory / "old.tif").is_file()
+    publish(run, directory, overwrite=True)
+    assert not (directory / "old.tif").exists()
+    assert (directory / "Fe_mean.tif").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]
+
+
+def test_incomplete_group_is_not_a_prediction(grid: TargetGrid, tmp_path: Path) -> None:
+    create_layout(tmp_path / "maps.zarr", grid, layer_layouts("Fe", 20, "nan"))
+    with pytest.raises(PredictionError, match="not a complete tpgrid prediction"):
+        open_prediction(tmp_path / "maps.zarr")

@@ -1,0 +1,523 @@
+"""Chunked prediction over a real cube of the synthetic plateau on a two-process Dask cluster."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import zarr
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import SchedulerPlugin
+from scipy.ndimage import distance_transform_edt
+from sklearn.ensemble import RandomForestRegressor
+from typer.testing import CliRunner
+
+from tpgrid import _kernels
+from tpgrid.artifact import ModelArtifact, save_model
+from tpgrid.cli import app
+from tpgrid.cube import VALID, build_cube, open_cube
+from tpgrid.errors import (
+    ArtifactError,
+    ChunkingError,
+    ConfigError,
+    FeatureMismatchError,
+    OutputExistsError,
+)
+from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
+from tpgrid.forest import pack_forest, warm_up_kernels
+from tpgrid.grid import TargetGrid, load_grid_spec
+from tpgrid.outputs import ATTR_RUN, UNSEEN_NODATA, open_prediction
+from tpgrid.predict import KernelWarmUp, load_models, predict_block, predict_cube
+from tpgrid.sources import load_catalog
+from tpgrid.synthetic import PlateauFiles, write_plateau
+
+pytestmark = pytest.mark.cluster
+
+N_TREES = 30
+
+
+@dataclass(frozen=True)
+class Plateau:
+    files: PlateauFiles
+    cube: Path
+    grid: TargetGrid
+    covariates: dict[str, np.ndarray]  # every cube variable read for the models, (rows, cols)
+    valid: np.ndarray
+    sites: tuple[np.ndarray, np.ndarray]  # rows, cols of the pixels holding a site
+
+    def truth(self, element: str) -> np.ndarray:
+        with rasterio.open(self.files.truth(element)) as src:
+            return np.asarray(src.read(1))
+
+
+@pytest.fixture(scope="module")
+def plateau(tmp_path_factory: pytest.TempPathFactory) -> Plateau:
+    root = tmp_path_factory.mktemp("plateau")
+    files = write_plateau(root / "plateau", "small", seed=0)
+    grid = TargetGrid.from_spec(load_grid_spec(files.grid))
+    cube = root / "cube.zarr"
+    build_cube(load_catalog(files.catalog), grid, cube)
+    ds = open_cube(cube)
+    kinds = {name: ds[name].attrs.get("tpgrid:kind") for name in ds.data_vars}
+    covariates = {name: ds[name].values for name, kind in kinds.items() if kind}
+    valid = ds[VALID].values == 1
+    table = pd.read_csv(files.sites)
+    rows, cols, inside = grid.pixel_index(table["lon"], table["lat"])
+    pixels = np.unique(np.column_stack([rows[inside], cols[inside]]), axis=0)
+    pixels = pixels[valid[pixels[:, 0], pixels[:, 1]]]
+    return Plateau(files, cube, grid, covariates, valid, (pixels[:, 0], pixels[:, 1]))
+
+
+def feature_spec(plateau: Plateau) -> FeatureSpec:
+    """Every continuous cube variable, and each categorical one with the classes at the sites."""
+    ds = open_cube(plateau.cube)
+    continuous, categorical = [], []
+    for name in sorted(plateau.covariates):
+        if ds[name].attrs["tpgrid:kind"] == "continuous":
+            continuous.append(name)
+            continue
+        seen = np.unique(plateau.covariates[name][plateau.sites])
+        codes = tuple(int(c) for c in seen if c != CATEGORICAL_NODATA)
+        classes = ds[name].attrs["tpgrid:classes"]
+        categorical.append(CategoricalFeature(name, codes, tuple(classes[str(c)] for c in codes)))
+    return FeatureSpec(tuple(continuous), tuple(categorical))
+
+
+def fit_model(plateau: Plateau, element: str, n_trees: int = N_TREES) -> ModelArtifact:
+    """A forest fitted on the truth raster at the site pixels, packed into an artifact."""
+    spec = feature_spec(plateau)
+    X, _ = spec.matrix({name: values[plateau.sites] for name, values in plateau.covariates.items()})
+    y = plateau.truth(element)[plateau.sites]
+    forest = RandomForestRegressor(n_trees, max_features=1 / 3, random_state=0).fit(X, y)
+    return ModelArtifact(element, pack_forest(forest), spec)
+
+
+@pytest.fixture(scope="module")
+def models(plateau: Plateau) -> list[ModelArtifact]:
+    return [fit_model(plateau, element) for element in plateau.files.elements]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    warm_up_kernels()  # fill numba's disk cache first: the workers then load it from there
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=":0",
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        yield client
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: Path
+    report: Any
+    layers: Mapping[str, np.ndarray]  # "Fe_mean" -> (rows, cols)
+
+
+@pytest.fixture(scope="module")
+def prediction(
+    plateau: Plateau,
+    models: list[ModelArtifact],
+    client: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Prediction:
+    path = tmp_path_factory.mktemp("prediction") / "maps.zarr"
+    report = predict_cube(plateau.cube, models, path)
+    ds, _ = open_prediction(path)
+    return Prediction(path, report, {name: ds[name].values for name in ds.data_vars})
+
+
+def whole_map(plateau: Plateau, model: ModelArtifact) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and variance of the forest on every valid pixel at once (unseen classes NaN)."""
+    X, unseen = model.features.matrix(
+        {name: plateau.covariates[name][plateau.valid] for name in model.features.variables}
+    )
+    X[unseen] = np.nan
+    return model.forest.predict_mean_variance(X)
+
+
+# --- agreement ---------------------------------------------------------------------------
+
+
+def test_chunked_maps_equal_the_forest_applied_to_the_whole_map(
+    plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
+) -> None:
+    for model in models:
+        mean, variance = whole_map(plateau, model)
+        layer = prediction.layers
+        assert np.array_equal(
+            layer[f"{model.element}_mean"][plateau.valid], mean.astype(np.float32), equal_nan=True
+        )
+        assert np.array_equal(
+            layer[f"{model.element}_variance"][plateau.valid],
+            variance.astype(np.float32),
+            equal_nan=True,
+        )
+
+
+def test_maps_agree_with_the_truth_rasters(plateau: Plateau, prediction: Prediction) -> None:
+    scores = {}
+    for element in plateau.files.elements:
+        truth = plateau.truth(element)
+        mean = prediction.layers[f"{element}_mean"]
+        both = np.isfinite(mean) & np.isfinite(truth)
+        error = mean[both] - truth[both]
+        r2 = 1 - np.mean(error**2) / np.var(truth[both])
+        scores[element] = (float(np.sqrt(np.mean(error**2))), float(r2))
+    assert all(r2 > 0.8 for _, r2 in scores.values()), scores
+
+
+def test_variance_is_highest_far_from_the_sites(plateau: Plateau, prediction: Prediction) -> None:
+    no_site = np.ones(plateau.grid.shape, dtype=bool)
+    no_site[plateau.sites] = False
+    distance = distance_transform_edt(no_site)[plateau.valid]
+    near, far = distance <= np.quantile(distance, 0.25), distance >= np.quantile(distance, 0.75)
+    for element in plateau.files.elements:
+        relative_sd = (prediction.layers[f"{element}_sd"] / prediction.layers[f"{element}_mean"])[
+            plateau.valid
+        ]
+        assert np.nanmedian(relative_sd[far]) > 1.05 * np.nanmedian(relative_sd[near]), element
+
+
+def test_sd_is_the_square_root_of_the_variance(prediction: Prediction) -> None:
+    sd, variance = prediction.layers["Zn_sd"], prediction.layers["Zn_variance"]
+    np.testing.assert_allclose(sd, np.sqrt(variance), rtol=1e-6)
+
+
+def test_pixels_outside_the_valid_mask_have_no_prediction(
+    plateau: Plateau, prediction: Prediction
+) -> None:
+    assert (~plateau.valid).sum() > 1000
+    for layer in ("mean", "variance", "sd"):
+        assert np.isnan(prediction.layers[f"Fe_{layer}"][~plateau.valid]).all()
+    assert (prediction.layers["Fe_unseen"][~plateau.valid] == UNSEEN_NODATA).all()
+
+
+def test_pixels_with_a_class_unseen_in_training_are_flagged_and_nan(
+    plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
+) -> None:
+    fe = models[0]
+    _, unseen = fe.features.matrix(
+        {name: plateau.covariates[name][plateau.valid] for name in fe.features.variables}
+    )
+    flag = prediction.layers["Fe_unseen"][plateau.valid]
+    assert unseen.sum() > 0
+    assert np.array_equal(flag == 1, unseen)
+    assert np.isnan(prediction.layers["Fe_mean"][plateau.valid][unseen]).all()
+    assert np.isfinite(prediction.layers["Fe_mean"][plateau.valid][~unseen]).all()
+    assert prediction.report.elements[0].pixels_unseen == unseen.sum()
+
+
+def test_unseen_policy_predict_fills_those_pixels(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    predict_cube(plateau.cube, models[:1], tmp_path / "maps.zarr", unseen="predict")
+    ds, run = open_prediction(tmp_path / "maps.zarr")
+    unseen = ds["Fe_unseen"].values == 1
+    assert run["unseen"] == "predict"
+    assert unseen.sum() > 0
+    assert np.isfinite(ds["Fe_mean"].values[unseen]).all()
+
+
+def test_unknown_unseen_policy_is_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="'zero' is not one of"):
+        predict_cube(plateau.cube, models[:1], tmp_path / "maps.zarr", unseen="zero")
+
+
+def test_predict_block_predicts_only_valid_pixels() -> None:
+    spec = FeatureSpec(("a",))
+    X = np.arange(40, dtype=np.float32)[:, None]
+    forest = pack_forest(RandomForestRegressor(5, random_state=0).fit(X, X[:, 0] * 2))
+    a = np.arange(12, dtype=np.float32).reshape(3, 4)
+    valid = a % 3 != 0
+    block = predict_block(forest, spec, {"a": a}, valid)
+    expected, _ = forest.predict_mean_variance(a[valid][:, None])
+    assert np.array_equal(block.mean[valid], expected.astype(np.float32))
+    assert np.isnan(block.mean[~valid]).all()
+    assert (block.unseen[~valid] == UNSEEN_NODATA).all()
+    assert (block.unseen[valid] == 0).all()
+
+
+# --- the output group ----------------------------------------------------------------------
+
+
+def test_output_is_on_the_cube_grid_with_a_cf_grid_mapping(
+    plateau: Plateau, prediction: Prediction
+) -> None:
+    ds, _ = open_prediction(prediction.path)
+    cube = open_cube(plateau.cube)
+    assert np.array_equal(ds["x"].values, cube["x"].values)
+    assert np.array_equal(ds["y"].values, cube["y"].values)
+    assert ds["spatial_ref"].attrs["crs_wkt"] == cube["spatial_ref"].attrs["crs_wkt"]
+    assert ds["Fe_mean"].encoding["grid_mapping"] == "spatial_ref"
+    assert ds["Fe_mean"].encoding["chunks"] == (plateau.grid.spec.chunk,) * 2
+    assert ds["Fe_mean"].dtype == np.float32
+    assert ds["Fe_unseen"].dtype == np.uint8
+
+
+def test_run_record_holds_model_hashes_and_per_chunk_inputs(
+    plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
+) -> None:
+    run = zarr.open_group(prediction.path, mode="r").attrs[ATTR_RUN]
+    assert {e: m["model_hash"] for e, m in run["models"].items()} == {
+        m.element: m.model_hash for m in models
+    }
+    keys = {f"{w.index[0]}.{w.index[1]}" for w in plateau.grid.windows()}
+    assert set(run["chunk_inputs"]["Fe"]) == keys
+    assert run["chunk_inputs"]["Fe"] != run["chunk_inputs"]["Zn"]
+    assert run["run_id"] == prediction.report.run_id
+
+
+def test_rerun_with_the_same_inputs_writes_nothing(
+    plateau: Plateau, models: list[ModelArtifact], prediction: Prediction, client: Client
+) -> None:
+    chunk = next((prediction.path / "Fe_mean").rglob("c/*/*"))
+    before = chunk.stat().st_mtime_ns
+    report = predict_cube(plateau.cube, models, prediction.path)
+    assert report.up_to_date
+    assert report.run_id == prediction.report.run_id
+    assert chunk.stat().st_mtime_ns == before
+
+
+def test_output_holding_another_run_is_refused_unless_overwrite(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:1], out)
+    with pytest.raises(OutputExistsError, match=r"another prediction run.*--overwrite"):
+        predict_cube(plateau.cube, models[1:2], out)
+    predict_cube(plateau.cube, models[1:2], out, overwrite=True)
+    ds, run = open_prediction(out)
+    assert list(run["models"]) == [models[1].element]
+    assert f"{models[0].element}_mean" not in ds
+
+
+def test_output_path_holding_other_files_is_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="something else"):
+        predict_cube(plateau.cube, models[:1], out)
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_failed_run_leaves_neither_output_nor_staging(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(plateau.cube, cube)
+    next((cube / "dem").rglob("c/*/*")).write_bytes(b"not a zstd frame")
+    with pytest.raises(RuntimeError):  # the decompressor's error, raised on the worker
+        predict_cube(cube, models[:1], tmp_path / "maps.zarr")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.zarr"]
+
+
+# --- bad input -----------------------------------------------------------------------------
+
+
+def test_model_needing_a_variable_the_cube_lacks_is_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    fe = models[0]
+    renamed = ("elevation", *fe.features.continuous[1:])
+    model = replace(fe, features=replace(fe.features, continuous=renamed))
+    with pytest.raises(FeatureMismatchError, match="model Fe needs variable 'elevation'"):
+        predict_cube(plateau.cube, [model], tmp_path / "maps.zarr")
+    assert not (tmp_path / "maps.zarr").exists()
+
+
+def test_model_with_another_class_table_is_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    fe = models[0]
+    vegetation = fe.features.categorical[-1]
+    assert vegetation.variable == "vegetation"
+    shuffled = replace(vegetation, names=vegetation.names[::-1])
+    features = replace(fe.features, categorical=(*fe.features.categorical[:-1], shuffled))
+    with pytest.raises(FeatureMismatchError, match=r"'vegetation'.*class tables differ"):
+        predict_cube(plateau.cube, [replace(fe, features=features)], tmp_path / "maps.zarr")
+
+
+def test_cube_variable_chunked_off_the_grid_is_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(plateau.cube, cube)
+    old = zarr.open_array(cube / "ph", mode="r")
+    data, attrs = old[:], dict(old.attrs)
+    shutil.rmtree(cube / "ph")
+    new = zarr.create_array(
+        cube / "ph",
+        shape=data.shape,
+        chunks=(100, 100),
+        dtype=data.dtype,
+        attributes=attrs,
+        dimension_names=("y", "x"),
+    )
+    new[:] = data
+    zarr.consolidate_metadata(cube)
+    with pytest.raises(ChunkingError, match=r"'ph' is .* in chunks of \(100, 100\).*rebuild"):
+        predict_cube(cube, models[:1], tmp_path / "maps.zarr")
+
+
+def test_two_models_for_one_element_are_refused(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    with pytest.raises(ArtifactError, match="more than one model for \\['Fe'\\]"):
+        predict_cube(plateau.cube, [models[0], models[0]], tmp_path / "maps.zarr")
+
+
+def test_models_are_loaded_from_a_directory_of_element_folders(
+    models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    for model in models[:2]:
+        save_model(model, tmp_path / model.element)
+    loaded = load_models(tmp_path)
+    assert [m.element for m in loaded] == ["Fe", "Mn"]
+    assert [m.model_hash for m in loaded] == [m.model_hash for m in models[:2]]
+
+
+def test_directory_without_models_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactError, match=r"no model artifact.*tpgrid fit"):
+        load_models(tmp_path)
+
+
+# --- the cluster ---------------------------------------------------------------------------
+
+
+class TaskSizes(SchedulerPlugin):
+    """Records the pickled size of every prediction task the scheduler receives."""
+
+    name = "test-task-sizes"
+
+    def __init__(self) -> None:
+        self.sizes: dict[str, int] = {}
+
+    def update_graph(self, scheduler: Any, *, tasks: Any, **kwargs: Any) -> None:
+        for key in tasks:
+            state = scheduler.tasks.get(key)
+            if str(key).startswith("tpgrid-predict-") and state is not None:
+                self.sizes[str(key)] = len(cloudpickle.dumps(state.run_spec))
+
+
+def largest_task(client: Client) -> int:
+    def pop(dask_scheduler: Any) -> dict[str, int]:
+        plugin = dask_scheduler.plugins[TaskSizes.name]
+        sizes, plugin.sizes = plugin.sizes, {}
+        return sizes
+
+    sizes = client.run_on_scheduler(pop)
+    assert sizes
+    return max(sizes.values())
+
+
+def test_task_size_does_not_grow_with_the_forest(
+    plateau: Plateau, client: Client, tmp_path: Path
+) -> None:
+    client.register_plugin(TaskSizes())
+    small, large = fit_model(plateau, "Cu", n_trees=3), fit_model(plateau, "Cu", n_trees=150)
+    predict_cube(plateau.cube, [small], tmp_path / "small.zarr")
+    small_task = largest_task(client)
+    predict_cube(plateau.cube, [large], tmp_path / "large.zarr")
+    large_task = largest_task(client)
+    assert large.forest.nbytes > 50 * small.forest.nbytes
+    assert abs(large_task - small_task) <= 16
+    assert large_task < large.forest.nbytes / 50
+
+
+def _kernel_state() -> tuple[int, int, int]:
+    """Signatures compiled, loaded from numba's disk cache, and compiled afresh, this process."""
+    kernel = _kernels.forest_mean_variance
+    stats = kernel.stats
+    return len(kernel.signatures), sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
+
+
+def test_a_joining_worker_loads_the_kernel_from_the_disk_cache_before_any_task() -> None:
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address=":0"
+        ) as cluster,
+        Client(cluster, set_as_default=False) as fresh,
+    ):
+        fresh.register_plugin(KernelWarmUp())
+        states = fresh.run(_kernel_state)
+    assert list(states.values()) == [(1, 1, 0)]
+
+
+def test_chunks_reuse_the_warmed_up_kernel(prediction: Prediction, client: Client) -> None:
+    states = client.run(_kernel_state)
+    assert len(states) == 2
+    assert all(signatures == 1 for signatures, _, _ in states.values())
+
+
+# --- the command ---------------------------------------------------------------------------
+
+
+def test_cli_predicts_and_publishes(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    save_model(models[0], tmp_path / "models" / models[0].element)
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--cube",
+            str(plateau.cube),
+            "--models",
+            str(tmp_path / "models"),
+            "--out",
+            str(tmp_path / "maps.zarr"),
+            "--publish",
+            str(tmp_path / "published"),
+            "--scheduler-address",
+            client.scheduler.address,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    _, run = open_prediction(tmp_path / "maps.zarr")
+    assert list(run["models"]) == ["Fe"]
+    assert (tmp_path / "published" / "Fe_mean.tif").is_file()
+    assert (tmp_path / "published" / "item.json").is_file()
+
+
+def test_cli_reports_a_feature_mismatch_without_a_traceback(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    fe = models[0]
+    renamed = replace(fe.features, continuous=("elevation", *fe.features.continuous[1:]))
+    save_model(replace(fe, features=renamed), tmp_path / "Fe")
+    result = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            "--cube",
+            str(plateau.cube),
+            "--models",
+            str(tmp_path / "Fe"),
+            "--out",
+            str(tmp_path / "maps.zarr"),
+            "--scheduler-address",
+            client.scheduler.address,
+        ],
+    )
+    assert result.exit_code == 2
+    assert "needs variable 'elevation'" in result.output
+    assert "Traceback" not in result.output
