@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -163,6 +164,17 @@ def test_npz_round_trip_predicts_identically_and_keeps_the_hash(
     assert loaded.content_hash() == packed.content_hash()
     assert loaded.n_features == packed.n_features
     assert loaded.n_trees == packed.n_trees
+
+
+def test_pickled_copy_is_checked_read_only_and_predicts_identically(
+    packed: PackedForest,
+) -> None:
+    copy = pickle.loads(pickle.dumps(packed, protocol=5))
+    X = training_data(10)[0]
+    assert np.array_equal(copy.predict_trees(X), packed.predict_trees(X))
+    assert copy.content_hash() == packed.content_hash()
+    assert not any(copy.to_arrays()[name].flags.writeable for name in ("feature", "left"))
+    assert np.array_equal(copy.lockstep_levels, packed.lockstep_levels)
 
 
 def test_hash_changes_when_one_threshold_changes(packed: PackedForest) -> None:
