@@ -221,7 +221,7 @@ def fit(
         typer.Option(help="Comma-separated elements calibrated XRF → ICP-MS [Zn,Ni]; '': none."),
     ] = None,
     train_on: Annotated[
-        str | None, typer.Option(help="'samples' or 'site_means' [samples].")
+        str | None, typer.Option(help="'samples' (default) or 'site_means'.")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     overwrite: OverwriteOption = False,
