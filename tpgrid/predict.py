@@ -158,6 +158,9 @@ class KernelWarmUp(WorkerPlugin):
 
 @dataclass(frozen=True)
 class ElementSummary:
+    """One element of a run: its model, and how many pixels got a prediction or were flagged
+    as having a class unseen in training."""
+
     element: str
     model_hash: str
     n_trees: int
@@ -218,7 +221,7 @@ def predict_cube(
         log.info("%s already holds run %s: nothing to do", out, run["run_id"][:12])
         return _report(out, previous[ATTR_RUN], True, time.perf_counter() - started)
     if out.exists() and not overwrite:
-        what = "another prediction run" if previous is not None else "something else"
+        what = "another prediction run" if ATTR_RUN in (previous or {}) else "something else"
         raise OutputExistsError(
             f"{out} holds {what}: choose another output path or pass --overwrite to replace it"
         )
