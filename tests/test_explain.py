@@ -31,6 +31,7 @@ from tpgrid.explain import (
     HeldOut,
     accumulated_local_effects,
     betasq,
+    correlated_pairs,
     group_importance,
     partial_dependence,
     permutation_importance,
@@ -295,3 +296,23 @@ def test_group_importance_sums_per_group_and_collects_the_rest() -> None:
     importance = pd.Series({"map": 3.0, "ai": 2.0, "clay": 4.0, "x": 1.0})
     summed = group_importance(importance, {"map": "climate", "ai": "climate", "clay": "soil"})
     assert summed.to_dict() == {"climate": 5.0, "soil": 4.0, "other": 1.0}
+
+
+def test_correlated_pairs_lists_strong_pairs_strongest_first_of_either_sign() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=300)
+    X = np.column_stack(
+        [a, -2 * a + rng.normal(0, 0.01, 300), a + rng.normal(0, 0.4, 300), np.ones(300)]
+    )
+    pairs = correlated_pairs(X, ["map", "ai", "ndvi", "constant"], threshold=0.9)
+    found = [(row.a, row.b) for row in pairs.itertuples()]
+    assert found[0] == ("map", "ai")
+    assert pairs["r"].iloc[0] == pytest.approx(-1.0, abs=1e-3)
+    assert set(found[1:]) == {("map", "ndvi"), ("ai", "ndvi")}  # r ≈ ±0.93; constant left out
+
+
+def test_truth_fit_sees_map_and_ai_as_one_gradient(truth_fit: TruthFit) -> None:
+    continuous = list(truth_fit.features.continuous)
+    X = truth_fit.X[:, : len(continuous)]
+    pairs = correlated_pairs(X, continuous, threshold=0.95)
+    assert ("map", "ai") in {(row.a, row.b) for row in pairs.itertuples()}

@@ -359,3 +359,78 @@ def predict(
             f"{len(published.quicklooks)} quicklooks, STAC item {published.stac_item}",
             highlight=False,
         )
+
+
+@app.command()
+@_user_errors
+def report(
+    models: Annotated[
+        Path, typer.Option(help="Directory of the fitted models (`tpgrid fit --out`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory to write the report into.")],
+    cube: Annotated[
+        Path | None, typer.Option(help="Cube the models were fitted on [as recorded by the fit].")
+    ] = None,
+    sites: Annotated[Path | None, typer.Option(help="Site table [as recorded by the fit].")] = None,
+    prediction: Annotated[
+        Path | None,
+        typer.Option(help="Output of `tpgrid predict` with these models, to map with the report."),
+    ] = None,
+    effect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--effect", help="Predictor for PDP and ALE (repeat it) [cia, clay, slope, ai, map]."
+        ),
+    ] = None,
+    level: Annotated[float, typer.Option(help="Nominal level of the intervals.")] = 0.9,
+    cv_trees: Annotated[
+        int | None,
+        typer.Option(help="Trees of each refitted CV forest [as many as the final forest]."),
+    ] = None,
+    applicability: Annotated[
+        bool,
+        typer.Option(help="Compute the dissimilarity index and area of applicability maps."),
+    ] = True,
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Write the science report: statistics, drivers, model checks, applicability, coverage."""
+    from tpgrid.report import ReportSettings, find_elements, write_report
+    from tpgrid.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+
+    find_elements(models)  # a wrong directory fails before a cluster is started
+
+    chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
+    settings = ReportSettings(level=level, cv_trees=cv_trees, applicability=applicability, **chosen)
+    started = time.perf_counter()
+    with _cluster(scheduler_address, workers), _chunk_progress() as progress:
+        result = write_report(
+            models,
+            out,
+            cube=cube,
+            sites=sites,
+            prediction=prediction,
+            settings=settings,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    table = Table(title=f"report {result.html}", box=box.SIMPLE_HEAD)
+    for column in ("element", TREE_QUANTILES, CALIBRATED_SD, "k", "inside AOA"):
+        table.add_column(column, justify="left" if column == "element" else "right")
+    for element, summary in result.summary["elements"].items():
+        achieved = {row["method"]: row["achieved"] for row in summary["coverage"]}
+        share = summary["applicability"]["share_inside"]
+        table.add_row(
+            element,
+            f"{achieved[TREE_QUANTILES]:.0%}",
+            f"{achieved[CALIBRATED_SD]:.0%}",
+            f"{summary['interval_k']:.2f}",
+            "–" if share is None else f"{share:.0%}",
+        )
+    console.print(table)
+    console.print(
+        f"Report written in {time.perf_counter() - started:.1f} s: {result.html} "
+        f"({len(result.figures)} figures in {result.directory / 'figures'})",
+        highlight=False,
+    )

@@ -116,6 +116,27 @@ def group_importance(importance: pd.Series[float], groups: Mapping[str, str]) ->
     return summed
 
 
+def correlated_pairs(
+    X: npt.ArrayLike, columns: Sequence[str], threshold: float = 0.9
+) -> pd.DataFrame:
+    """Pairs of columns of ``X`` whose Pearson correlation is at least ``threshold`` in
+    absolute value, strongest first (``a``, ``b``, ``r``). Between such predictors a forest
+    splits or swaps credit at will, so their importances, betasq and PDPs must be read
+    together (on the plateau MAP and AI, AI being MAP / PET)."""
+    A = np.asarray(X, dtype=np.float64)
+    varies = A.std(axis=0) > 0
+    names = [name for name, keep in zip(columns, varies, strict=True) if keep]
+    r = np.atleast_2d(np.corrcoef(A[:, varies], rowvar=False))
+    rows = [
+        {"a": names[i], "b": names[j], "r": float(r[i, j])}
+        for i in range(len(names))
+        for j in range(i + 1, len(names))
+        if abs(r[i, j]) >= threshold
+    ]
+    frame = pd.DataFrame(rows, columns=["a", "b", "r"])
+    return frame.sort_values("r", key=np.abs, ascending=False, ignore_index=True)
+
+
 # --- betasq ---------------------------------------------------------------------------------------
 
 

@@ -1,0 +1,209 @@
+"""The science report end to end: models fitted on the small synthetic plateau, analysed, the
+AOA computed on a Dask cluster, written as one self-contained HTML page, PNGs and a JSON
+summary; and the ``tpgrid report`` command."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from distributed import Client, LocalCluster
+from typer.testing import CliRunner
+
+from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
+from tpgrid.cli import app
+from tpgrid.errors import AnalysisError, OutputExistsError
+from tpgrid.model import FitSettings, SearchGrid, fit_models
+from tpgrid.outputs import ATTR_RUN, open_prediction
+from tpgrid.predict import load_models, predict_cube
+from tpgrid.report import (
+    FIGURES_DIR,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    ReportResult,
+    ReportSettings,
+    write_report,
+)
+from tpgrid.synthetic import PlateauFiles
+from tpgrid.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+
+ELEMENTS = ("Fe", "Ni")  # the most and the fewest sites of the small plateau
+SETTINGS = ReportSettings(cv_trees=30, importance_repeats=2)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    # In-process workers behind a TCP scheduler, so the CLI can reach it by address too.
+    with LocalCluster(
+        n_workers=1,
+        threads_per_worker=2,
+        processes=False,
+        protocol="tcp://",
+        dashboard_address=None,
+    ) as local:
+        yield local
+
+
+@pytest.fixture(scope="module")
+def models(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    out = tmp_path_factory.mktemp("models")
+    settings = FitSettings(
+        elements=ELEMENTS,
+        n_trees=60,
+        search_trees=30,
+        search_grid=SearchGrid(max_features=(0.5,), min_samples_leaf=(2,)),
+        cv_folds=5,
+    )
+    fit_models(plateau.sites, cube_path, out, settings, local_threads=2)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prediction(
+    models: Path,
+    cube_path: Path,  # noqa: F811
+    cluster: LocalCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    out = tmp_path_factory.mktemp("prediction") / "maps.zarr"
+    with Client(cluster):
+        predict_cube(cube_path, load_models(models), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(
+    models: Path,
+    prediction: Path,
+    cluster: LocalCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> ReportResult:
+    out = tmp_path_factory.mktemp("report") / "report"
+    with Client(cluster):
+        return write_report(models, out, prediction=prediction, settings=SETTINGS)
+
+
+def test_html_embeds_every_figure_and_needs_no_other_file(report: ReportResult) -> None:
+    page = report.html.read_text(encoding="utf-8")
+    embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
+    assert sorted(embedded) == sorted(path.stem for path in report.figures)
+    assert not re.search(r'(src|href)="(?!data:)', page)
+
+
+def test_figures_are_png_files_beside_the_page(report: ReportResult) -> None:
+    names = {path.name for path in report.figures}
+    expected = {"histograms.png", "observed_predicted.png", "coverage.png"}
+    expected |= {f"{kind}_{e}.png" for e in ELEMENTS for kind in ("importance", "effects")}
+    expected |= {f"{kind}_{e}.png" for e in ELEMENTS for kind in ("applicability", "map")}
+    assert expected <= names
+    for path in report.figures:
+        assert path.parent == report.directory / FIGURES_DIR
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_summary_reports_nominal_and_achieved_coverage_per_element(
+    report: ReportResult,
+) -> None:
+    summary = json.loads((report.directory / SUMMARY_FILE).read_text())
+    assert summary == report.summary
+    for element in ELEMENTS:
+        rows = {row["method"]: row for row in summary["elements"][element]["coverage"]}
+        assert {row["nominal"] for row in rows.values()} == {0.9}
+        # Calibrated on the other folds, the interval holds on held-out sites; the raw tree
+        # quantiles of the same forests do not.
+        assert 0.8 <= rows[CALIBRATED_SD]["achieved"] <= 1.0
+        assert rows[TREE_QUANTILES]["achieved"] < rows[CALIBRATED_SD]["achieved"]
+        assert summary["elements"][element]["interval_k"] == rows[CALIBRATED_SD]["k"]
+
+
+def test_applicability_layers_are_written_with_the_report(report: ReportResult) -> None:
+    for element in ELEMENTS:
+        aoa = np.asarray(
+            zarr.open_array(report.directory / "applicability.zarr" / f"{element}_aoa")[:]
+        )
+        share = report.summary["elements"][element]["applicability"]["share_inside"]
+        assert share == pytest.approx(np.mean(aoa[aoa != 255] == 1))
+        assert 0.0 < share < 1.0
+
+
+def test_group_letters_of_the_report_follow_the_synthetic_fe_factors(
+    report: ReportResult,
+) -> None:
+    letters = report.summary["elements"]["Fe"]["groups"]["vegetation"]["letters"]
+    assert letters["shrub"] == "a"
+    assert not set(letters["shrub"]) & set(letters["steppe"])
+
+
+def test_report_records_the_prediction_run_it_maps(report: ReportResult, prediction: Path) -> None:
+    _, run = open_prediction(prediction)
+    assert report.summary["prediction_run_id"] == run["run_id"]
+    assert run["run_id"] in report.html.read_text(encoding="utf-8")
+
+
+def test_report_refuses_a_prediction_made_with_other_models(
+    models: Path, prediction: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other.zarr"
+    shutil.copytree(prediction, other)
+    group = zarr.open_group(other, mode="r+")
+    run = dict(group.attrs[ATTR_RUN])
+    run["models"]["Fe"]["model_hash"] = "0" * 64
+    group.attrs[ATTR_RUN] = run
+    zarr.consolidate_metadata(other)
+    with pytest.raises(AnalysisError, match="another Fe model"):
+        write_report(models, tmp_path / "report", prediction=other, settings=SETTINGS)
+
+
+def test_report_refuses_to_replace_an_existing_directory(
+    models: Path, report: ReportResult
+) -> None:
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        write_report(models, report.directory, settings=SETTINGS)
+
+
+def test_cli_report_writes_the_report_and_prints_the_coverage(
+    models: Path, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    out = tmp_path / "cli-report"
+    result = CliRunner().invoke(
+        app,
+        [
+            "report",
+            "--models",
+            str(models),
+            "--out",
+            str(out),
+            "--cv-trees",
+            "20",
+            "--effect",
+            "slope",
+            "--no-applicability",
+            "--scheduler-address",
+            cluster.scheduler_address,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / REPORT_FILE).is_file()
+    assert CALIBRATED_SD in result.output
+    assert not (out / "applicability.zarr").exists()
+    assert {p.name for p in (out / FIGURES_DIR).glob("effects_*.png")} == {
+        f"effects_{e}.png" for e in ELEMENTS
+    }
+
+
+def test_cli_report_names_a_missing_model_directory(tmp_path: Path) -> None:
+    result = CliRunner().invoke(
+        app, ["report", "--models", str(tmp_path), "--out", str(tmp_path / "r")]
+    )
+    assert result.exit_code == 2
+    assert "tpgrid fit" in result.output
