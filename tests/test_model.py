@@ -329,6 +329,35 @@ def test_existing_models_are_replaced_only_when_asked(
     assert [p.name for p in tmp_path.iterdir()] == ["Ni"]  # no staging left behind
 
 
+def test_reuse_refits_only_the_elements_whose_training_table_changed(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Mo")})
+    models = tmp_path / "models"
+    fit_models(plateau.sites, cube_path, models, settings, local_threads=2)
+    hashes = {e: load_model(models / e).model_hash for e in ("Ni", "Mo")}
+
+    again = fit_models(
+        plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
+    )
+    assert [f.element for f in again.unchanged] == ["Ni", "Mo"]
+    assert again.fitted == ()
+
+    # One corrected Ni value: only the Ni model is refitted.
+    table = pd.read_csv(plateau.sites)
+    first_ni = table.index[table["Ni"].notna()][0]
+    table.loc[first_ni, "Ni"] = table.loc[first_ni, "Ni"] * 1.1
+    edited = tmp_path / "sites.csv"
+    table.to_csv(edited, index=False)
+    report = fit_models(edited, cube_path, models, settings, reuse_unchanged=True, local_threads=2)
+    assert [f.element for f in report.fitted] == ["Ni"]
+    assert [f.element for f in report.unchanged] == ["Mo"]
+    assert load_model(models / "Mo").model_hash == hashes["Mo"]
+    assert load_model(models / "Ni").model_hash != hashes["Ni"]
+
+
 def test_a_cube_missing_a_catalogued_layer_is_refused(
     plateau: PlateauFiles,  # noqa: F811
     cube_path: Path,  # noqa: F811

@@ -38,9 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pyproj import Transformer
 
 from tpgrid import __version__
-from tpgrid.artifact import ModelArtifact, save_model
+from tpgrid.artifact import ModelArtifact, load_model, save_model
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
+    ArtifactError,
     ConfigError,
     CubeError,
     FitError,
@@ -542,9 +543,12 @@ class SkippedElement:
 
 @dataclass(frozen=True)
 class FitReport:
+    """Elements fitted now, kept as they were (``reuse_unchanged``), and skipped."""
+
     fitted: tuple[FittedElement, ...]
     skipped: tuple[SkippedElement, ...]
     excluded_sites: dict[str, tuple[str, ...]]
+    unchanged: tuple[FittedElement, ...] = ()
 
 
 def fit_models(
@@ -554,6 +558,7 @@ def fit_models(
     settings: FitSettings | None = None,
     *,
     overwrite: bool = False,
+    reuse_unchanged: bool = False,
     progress: Progress | None = None,
     local_threads: int | None = None,
 ) -> FitReport:
@@ -562,7 +567,9 @@ def fit_models(
 
     Elements with fewer sites than CV folds are skipped (logged, in the report); if none is
     left, :class:`FitError`. Existing element directories are replaced only when
-    ``overwrite``. ``local_threads`` sets the CV parallelism when no Dask client is current.
+    ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an element whose training
+    table and settings are those its artifact records is kept as it is, not refitted.
+    ``local_threads`` sets the CV parallelism when no Dask client is current.
     """
     settings = settings or FitSettings()
     cube, out = Path(cube), Path(out)
@@ -571,7 +578,7 @@ def fit_models(
     grid = cube_grid(cube)
     layers = cube_layers(dataset, cube)
     existing = [str(out / e) for e in settings.elements if (out / e).exists()]
-    if existing and not overwrite:
+    if existing and not (overwrite or reuse_unchanged):
         raise OutputExistsError(
             f"model directories {existing} exist; pass --overwrite to replace them, or choose "
             "another output directory"
@@ -603,7 +610,7 @@ def fit_models(
         "settings": settings.model_dump(mode="json"),
         "versions": _versions(),
     }
-    fitted, skipped = [], []
+    fitted, skipped, unchanged = [], [], []
     for element, training in tables.items():
         if training.n_sites < settings.cv_folds:
             reason = (
@@ -615,11 +622,16 @@ def fit_models(
             skipped.append(SkippedElement(element, reason))
             continue
         directory = out / element
+        design = _design(training, located, covariates, layers, settings)
+        kept = _unchanged_record(directory, design.inputs_sha256) if reuse_unchanged else None
+        if kept is not None:
+            log.info("%s: training table and settings unchanged, model kept", element)
+            unchanged.append(FittedElement(element, directory, kept))
+            continue
         record = _fit_element(
+            design,
             training,
             located,
-            covariates,
-            layers,
             site_blocks,
             settings,
             provenance,
@@ -628,12 +640,12 @@ def fit_models(
             local_threads=local_threads,
         )
         fitted.append(FittedElement(element, directory, record))
-    if not fitted:
+    if not fitted and not unchanged:
         raise FitError(
             "no element could be fitted:\n"
             + "\n".join(f"  {s.element}: {s.reason}" for s in skipped)
         )
-    return FitReport(tuple(fitted), tuple(skipped), dict(located.excluded))
+    return FitReport(tuple(fitted), tuple(skipped), dict(located.excluded), tuple(unchanged))
 
 
 def cube_layers(cube: xr.Dataset, path: Path) -> dict[str, dict[str, Any]]:
@@ -706,11 +718,57 @@ def feature_spec(
     return FeatureSpec(continuous=continuous, categorical=tuple(categorical))
 
 
-def _fit_element(
+@dataclass(frozen=True)
+class _Design:
+    """One element's training data as the forest sees it, and the hash of all fit inputs."""
+
+    spec: FeatureSpec
+    X: npt.NDArray[np.float32]
+    y: F64
+    table: pd.DataFrame  # ids, pixel, X columns and the observed value
+    site_index: npt.NDArray[np.intp]
+    inputs_sha256: str
+
+
+def _design(
     training: TrainingTable,
     located: SiteLocations,
     covariates: Mapping[str, npt.NDArray[Any]],
     layers: Mapping[str, Mapping[str, Any]],
+    settings: FitSettings,
+) -> _Design:
+    """Build X, y and the training table; hash them with the settings that shape the fit."""
+    frame = training.frame
+    site_index = located.frame.index.get_indexer(pd.Index(frame["site_id"]))
+    values = {name: covariates[name][site_index] for name in layers}
+    spec = feature_spec(layers, values)
+    X, _ = spec.matrix(values)
+    y = frame["value"].to_numpy(dtype=np.float64)
+    table = pd.DataFrame(X, columns=list(spec.columns))
+    table.insert(0, "site_id", frame["site_id"].to_numpy())
+    table.insert(1, "sample_id", frame["sample_id"].astype("string").to_numpy())
+    table.insert(2, "row", located.frame["row"].to_numpy()[site_index])
+    table.insert(3, "col", located.frame["col"].to_numpy()[site_index])
+    table["observed"] = y
+    # The list of elements does not shape one element's fit; everything else may.
+    shaping = settings.model_dump(mode="json", exclude={"elements"})
+    inputs = _json_sha256({"table": training_hash(table), "settings": shaping})
+    return _Design(spec, X, y, table, site_index, inputs)
+
+
+def _unchanged_record(directory: Path, inputs_sha256: str) -> dict[str, Any] | None:
+    """The record of the artifact in ``directory`` if it was fitted from these inputs."""
+    try:
+        artifact = load_model(directory)
+    except ArtifactError:
+        return None
+    return artifact.record if artifact.record.get("inputs_sha256") == inputs_sha256 else None
+
+
+def _fit_element(
+    design: _Design,
+    training: TrainingTable,
+    located: SiteLocations,
     site_blocks: I64,
     settings: FitSettings,
     provenance: Mapping[str, Any],
@@ -719,30 +777,19 @@ def _fit_element(
     progress: Progress | None,
     local_threads: int | None,
 ) -> dict[str, Any]:
-    """Build X, fit, and write one element's directory; returns its record."""
-    element, frame = training.element, training.frame
-    site_index = located.frame.index.get_indexer(pd.Index(frame["site_id"]))
-    values = {name: covariates[name][site_index] for name in layers}
-    spec = feature_spec(layers, values)
-    X, _ = spec.matrix(values)
-    y = frame["value"].to_numpy(dtype=np.float64)
+    """Fit one element and write its directory; returns its record."""
+    element, spec, table = training.element, design.spec, design.table
     started = time.perf_counter()
     result = fit_forest(
-        X,
-        y,
-        frame["site_id"].to_numpy(),
-        site_blocks[site_index],
+        design.X,
+        design.y,
+        training.frame["site_id"].to_numpy(),
+        site_blocks[design.site_index],
         settings,
         local_threads=local_threads,
         progress=progress,
         label=element,
     )
-    table = pd.DataFrame(X, columns=list(spec.columns))
-    table.insert(0, "site_id", frame["site_id"].to_numpy())
-    table.insert(1, "sample_id", frame["sample_id"].astype("string").to_numpy())
-    table.insert(2, "row", located.frame["row"].to_numpy()[site_index])
-    table.insert(3, "col", located.frame["col"].to_numpy()[site_index])
-    table["observed"] = y
     record = {
         "element": element,
         "target": {"units": "mg/kg", "transform": "none", "scale": training.record["scale"]},
@@ -755,6 +802,7 @@ def _fit_element(
             "table_sha256": training_hash(table),
             "table_file": TRAINING_FILE,
         },
+        "inputs_sha256": design.inputs_sha256,
         "screening": training.record["screening"],
         "calibration": training.record["calibration"],
         "classes": {f.variable: dict(zip(f.codes, f.names, strict=True)) for f in spec.categorical},
@@ -771,7 +819,7 @@ def _fit_element(
         predictions[f"fold_{scheme}"] = (
             pd.array(scheme_folds, dtype="Int64")
             if scheme_folds is not None
-            else pd.array([pd.NA] * len(y), dtype="Int64")
+            else pd.array([pd.NA] * len(design.y), dtype="Int64")
         )
     staging = staging_path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
