@@ -369,9 +369,12 @@ def report(
     ],
     out: Annotated[Path, typer.Option(help="Directory to write the report into.")],
     cube: Annotated[
-        Path | None, typer.Option(help="Cube the models were fitted on [as recorded by the fit].")
+        Path | None,
+        typer.Option(help="Cube the models were fitted on (default: as recorded by the fit)."),
     ] = None,
-    sites: Annotated[Path | None, typer.Option(help="Site table [as recorded by the fit].")] = None,
+    sites: Annotated[
+        Path | None, typer.Option(help="Site table (default: as recorded by the fit).")
+    ] = None,
     prediction: Annotated[
         Path | None,
         typer.Option(help="Output of `tpgrid predict` with these models, to map with the report."),
@@ -379,13 +382,16 @@ def report(
     effect: Annotated[
         list[str] | None,
         typer.Option(
-            "--effect", help="Predictor for PDP and ALE (repeat it) [cia, clay, slope, ai, map]."
+            "--effect",
+            help="Predictor for PDP and ALE (repeat it); default: cia, clay, slope, ai, map.",
         ),
     ] = None,
     level: Annotated[float, typer.Option(help="Nominal level of the intervals.")] = 0.9,
     cv_trees: Annotated[
         int | None,
-        typer.Option(help="Trees of each refitted CV forest [as many as the final forest]."),
+        typer.Option(
+            help="Trees of each refitted CV forest (default: as many as the final forest)."
+        ),
     ] = None,
     applicability: Annotated[
         bool,

@@ -68,17 +68,22 @@ from tpgrid.explain import (
     permutation_importance,
 )
 from tpgrid.features import CategoricalFeature
+from tpgrid.forest import PackedForest
 from tpgrid.model import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE
 from tpgrid.outputs import open_prediction, variable_name
 from tpgrid.sites import read_sites
-from tpgrid.stats import GroupComparison, compare_groups, descriptive_table, pineiro_line
-from tpgrid.stats import site_means as mean_per_site
+from tpgrid.stats import (
+    GroupComparison,
+    compare_groups,
+    descriptive_table,
+    pineiro_line,
+    site_means,
+)
 from tpgrid.store import staging_path, swap_in
 from tpgrid.uncertainty import (
     CALIBRATED_SD,
     LEVEL,
     TREE_QUANTILES,
-    CrossFit,
     coverage_table,
     cross_fit,
 )
@@ -188,7 +193,6 @@ class ElementAnalysis:
     """Everything the report shows about one element's model."""
 
     model: ElementModel
-    cross: CrossFit
     importance: pd.DataFrame
     by_group: pd.Series[float]
     betasq: pd.DataFrame
@@ -250,7 +254,6 @@ def analyse_element(
     }
     return ElementAnalysis(
         model=model,
-        cross=cross,
         importance=importance,
         by_group=group_importance(importance["incmse"], groups),
         betasq=betasq(X, y, features.columns, features.column_variables),
@@ -264,7 +267,7 @@ def analyse_element(
     )
 
 
-def _mean_of(forest: Any) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
+def _mean_of(forest: PackedForest) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.float64]]:
     def predict(X: npt.NDArray[np.float32]) -> npt.NDArray[np.float64]:
         mean: npt.NDArray[np.float64] = forest.predict_mean_variance(X)[0]
         return mean
@@ -284,7 +287,7 @@ def site_classes(model: ElementModel, feature: CategoricalFeature) -> pd.Series[
 
 def _site_values(model: ElementModel) -> pd.Series[float]:
     samples = pd.DataFrame({"site_id": model.training["site_id"], "value": model.y})
-    return mean_per_site(samples)
+    return site_means(samples)
 
 
 def _comparisons(model: ElementModel) -> dict[str, GroupComparison]:
@@ -476,7 +479,7 @@ def histogram_figure(kept: Mapping[str, pd.DataFrame], path: Path) -> Path:
     figure = _new_figure(3.2 * columns, 2.6 * math.ceil(len(kept) / columns))
     for ax, (element, frame) in zip(_panels(figure, len(kept), columns), kept.items(), strict=True):
         ax.hist(frame["value"], bins=25, color="#4c72b0", edgecolor="white")
-        ax.axvline(mean_per_site(frame).mean(), color="black", linestyle="--", linewidth=1)
+        ax.axvline(site_means(frame).mean(), color="black", linestyle="--", linewidth=1)
         ax.set_title(f"{element} (n = {len(frame)})")
         ax.set_xlabel("mg/kg")
     return _save(figure, path)
