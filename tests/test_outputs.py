@@ -168,7 +168,7 @@ def test_group_has_cf_and_acdd_attributes(run: Path) -> None:
     ds = xr.open_zarr(run, consolidated=True, zarr_format=3, decode_coords="all")
     assert ds.attrs["Conventions"] == "CF-1.10, ACDD-1.3"
     assert ds.attrs["id"] == RUN_ID
-    assert {"title", "summary", "date_created", "geospatial_bounds"} <= set(ds.attrs)
+    assert {"title", "summary", "history", "geospatial_bounds"} <= set(ds.attrs)
     assert 89.5 < ds.attrs["geospatial_lon_min"] < 90.0
     assert ds["Fe_mean"].attrs["units"] == "mg/kg"
     assert ds["Fe_variance"].attrs["units"] == "mg2 kg-2"

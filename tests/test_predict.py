@@ -295,6 +295,54 @@ def test_rerun_with_the_same_inputs_writes_nothing(
     assert chunk.stat().st_mtime_ns == before
 
 
+def test_a_changed_model_repredicts_only_its_element(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:2], out)
+    untouched = sorted((out / f"{models[0].element}_mean").rglob("c/*/*"))
+    inodes = [p.stat().st_ino for p in untouched]
+    refitted = fit_model(plateau, models[1].element, n_trees=N_TREES + 5)
+    report = predict_cube(plateau.cube, [models[0], refitted], out)
+    n_chunks = len(list(plateau.grid.windows()))
+    assert (report.chunks_computed, report.chunks_total) == (n_chunks, 2 * n_chunks)
+    # The first element's chunks are the very same files (hard links), not rewrites.
+    assert [p.stat().st_ino for p in untouched] == inodes
+    fresh = tmp_path / "fresh.zarr"
+    predict_cube(plateau.cube, [models[0], refitted], fresh)
+    assert tree_bytes(out) == tree_bytes(fresh)
+
+
+def test_a_cube_change_in_one_chunk_repredicts_only_that_chunk(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(plateau.cube, cube)
+    out = tmp_path / "maps.zarr"
+    predict_cube(cube, models[:2], out)
+    # Raise the NDVI of chunk (1, 1) and record its new hash, as a cube update would.
+    ndvi = zarr.open_array(cube / "ndvi", mode="r+", zarr_format=3)
+    window = next(w for w in plateau.grid.windows() if w.index == (1, 1))
+    ndvi[window.rows, window.cols] = ndvi[window.rows, window.cols] + 0.05
+    group = zarr.open_group(cube, mode="r+", zarr_format=3)
+    hashes = dict(group.attrs["tpgrid:chunk_hashes"])
+    hashes["ndvi"] = hashes["ndvi"] | {"1.1": "changed"}
+    group.attrs["tpgrid:chunk_hashes"] = hashes
+    zarr.consolidate_metadata(cube, zarr_format=3)
+    report = predict_cube(cube, models[:2], out)
+    assert report.chunks_computed == 2  # chunk (1, 1) of each element
+    fresh = tmp_path / "fresh.zarr"
+    predict_cube(cube, models[:2], fresh)
+    assert tree_bytes(out) == tree_bytes(fresh)
+
+
+def tree_bytes(root: Path) -> dict[str, bytes]:
+    """Every file under ``root`` by relative path: for byte-for-byte comparisons of groups."""
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
 def test_output_holding_another_run_is_refused_unless_overwrite(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from tpgrid.store import (
     VariableLayout,
     create_layout,
     finish,
+    link_file,
     read_attrs,
     staging_path,
     swap_in,
@@ -366,9 +366,9 @@ def _store_chunk(
     check(block)
     digest = chunk_hash(block)
     array = zarr.open_array(staging / name, mode="r+", zarr_format=3)
-    relative = array.metadata.encode_chunk_key(index)
     if digest == old_hash:
-        _link_file(previous / name / relative, staging / name / relative)
+        relative = array.metadata.encode_chunk_key(index)
+        link_file(previous / name / relative, staging / name / relative)
         return f"{index[0]}.{index[1]}", digest, False
     rows, cols = array.chunks
     i, j = index
@@ -463,11 +463,4 @@ def _link_variable(previous: Path, staging: Path, name: str) -> None:
     source_dir = previous / name / "c"
     for source in source_dir.rglob("*") if source_dir.is_dir() else ():
         if source.is_file():
-            _link_file(source, staging / name / source.relative_to(previous / name))
-
-
-def _link_file(source: Path, target: Path) -> None:
-    # A chunk that equals the fill value is never stored; then there is nothing to link.
-    if source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(source, target)
+            link_file(source, staging / name / source.relative_to(previous / name))

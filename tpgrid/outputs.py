@@ -123,7 +123,6 @@ def global_attrs(grid: TargetGrid, elements: Sequence[str], run_id: str) -> dict
     """CF and ACDD-1.3 attributes of a run's group."""
     footprint = grid.geobox.footprint("EPSG:4326", npoints=20)
     box = footprint.boundingbox
-    created = datetime.now(UTC).isoformat(timespec="seconds")
     resolution = f"{grid.spec.resolution:g} {grid.crs.units[0]}"
     return {
         "Conventions": "CF-1.10, ACDD-1.3",
@@ -139,8 +138,10 @@ def global_attrs(grid: TargetGrid, elements: Sequence[str], run_id: str) -> dict
         "product_version": __version__,
         "processing_level": "model output",
         "source": f"tpgrid {__version__}: packed random forests walked per chunk with numba",
-        "history": f"{created} tpgrid {__version__} predict",
-        "date_created": created,
+        # No wall-clock time here: a group is identified by its inputs, and a resumed run must
+        # end byte-identical to an uninterrupted one. Times go to the run records and the STAC
+        # item written when the run is published.
+        "history": f"tpgrid {__version__} predict",
         "geospatial_bounds": footprint.wkt,
         "geospatial_bounds_crs": "EPSG:4326",
         "geospatial_lon_min": box.left,
@@ -191,7 +192,7 @@ def publish(
     prediction, directory = Path(prediction), Path(directory)
     ds, run = open_prediction(prediction)
     elements = list(run["models"])
-    if _published_run(directory) == run["run_id"]:
+    if published_run(directory) == run["run_id"]:
         log.info("%s already holds run %s: nothing to publish", directory, run["run_id"][:12])
         return _report(directory, elements, up_to_date=True)
     if directory.exists() and not overwrite:
@@ -233,7 +234,8 @@ def publish(
     return _report(directory, elements, up_to_date=False)
 
 
-def _published_run(directory: Path) -> str | None:
+def published_run(directory: Path) -> str | None:
+    """The run id of the files published in ``directory``, or None."""
     try:
         item = json.loads((directory / STAC_ITEM).read_text())
         return str(item["properties"]["tpgrid:run_id"])
@@ -308,7 +310,8 @@ def stac_item(
     elements: Sequence[str],
     cog_shape: tuple[int, int],
 ) -> dict[str, Any]:
-    """A STAC 1.0 Item (projection and raster extensions) for the published files of a run.
+    """A STAC 1.0 Item (projection and raster extensions) for the published files of a run,
+    dated now (its publication).
 
     ``cog_shape`` is the (rows, cols) of the COGs: the grid's, padded at the bottom and right
     with nodata to a multiple of 2^overview-levels, as odc-geo writes them; the transform is
@@ -316,6 +319,7 @@ def stac_item(
     """
     footprint = grid.geobox.footprint("EPSG:4326", npoints=20)
     box = footprint.boundingbox
+    published = datetime.now(UTC).isoformat(timespec="seconds")
     assets: dict[str, Any] = {}
     for element in elements:
         for layer in LAYERS:
@@ -352,8 +356,8 @@ def stac_item(
         "geometry": _plain(footprint.json),
         "bbox": [box.left, box.bottom, box.right, box.top],
         "properties": {
-            "datetime": attrs["date_created"],
-            "created": attrs["date_created"],
+            "datetime": published,
+            "created": published,
             "title": attrs["title"],
             "description": attrs["summary"],
             "proj:code": _authority_code(grid),

@@ -26,7 +26,7 @@ import logging
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -52,17 +52,20 @@ from tpgrid.forest import PackedForest, warm_up_kernels
 from tpgrid.grid import ChunkWindow, TargetGrid
 from tpgrid.outputs import (
     ATTR_RUN,
+    LAYERS,
     UNSEEN_NODATA,
     global_attrs,
     layer_layouts,
     variable_name,
 )
-from tpgrid.store import ATTR_COMPLETE, create_layout, finish, read_attrs, staging_path, swap_in
+from tpgrid.store import ATTR_COMPLETE, create_layout, finish, link_chunk, read_attrs, swap_in
 from tpgrid.store import write_window as store_window
 
 log = logging.getLogger(__name__)
 
 FORMAT = "tpgrid-prediction/1"
+#: Folder of per-chunk completion markers inside a staging group (removed before swap-in).
+DONE_DIR = "_tpgrid_done"
 UnseenPolicy = Literal["nan", "predict"]
 
 
@@ -122,18 +125,42 @@ class ChunkJob:
     unseen: UnseenPolicy
 
 
-ChunkCounts = tuple[str, int, int]  # element, pixels predicted, pixels with an unseen class
+#: element, chunk key ("i.j"), pixels predicted, pixels with a class unseen in training
+ChunkCounts = tuple[str, str, int, int]
 
 
 def predict_chunk(job: ChunkJob, forest: PackedForest) -> ChunkCounts:
-    """Read one chunk from the cube, predict it, write it; returns (element, pixels predicted,
-    pixels with an unseen class)."""
+    """Read one chunk from the cube, predict it, write it, then mark it done."""
     valid = _read(job.cube, VALID, job.window) == 1
     values = {name: _read(job.cube, name, job.window) for name in job.features.variables}
     block = predict_block(forest, job.features, values, valid, job.unseen)
     for layer in ("mean", "variance", "sd", "unseen"):
         store_window(job.out, variable_name(job.element, layer), job.window, getattr(block, layer))
-    return job.element, int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
+    predicted, unseen = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
+    _mark_done(job.out, job.element, job.window, (predicted, unseen))
+    return job.element, f"{job.window.index[0]}.{job.window.index[1]}", predicted, unseen
+
+
+def _done_path(staging: Path, element: str, window: ChunkWindow) -> Path:
+    return staging / DONE_DIR / element / f"{window.index[0]}.{window.index[1]}"
+
+
+def _mark_done(staging: Path, element: str, window: ChunkWindow, counts: tuple[int, int]) -> None:
+    """Record a chunk as complete, after its data: a killed run resumes from these markers.
+    Written to a temporary name and renamed, so a marker is never half there."""
+    marker = _done_path(staging, element, window)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    partial = marker.with_name(f".{marker.name}-{uuid.uuid4().hex[:8]}")
+    partial.write_text(json.dumps(list(counts)))
+    partial.rename(marker)
+
+
+def _read_done(staging: Path, element: str, window: ChunkWindow) -> tuple[int, int] | None:
+    try:
+        predicted, unseen = json.loads(_done_path(staging, element, window).read_text())
+    except (OSError, ValueError):
+        return None
+    return int(predicted), int(unseen)
 
 
 def _read(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
@@ -170,13 +197,19 @@ class ElementSummary:
 
 @dataclass(frozen=True)
 class PredictionReport:
-    """What :func:`predict_cube` did; ``up_to_date`` when the output already held this run."""
+    """What :func:`predict_cube` did; ``up_to_date`` when the output already held this run.
+
+    ``chunks_computed`` counts the element chunks predicted by this call; the others were
+    carried over unchanged from the previous run, or done before a resumed run was killed.
+    """
 
     path: Path
     run_id: str
     elements: tuple[ElementSummary, ...]
     up_to_date: bool
     seconds: float
+    chunks_computed: int = 0
+    chunks_total: int = 0
 
 
 def load_models(directory: str | Path) -> list[ModelArtifact]:
@@ -202,11 +235,18 @@ def predict_cube(
     overwrite: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PredictionReport:
-    """Predict every model over the cube at ``cube`` into a new Zarr group at ``out``.
+    """Predict every model over the cube at ``cube`` into the Zarr group at ``out``.
 
-    Runs on the current Dask client. ``out`` already holding this run (same models, cube
-    chunks and policy) is left as it is; holding anything else, it is only replaced when
-    ``overwrite``. ``progress(element, chunks_done, chunks_total)`` is called as chunks finish.
+    Runs on the current Dask client, and computes only what changed:
+
+    - ``out`` already holding this run (same models, cube chunks and policy): nothing to do;
+    - ``out`` holding an earlier run of the same product (same grid, elements and policy):
+      chunks whose inputs are unchanged are carried over by hard link, the others predicted;
+    - a run killed part-way resumes from its staging group: chunks marked done are kept.
+
+    The new group is assembled beside ``out`` and swapped in when complete. ``out`` holding
+    anything else is only replaced when ``overwrite``. ``progress(element, chunks_done,
+    chunks_total)`` is called as chunks finish.
     """
     started = time.perf_counter()
     cube, out = Path(cube), Path(out)
@@ -215,47 +255,119 @@ def predict_cube(
     grid = cube_grid(cube)
     _check_models(cube, grid, models)
     run = _run_record(cube, grid, models, unseen)
-    previous = read_attrs(out) if out.exists() else None
-    previous_id = (previous or {}).get(ATTR_RUN, {}).get("run_id")
-    if previous is not None and previous.get(ATTR_COMPLETE) and previous_id == run["run_id"]:
+    previous = _previous_run(out)
+    if previous is not None and previous["run_id"] == run["run_id"]:
         log.info("%s already holds run %s: nothing to do", out, run["run_id"][:12])
-        return _report(out, previous[ATTR_RUN], True, time.perf_counter() - started)
-    if out.exists() and not overwrite:
-        what = "another prediction run" if ATTR_RUN in (previous or {}) else "something else"
+        return _report(out, previous, True, time.perf_counter() - started)
+    same_product = previous is not None and _product(previous) == _product(run)
+    if out.exists() and not (same_product or overwrite):
+        what = "another prediction run" if previous is not None else "something else"
         raise OutputExistsError(
             f"{out} holds {what}: choose another output path or pass --overwrite to replace it"
         )
 
     client = _client()
     client.register_plugin(KernelWarmUp())
-    staging = staging_path(out)
+    staging = _staging(out, run, grid, models, unseen)
     futures: list[Future[ChunkCounts]] = []
+    counts: dict[str, dict[str, list[int]]] = {model.element: {} for model in models}
     try:
-        create_layout(
-            staging,
-            grid,
-            {
-                name: layout
-                for model in models
-                for name, layout in layer_layouts(
-                    model.element, model.forest.n_trees, unseen
-                ).items()
-            },
-        )
+        to_predict: dict[str, list[ChunkWindow]] = {}
         for model in models:
-            futures += _submit(client, model, cube, staging, grid, unseen)
-        counts = _collect(futures, grid, progress)
+            old = previous if same_product else None
+            counts[model.element], to_predict[model.element] = _reuse_chunks(
+                staging, out, model.element, grid, run, old
+            )
+            futures += _submit(client, model, cube, staging, to_predict[model.element], unseen)
+        for element, key, predicted, flagged in _collect(futures, counts, grid, progress):
+            counts[element][key] = [predicted, flagged]
         for model in models:
             entry = run["models"][model.element]
-            entry["pixels_predicted"], entry["pixels_unseen"] = counts[model.element]
+            entry["chunk_counts"] = dict(sorted(counts[model.element].items()))
+            entry["pixels_predicted"] = sum(c[0] for c in counts[model.element].values())
+            entry["pixels_unseen"] = sum(c[1] for c in counts[model.element].values())
+        shutil.rmtree(staging / DONE_DIR, ignore_errors=True)
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
         finish(staging, attrs | {ATTR_RUN: run})
         swap_in(staging, out)
-    except BaseException:
+    except Exception:
+        # A failed run leaves nothing; a killed one (no chance to get here) leaves its staging
+        # group and done markers for the next run with the same inputs to resume from.
         client.cancel(futures)
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _report(out, run, False, time.perf_counter() - started)
+    computed = sum(len(windows) for windows in to_predict.values())
+    total = len(models) * len(list(grid.windows()))
+    log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)
+    return _report(out, run, False, time.perf_counter() - started, computed, total)
+
+
+def _previous_run(out: Path) -> dict[str, Any] | None:
+    """The run record of the complete prediction group at ``out``, if there is one."""
+    attrs = read_attrs(out) if out.exists() else None
+    if attrs is None or not attrs.get(ATTR_COMPLETE) or ATTR_RUN not in attrs:
+        return None
+    run: dict[str, Any] = attrs[ATTR_RUN]
+    return run
+
+
+def _product(run: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two runs versions of one product: format, grid, elements, unseen policy."""
+    return (run["format"], run["grid"], sorted(run["models"]), run["unseen"])
+
+
+def _staging(
+    out: Path,
+    run: Mapping[str, Any],
+    grid: TargetGrid,
+    models: Sequence[ModelArtifact],
+    unseen: UnseenPolicy,
+) -> Path:
+    """The staging group of this run: named by the run id, so a killed run's group is found
+    again and resumed; laid out afresh when there is none."""
+    staging = out.parent / f".{out.name}.staging-{run['run_id'][:16]}"
+    if (staging / DONE_DIR).is_dir():
+        log.info("resuming the interrupted run %s from %s", run["run_id"][:12], staging)
+        return staging
+    shutil.rmtree(staging, ignore_errors=True)
+    layouts = {
+        name: layout
+        for model in models
+        for name, layout in layer_layouts(model.element, model.forest.n_trees, unseen).items()
+    }
+    create_layout(staging, grid, layouts)
+    (staging / DONE_DIR).mkdir()
+    return staging
+
+
+def _reuse_chunks(
+    staging: Path,
+    out: Path,
+    element: str,
+    grid: TargetGrid,
+    run: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+) -> tuple[dict[str, list[int]], list[ChunkWindow]]:
+    """Chunks of ``element`` already done (by a killed run) or unchanged since ``previous``
+    (hard-linked from ``out``), with their pixel counts; and the windows left to predict."""
+    inputs = run["chunk_inputs"][element]
+    old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
+    old_counts = previous["models"][element].get("chunk_counts", {}) if previous else {}
+    counts: dict[str, list[int]] = {}
+    to_predict = []
+    for window in grid.windows():
+        key = f"{window.index[0]}.{window.index[1]}"
+        done = _read_done(staging, element, window)
+        if done is not None:
+            counts[key] = list(done)
+        elif old_inputs.get(key) == inputs[key] and key in old_counts:
+            for layer in LAYERS:
+                link_chunk(out, staging, variable_name(element, layer), window)
+            counts[key] = list(old_counts[key])
+            _mark_done(staging, element, window, (counts[key][0], counts[key][1]))
+        else:
+            to_predict.append(window)
+    return counts, to_predict
 
 
 def _client() -> Client:
@@ -273,10 +385,12 @@ def _submit(
     model: ModelArtifact,
     cube: Path,
     staging: Path,
-    grid: TargetGrid,
+    windows: Sequence[ChunkWindow],
     unseen: UnseenPolicy,
 ) -> list[Future[ChunkCounts]]:
     """Scatter the forest to every worker once, then one task per chunk naming it by key."""
+    if not windows:
+        return []
     key = f"tpgrid-forest-{model.model_hash}"
     forest = client.scatter({key: model.forest}, broadcast=True, hash=False)[key]
     token = uuid.uuid4().hex[:8]
@@ -287,31 +401,38 @@ def _submit(
             forest,
             key=f"tpgrid-predict-{model.element}-{window.index[0]}.{window.index[1]}-{token}",
         )
-        for window in grid.windows()
+        for window in windows
     ]
 
 
 def _collect(
     futures: list[Future[ChunkCounts]],
+    counts: Mapping[str, Mapping[str, Any]],
     grid: TargetGrid,
     progress: Callable[[str, int, int], None] | None,
-) -> dict[str, tuple[int, int]]:
-    """Wait for every chunk (raising the first failure); pixels predicted and unseen per element."""
-    per_element = len(list(grid.windows()))
-    done: dict[str, int] = {}
-    counts: dict[str, tuple[int, int]] = {}
-    for future in as_completed(futures):
-        element, predicted, unseen = future.result()
-        done[element] = done.get(element, 0) + 1
-        old = counts.get(element, (0, 0))
-        counts[element] = (old[0] + predicted, old[1] + unseen)
+) -> Iterator[tuple[str, str, int, int]]:
+    """Wait for every chunk (raising the first failure), yielding (element, chunk key, pixels
+    predicted, pixels unseen); progress counts the chunks already in ``counts`` as done."""
+    total = len(list(grid.windows()))
+    done = {element: len(known) for element, known in counts.items()}
+    for element in done:
         if progress:
-            progress(element, done[element], per_element)
-    return counts
+            progress(element, done[element], total)
+    for future in as_completed(futures):
+        element, key, predicted, unseen = future.result()
+        done[element] += 1
+        if progress:
+            progress(element, done[element], total)
+        yield element, key, predicted, unseen
 
 
 def _report(
-    path: Path, run: Mapping[str, Any], up_to_date: bool, seconds: float
+    path: Path,
+    run: Mapping[str, Any],
+    up_to_date: bool,
+    seconds: float,
+    computed: int = 0,
+    total: int = 0,
 ) -> PredictionReport:
     return PredictionReport(
         path=path,
@@ -328,6 +449,8 @@ def _report(
         ),
         up_to_date=up_to_date,
         seconds=seconds,
+        chunks_computed=computed,
+        chunks_total=total,
     )
 
 

@@ -7,6 +7,7 @@ complete staging group in beside the old one, so a reader never sees half a grou
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Mapping
@@ -74,6 +75,24 @@ def write_window(path: Path, name: str, window: ChunkWindow, block: npt.NDArray[
     """
     array = zarr.open_array(path / name, mode="r+", zarr_format=3)
     array[window.rows, window.cols] = block
+
+
+def link_chunk(previous: Path, path: Path, name: str, window: ChunkWindow) -> None:
+    """Carry chunk ``window`` of variable ``name`` over from the group ``previous`` into the
+    group at ``path`` by hard link: no copy, and ``previous`` stays untouched."""
+    relative = zarr.open_array(path / name, mode="r", zarr_format=3).metadata.encode_chunk_key(
+        window.index
+    )
+    link_file(previous / name / relative, path / name / relative)
+
+
+def link_file(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target`` (replacing it); nothing when there is no source."""
+    # A chunk equal to the fill value is never stored; then there is nothing to link.
+    if source.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.unlink(missing_ok=True)
+        os.link(source, target)
 
 
 def finish(path: Path, attrs: Mapping[str, Any]) -> None:
