@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +25,13 @@ from rich.table import Table
 from tpgrid.errors import TpgridError
 
 if TYPE_CHECKING:
+    from tpgrid.client import ClusterSpec
+    from tpgrid.config import PipelineConfig
     from tpgrid.model import FitReport
+    from tpgrid.runs import Step
+
+#: `tpgrid run --if-changed` exit code when no input changed (a scheduler can branch on it).
+EXIT_UNCHANGED = 3
 
 app = typer.Typer(
     help="1 km soil micronutrient maps of the Tibetan Plateau, on Dask.",
@@ -46,6 +53,14 @@ SchedulerOption = Annotated[
 ]
 WorkersOption = Annotated[
     int | None, typer.Option("--workers", help="Worker processes of the local cluster.")
+]
+ClusterOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster",
+        help="Cluster spec YAML (see cluster/): local, address, scheduler_file, slurm, pbs, "
+        "kubernetes, coiled.",
+    ),
 ]
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output that is not ours to update.")
@@ -72,6 +87,8 @@ def main(
         bool, typer.Option("--verbose", "-v", help="Log what is skipped and why.")
     ] = False,
 ) -> None:
+    # zarr warns on every consolidated v3 group; tpgrid writes and reads them on purpose.
+    warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     level = logging.INFO if verbose else logging.WARNING
     # The level goes on the handler too: distributed's loggers set their own level (INFO) and
     # would otherwise print every worker registration through the root handler.
@@ -83,10 +100,14 @@ def main(
 
 
 @contextmanager
-def _cluster(address: str | None, workers: int | None) -> Iterator[None]:
+def _cluster(
+    address: str | None, workers: int | None, spec: ClusterSpec | None = None
+) -> Iterator[None]:
+    """A Dask client for the command: ``address`` wins, then ``spec``, then a LocalCluster."""
     from tpgrid.client import LocalSpec, dask_client
 
-    with dask_client(LocalSpec(workers=workers), address=address) as client:
+    chosen = spec if spec is not None and workers is None else LocalSpec(workers=workers)
+    with dask_client(chosen, address=address) as client:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
         yield
 
@@ -176,20 +197,129 @@ def _build_cube(catalog_path: Path, grid_path: Path, out: Path, overwrite: bool)
 @_user_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("tpgrid-demo"),
-    full: Annotated[bool, typer.Option("--full", help="The whole plateau at 1 km.")] = False,
+    full: Annotated[
+        bool, typer.Option("--full", help="The paper-scale run: whole plateau, 500 trees.")
+    ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic plateau.")] = 0,
-    overwrite: OverwriteOption = False,
+    cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
 ) -> None:
-    """Run the whole job on a built-in synthetic plateau and a local Dask cluster."""
-    from tpgrid.synthetic import reuse_or_write_plateau
+    """Run the whole job on a built-in synthetic plateau: plateau, cube, fit, predict, publish.
 
-    size = "full" if full else "small"
-    files = reuse_or_write_plateau(out / "plateau", size=size, seed=seed, overwrite=overwrite)
-    console.print(f"Synthetic plateau ({size}): {files.root}", highlight=False)
-    with _cluster(scheduler_address, workers):
-        _build_cube(files.catalog, files.grid, out / "cube.zarr", overwrite)
+    The same as `tpgrid run pipelines/demo.yaml` (or synthetic_1km.yaml with --full). Running it
+    again recomputes only what changed: nothing, unless its files were edited.
+    """
+    from tpgrid.config import demo_config
+
+    config = demo_config(out.resolve(), full=full, seed=seed)
+    _run_and_show(config, cluster, scheduler_address, workers)
+
+
+@app.command()
+@_user_errors
+def run(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML (see pipelines/).")],
+    cluster: ClusterOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be recomputed and why; run nothing.")
+    ] = False,
+    if_changed: Annotated[
+        bool,
+        typer.Option(
+            "--if-changed",
+            help=f"Run only if an input changed; else exit {EXIT_UNCHANGED} without running.",
+        ),
+    ] = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+) -> None:
+    """Run a pipeline: cube → fit → predict → publish, recomputing only what changed.
+
+    Exit codes: 0 done; 2 bad input or config (the message says what to fix); 1 unexpected
+    failure; with --if-changed, 3 when no input changed and nothing was run.
+    """
+    from tpgrid.config import load_pipeline
+    from tpgrid.runs import plan, plan_changes
+
+    pipeline = load_pipeline(config)
+    if dry_run or if_changed:
+        steps = plan(pipeline)
+        if dry_run:
+            console.print(_steps_table(f"plan of {pipeline.name}", steps, timed=False))
+            return
+        if not plan_changes(steps):
+            console.print(f"{pipeline.name}: no input changed; nothing to do.", highlight=False)
+            raise typer.Exit(code=EXIT_UNCHANGED)
+    _run_and_show(pipeline, cluster, scheduler_address, workers)
+
+
+@app.command()
+@_user_errors
+def runs(
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")],
+    prune: Annotated[
+        int | None,
+        typer.Option(help="Remove published versions but the newest N (never the current)."),
+    ] = None,
+) -> None:
+    """List a pipeline's runs (what changed, what was recomputed, timings); prune versions."""
+    from tpgrid.config import load_pipeline
+    from tpgrid.publication import prune as prune_versions
+    from tpgrid.runs import list_runs
+
+    pipeline = load_pipeline(config)
+    table = Table(title=f"runs of {pipeline.name} ({pipeline.runs_dir})", box=box.SIMPLE_HEAD)
+    for column in ("run", "status", "changed", "recomputed", "seconds", "published"):
+        table.add_column(column)
+    for record in list_runs(pipeline):
+        recomputed = "; ".join(
+            f"{s['name']}: {s['detail']}" for s in record["steps"] if s["action"] != "unchanged"
+        )
+        seconds = sum(s["seconds"] for s in record["steps"])
+        table.add_row(
+            record["id"],
+            record["status"],
+            "yes" if record["changed"] else "no",
+            recomputed or "nothing",
+            f"{seconds:.1f}",
+            record["published"] or "",
+        )
+    console.print(table)
+    if prune is not None:
+        for removed in prune_versions(pipeline.published_dir, prune):
+            console.print(f"removed {removed}", highlight=False)
+
+
+def _run_and_show(
+    config: PipelineConfig, cluster: Path | None, address: str | None, workers: int | None
+) -> None:
+    from tpgrid.client import load_cluster_spec
+    from tpgrid.publication import current_version
+    from tpgrid.runs import run_pipeline
+
+    spec = load_cluster_spec(cluster) if cluster else config.cluster
+    started = time.perf_counter()
+    with _cluster(address, workers, spec), _chunk_progress() as progress:
+        record = run_pipeline(config, progress=progress)
+    console.print(_steps_table(f"run {record.id} of {config.name}", list(record.steps)))
+    current = current_version(config.published_dir)
+    console.print(
+        f"Done in {time.perf_counter() - started:.1f} s. Maps (COG), quicklooks (PNG), STAC item "
+        f"and report: {current}",
+        highlight=False,
+    )
+
+
+def _steps_table(title: str, steps: list[Step], *, timed: bool = True) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("step", "action", "why / what", *(["seconds"] if timed else [])):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.name, step.action, step.detail, *([f"{step.seconds:.1f}"] if timed else [])
+        )
+    return table
 
 
 @app.command()

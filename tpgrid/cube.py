@@ -165,6 +165,27 @@ def build_cube(
     return CubeReport(path=path, layers=tuple(updates), shape=grid.shape)
 
 
+def plan_cube(catalog: Catalog, grid: TargetGrid, path: str | Path) -> dict[str, str]:
+    """What :func:`build_cube` would do to each catalog layer, without reading any raster:
+    ``new`` (no cube, or a cube of another grid), ``changed`` (the source's fingerprint
+    differs: its chunks are recomputed and rewritten where their content changed) or
+    ``unchanged``. Derived terrain layers follow their DEM."""
+    attrs = read_attrs(Path(path)) or {}
+    same_grid = attrs.get(ATTR_COMPLETE) and attrs.get(ATTR_GRID) == grid.spec.model_dump(
+        mode="json"
+    )
+    old_prints: dict[str, str] = attrs.get(ATTR_FINGERPRINTS, {}) if same_grid else {}
+    plan = {}
+    for name in catalog.layers:
+        if name not in old_prints:
+            plan[name] = "new"
+        else:
+            plan[name] = (
+                "unchanged" if fingerprint(catalog, name) == old_prints[name] else "changed"
+            )
+    return plan
+
+
 def _update(
     name: str, old_hashes: dict[str, dict[ChunkKey, str]], hashes: dict[ChunkKey, str], written: int
 ) -> LayerUpdate:

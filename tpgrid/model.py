@@ -549,6 +549,7 @@ class FitReport:
     skipped: tuple[SkippedElement, ...]
     excluded_sites: dict[str, tuple[str, ...]]
     unchanged: tuple[FittedElement, ...] = ()
+    pending: tuple[str, ...] = ()  # with dry_run: the elements a run would fit
 
 
 def fit_models(
@@ -559,6 +560,7 @@ def fit_models(
     *,
     overwrite: bool = False,
     reuse_unchanged: bool = False,
+    dry_run: bool = False,
     progress: Progress | None = None,
     local_threads: int | None = None,
 ) -> FitReport:
@@ -569,6 +571,7 @@ def fit_models(
     left, :class:`FitError`. Existing element directories are replaced only when
     ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an element whose training
     table and settings are those its artifact records is kept as it is, not refitted.
+    ``dry_run`` fits nothing and lists the elements a run would fit in ``pending``.
     ``local_threads`` sets the CV parallelism when no Dask client is current.
     """
     settings = settings or FitSettings()
@@ -610,7 +613,7 @@ def fit_models(
         "settings": settings.model_dump(mode="json"),
         "versions": _versions(),
     }
-    fitted, skipped, unchanged = [], [], []
+    fitted, skipped, unchanged, pending = [], [], [], []
     for element, training in tables.items():
         if training.n_sites < settings.cv_folds:
             reason = (
@@ -628,6 +631,9 @@ def fit_models(
             log.info("%s: training table and settings unchanged, model kept", element)
             unchanged.append(FittedElement(element, directory, kept))
             continue
+        if dry_run:
+            pending.append(element)
+            continue
         record = _fit_element(
             design,
             training,
@@ -640,12 +646,14 @@ def fit_models(
             local_threads=local_threads,
         )
         fitted.append(FittedElement(element, directory, record))
-    if not fitted and not unchanged:
+    if not fitted and not unchanged and not pending:
         raise FitError(
             "no element could be fitted:\n"
             + "\n".join(f"  {s.element}: {s.reason}" for s in skipped)
         )
-    return FitReport(tuple(fitted), tuple(skipped), dict(located.excluded), tuple(unchanged))
+    return FitReport(
+        tuple(fitted), tuple(skipped), dict(located.excluded), tuple(unchanged), tuple(pending)
+    )
 
 
 def cube_layers(cube: xr.Dataset, path: Path) -> dict[str, dict[str, Any]]:

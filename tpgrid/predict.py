@@ -233,6 +233,7 @@ def predict_cube(
     *,
     unseen: UnseenPolicy = "nan",
     overwrite: bool = False,
+    dry_run: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> PredictionReport:
     """Predict every model over the cube at ``cube`` into the Zarr group at ``out``.
@@ -245,8 +246,9 @@ def predict_cube(
     - a run killed part-way resumes from its staging group: chunks marked done are kept.
 
     The new group is assembled beside ``out`` and swapped in when complete. ``out`` holding
-    anything else is only replaced when ``overwrite``. ``progress(element, chunks_done,
-    chunks_total)`` is called as chunks finish.
+    anything else is only replaced when ``overwrite``. ``dry_run`` changes nothing and reports
+    in ``chunks_computed`` how many element chunks a run would predict. ``progress(element,
+    chunks_done, chunks_total)`` is called as chunks finish.
     """
     started = time.perf_counter()
     cube, out = Path(cube), Path(out)
@@ -258,7 +260,8 @@ def predict_cube(
     previous = _previous_run(out)
     if previous is not None and previous["run_id"] == run["run_id"]:
         log.info("%s already holds run %s: nothing to do", out, run["run_id"][:12])
-        return _report(out, previous, True, time.perf_counter() - started)
+        total = len(models) * len(list(grid.windows()))
+        return _report(out, previous, True, time.perf_counter() - started, 0, total)
     same_product = previous is not None and _product(previous) == _product(run)
     if out.exists() and not (same_product or overwrite):
         what = "another prediction run" if previous is not None else "something else"
@@ -266,6 +269,15 @@ def predict_cube(
             f"{out} holds {what}: choose another output path or pass --overwrite to replace it"
         )
 
+    if dry_run:
+        old = previous["chunk_inputs"] if same_product and previous else {}
+        stale = sum(
+            old.get(element, {}).get(key) != digest
+            for element, inputs in run["chunk_inputs"].items()
+            for key, digest in inputs.items()
+        )
+        total = len(models) * len(list(grid.windows()))
+        return PredictionReport(out, run["run_id"], (), False, 0.0, stale, total)
     client = _client()
     client.register_plugin(KernelWarmUp())
     staging = _staging(out, run, grid, models, unseen)

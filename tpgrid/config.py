@@ -1,0 +1,202 @@
+"""Pipeline configs: one validated YAML naming the grid, covariates, sites, elements, model
+settings, outputs and (optionally) the cluster of a run.
+
+A config either points at real inputs::
+
+    name: tibet_1km
+    workdir: /data/tpgrid/tibet_1km        # cube, models, predictions, published maps, runs
+    grid: grid.yaml                         # a grid YAML, or the grid spec inline
+    catalog: tibet_catalog.yaml
+    sites: /data/sites/tibet_sites.parquet
+    fit: {elements: [Fe, Mn, Cu, Zn, Ni, V, Mo], n_trees: 500}
+
+or asks for the built-in synthetic plateau (``synthetic: {size: small, seed: 0}``), which is
+written into ``workdir/plateau`` and supplies grid, catalog and sites. Relative paths are read
+from the config file's directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tpgrid.client import ClusterSpec
+from tpgrid.errors import ConfigError, describe_validation
+from tpgrid.explain import DEFAULT_EFFECTS
+from tpgrid.grid import GridSpec, load_grid_spec
+from tpgrid.model import FitSettings, SearchGrid
+from tpgrid.predict import UnseenPolicy
+from tpgrid.synthetic import plateau_files
+from tpgrid.uncertainty import LEVEL
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SyntheticInputs(_Section):
+    """Use the synthetic plateau of this size and seed as the run's inputs."""
+
+    size: Literal["small", "full"] = "small"
+    seed: int = Field(0, ge=0)
+
+
+class PredictSettings(_Section):
+    unseen: UnseenPolicy = Field(
+        "nan", description="pixels of a class never seen in training: 'nan' or 'predict'"
+    )
+
+
+class PublishSettings(_Section):
+    keep_versions: int = Field(
+        3, ge=1, description="published versions kept by `tpgrid runs prune` (newest first)"
+    )
+
+
+class ReportSection(_Section):
+    """The science report written into every new published version."""
+
+    enabled: bool = True
+    effects: tuple[str, ...] = Field(
+        DEFAULT_EFFECTS, description="predictors for PDP and ALE (cube variable names)"
+    )
+    level: float = Field(LEVEL, gt=0, lt=1, description="nominal coverage of the intervals")
+    cv_trees: int | None = Field(
+        None, ge=1, description="trees per refitted CV forest; null: as many as the final forest"
+    )
+    applicability: bool = Field(True, description="compute the AOA layers over the cube")
+
+
+class PipelineConfig(_Section):
+    """A whole run: inputs, settings, where everything goes. Paths are absolute once loaded."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    workdir: Path
+    synthetic: SyntheticInputs | None = None
+    grid: GridSpec | Path | None = None
+    catalog: Path | None = None
+    sites: Path | None = None
+    fit: FitSettings = FitSettings()
+    predict: PredictSettings = PredictSettings()
+    publish: PublishSettings = PublishSettings()
+    report: ReportSection = ReportSection()
+    cluster: ClusterSpec | None = None
+
+    @model_validator(mode="after")
+    def _inputs_are_named_once(self) -> PipelineConfig:
+        given = [key for key in ("grid", "catalog", "sites") if getattr(self, key) is not None]
+        if self.synthetic is not None and given:
+            raise ValueError(
+                f"'synthetic' supplies grid, catalog and sites; remove {given} or 'synthetic'"
+            )
+        if self.synthetic is None and len(given) < 3:
+            missing = sorted({"grid", "catalog", "sites"} - set(given))
+            raise ValueError(f"name the inputs {missing}, or use 'synthetic: {{size: small}}'")
+        return self
+
+    # --- where things are ----------------------------------------------------------------
+
+    @property
+    def plateau_dir(self) -> Path:
+        return self.workdir / "plateau"
+
+    @property
+    def catalog_path(self) -> Path:
+        if self.synthetic is not None:
+            return plateau_files(self.plateau_dir).catalog
+        assert self.catalog is not None
+        return self.catalog
+
+    @property
+    def sites_path(self) -> Path:
+        if self.synthetic is not None:
+            return plateau_files(self.plateau_dir).sites
+        assert self.sites is not None
+        return self.sites
+
+    def grid_spec(self) -> GridSpec:
+        if self.synthetic is not None:
+            return load_grid_spec(plateau_files(self.plateau_dir).grid)
+        if isinstance(self.grid, GridSpec):
+            return self.grid
+        assert self.grid is not None
+        return load_grid_spec(self.grid)
+
+    @property
+    def cube_path(self) -> Path:
+        return self.workdir / "cube.zarr"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def prediction_path(self) -> Path:
+        return self.workdir / "prediction.zarr"
+
+    @property
+    def published_dir(self) -> Path:
+        return self.workdir / "published"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workdir / "runs"
+
+
+def load_pipeline(path: str | Path) -> PipelineConfig:
+    """Read and validate a pipeline YAML; relative paths are made absolute from its folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"pipeline config {path} does not exist: see pipelines/*.yaml")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"pipeline config {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"pipeline config {path} must be a mapping (name, workdir, ...)")
+    return parse_pipeline(data, base_dir=path.parent.resolve(), source=str(path))
+
+
+def parse_pipeline(
+    data: dict[str, Any], base_dir: Path, source: str = "pipeline config"
+) -> PipelineConfig:
+    """Validate a config mapping; relative paths are resolved against ``base_dir``."""
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source} is not valid:\n{describe_validation(exc)}") from exc
+    absolute = {
+        key: (base_dir / value).resolve()
+        for key in ("workdir", "grid", "catalog", "sites")
+        if isinstance(value := getattr(config, key), Path)
+    }
+    return config.model_copy(update=absolute)
+
+
+def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> PipelineConfig:
+    """The demo pipeline (``tpgrid demo``): the small synthetic plateau with a light search,
+    or with ``full`` the paper-scale run on the full plateau. Same as ``pipelines/demo.yaml``
+    and ``pipelines/synthetic_1km.yaml``, with ``workdir`` and ``seed`` as given."""
+    if full:
+        return PipelineConfig(
+            name="synthetic_1km",
+            workdir=workdir,
+            synthetic=SyntheticInputs(size="full", seed=seed),
+            report=ReportSection(cv_trees=100),
+        )
+    return PipelineConfig(
+        name="demo",
+        workdir=workdir,
+        synthetic=SyntheticInputs(size="small", seed=seed),
+        fit=FitSettings(
+            n_trees=200,
+            search_trees=50,
+            cv_folds=5,
+            spatial_block_km=50,
+            search_grid=SearchGrid(max_features=(0.33, 0.66), min_samples_leaf=(1, 5)),
+        ),
+        report=ReportSection(cv_trees=50),
+    )

@@ -1,0 +1,323 @@
+"""Pipeline runs: plateau → cube → fit → predict → publish (+ report), recomputing only what
+changed, with one record per run.
+
+Every step is incremental on its own, keyed by content hashes:
+
+- **cube**: a layer whose source fingerprint is unchanged is carried over; a changed one is
+  recomputed and only chunks whose content hash changed are rewritten (:mod:`tpgrid.cube`);
+- **fit**: an element is refitted only when its training table (site values and the cube
+  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`);
+- **predict**: only element chunks whose inputs (model hash, cube chunk hashes) changed are
+  predicted; a killed run resumes from its done markers (:func:`tpgrid.predict.predict_cube`);
+- **publish**: a new version is written only for a new prediction run, and made current
+  atomically (:mod:`tpgrid.publication`), with the report written into it first.
+
+Records go to ``workdir/runs/<id>.json``: what changed, what was recomputed, timings, versions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tpgrid import __version__
+from tpgrid.config import PipelineConfig
+from tpgrid.cube import build_cube, plan_cube
+from tpgrid.grid import TargetGrid
+from tpgrid.model import fit_models
+from tpgrid.predict import load_models, predict_cube
+from tpgrid.publication import current_version, publish_version
+from tpgrid.report import ReportSettings, write_report
+from tpgrid.sources import load_catalog
+from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of a run (or of a plan): what it did or would do, and why."""
+
+    name: str
+    action: str  # "unchanged", "updated", "new" — or, in a plan, "would update"/"would build"
+    detail: str
+    seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as recorded in ``runs/<id>.json``."""
+
+    id: str
+    pipeline: str
+    started: str
+    finished: str
+    status: str  # "ok" or "failed: ..."
+    changed: bool  # did any published output change
+    steps: tuple[Step, ...]
+    published: str | None
+    versions: dict[str, str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --- dry run -------------------------------------------------------------------------------
+
+
+def plan(config: PipelineConfig) -> list[Step]:
+    """What a run would recompute, and why, without computing or writing anything.
+
+    A step whose inputs would change upstream is reported as depending on them: its exact
+    extent is only known once they are rebuilt.
+    """
+    steps: list[Step] = []
+    if config.synthetic is not None and not _plateau_ready(config):
+        steps.append(Step("plateau", "would build", f"synthetic plateau into {config.plateau_dir}"))
+        steps.append(Step("cube", "would update", "every layer whose new source differs"))
+        steps += _downstream_of_change("the cube")
+        return steps
+    cube_plan = plan_cube(
+        load_catalog(config.catalog_path),
+        TargetGrid.from_spec(config.grid_spec()),
+        config.cube_path,
+    )
+    changed = sorted(name for name, what in cube_plan.items() if what != "unchanged")
+    if changed:
+        steps.append(Step("cube", "would update", f"sources changed: {', '.join(changed)}"))
+        steps += _downstream_of_change("the cube")
+        return steps
+    steps.append(Step("cube", "unchanged", "every source fingerprint matches the cube"))
+    fit = fit_models(
+        config.sites_path,
+        config.cube_path,
+        config.models_dir,
+        config.fit,
+        reuse_unchanged=True,
+        dry_run=True,
+    )
+    if fit.pending:
+        detail = f"training table or settings changed: {', '.join(fit.pending)}"
+        steps.append(Step("fit", "would update", detail))
+        steps += _downstream_of_change("the models")[1:]
+        return steps
+    steps.append(Step("fit", "unchanged", "every element's training table and settings match"))
+    prediction = predict_cube(
+        config.cube_path,
+        load_models(config.models_dir),
+        config.prediction_path,
+        unseen=config.predict.unseen,
+        dry_run=True,
+    )
+    if prediction.chunks_computed:
+        detail = f"{prediction.chunks_computed} of {prediction.chunks_total} element chunks"
+        steps.append(Step("predict", "would update", detail))
+        steps.append(Step("publish", "would update", "a new version for the new prediction"))
+        return steps
+    steps.append(Step("predict", "unchanged", "every chunk's inputs match the prediction"))
+    steps.append(_publish_plan(config))
+    return steps
+
+
+def plan_changes(steps: list[Step]) -> bool:
+    """Whether a plan would change anything."""
+    return any(step.action != "unchanged" for step in steps)
+
+
+def _plateau_ready(config: PipelineConfig) -> bool:
+    assert config.synthetic is not None
+    truth = plateau_files(config.plateau_dir).truth_json
+    if not truth.is_file():
+        return False
+    doc = json.loads(truth.read_text())
+    return bool(
+        doc.get("size") == config.synthetic.size and doc.get("seed") == config.synthetic.seed
+    )
+
+
+def _downstream_of_change(what: str) -> list[Step]:
+    return [
+        Step("fit", "would update", f"elements whose training table changes with {what}"),
+        Step("predict", "would update", f"chunks whose inputs change with {what}"),
+        Step("publish", "would update", "a new version if the prediction changes"),
+    ]
+
+
+def _publish_plan(config: PipelineConfig) -> Step:
+    current = current_version(config.published_dir)
+    if current is None:
+        return Step("publish", "would update", "nothing published yet")
+    return Step("publish", "unchanged", f"current version {current.name}")
+
+
+# --- a run ---------------------------------------------------------------------------------
+
+
+def run_pipeline(config: PipelineConfig, *, progress: Progress | None = None) -> RunRecord:
+    """Run the pipeline on the current Dask client and record it (also when it fails)."""
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    steps: list[Step] = []
+    published: str | None = None
+    status = "ok"
+    try:
+        published = _run_steps(config, steps, progress)
+    except BaseException as exc:
+        status = f"failed: {type(exc).__name__}: {exc}"
+        raise
+    finally:
+        record = RunRecord(
+            id=run_id,
+            pipeline=config.name,
+            started=started,
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+            status=status,
+            changed=any(s.action != "unchanged" for s in steps),
+            steps=tuple(steps),
+            published=published,
+            versions={"tpgrid": __version__, "python": platform.python_version()},
+        )
+        _write_record(config, record)
+    return record
+
+
+def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | None) -> str:
+    """Every step in order, appending to ``steps``; returns the current published version."""
+    if config.synthetic is not None:
+        with _timed(steps, "plateau") as note:
+            ready = _plateau_ready(config)
+            reuse_or_write_plateau(
+                config.plateau_dir, config.synthetic.size, config.synthetic.seed, overwrite=True
+            )
+            note("unchanged" if ready else "new", f"synthetic plateau in {config.plateau_dir}")
+
+    with _timed(steps, "cube") as note:
+        catalog = load_catalog(config.catalog_path)
+        grid = TargetGrid.from_spec(config.grid_spec())
+        cube = build_cube(catalog, grid, config.cube_path, progress=_labelled(progress, "cube"))
+        written = {u.name: u.chunks_written for u in cube.layers if u.chunks_written}
+        detail = (
+            "chunks rewritten: " + ", ".join(f"{k} {v}" for k, v in written.items())
+            if written
+            else "no chunk changed"
+        )
+        note("updated" if written else "unchanged", detail, written)
+
+    with _timed(steps, "fit") as note:
+        fit = fit_models(
+            config.sites_path,
+            config.cube_path,
+            config.models_dir,
+            config.fit,
+            reuse_unchanged=True,
+            progress=progress,
+        )
+        refitted = [f.element for f in fit.fitted]
+        kept = [f.element for f in fit.unchanged]
+        skipped = [s.element for s in fit.skipped]
+        detail = f"refitted {refitted or 'none'}; kept {kept or 'none'}"
+        if skipped:
+            detail += f"; skipped {skipped} (too few sites)"
+        note("updated" if refitted else "unchanged", detail, {"refitted": len(refitted)})
+
+    with _timed(steps, "predict") as note:
+        models = load_models(config.models_dir)
+        prediction = predict_cube(
+            config.cube_path,
+            models,
+            config.prediction_path,
+            unseen=config.predict.unseen,
+            progress=progress,
+        )
+        detail = f"{prediction.chunks_computed} of {prediction.chunks_total} element chunks"
+        note(
+            "unchanged" if prediction.up_to_date else "updated",
+            detail,
+            {"chunks_computed": prediction.chunks_computed},
+        )
+
+    with _timed(steps, "publish") as note:
+
+        def add_report(directory: Path) -> None:
+            if config.report.enabled:
+                write_report(
+                    config.models_dir,
+                    directory / REPORT_DIR,
+                    cube=config.cube_path,
+                    sites=config.sites_path,
+                    prediction=config.prediction_path,
+                    settings=_report_settings(config),
+                )
+
+        publication = publish_version(
+            config.prediction_path, config.published_dir, before_current=add_report
+        )
+        note(
+            "new" if publication.new else "unchanged",
+            f"version {publication.version}" + (" (now current)" if publication.new else ""),
+        )
+    return publication.version
+
+
+def _labelled(progress: Progress | None, step: str) -> Progress | None:
+    """The step's name before each progress label, so bars of different steps stay apart."""
+    if progress is None:
+        return None
+    report = progress
+    return lambda label, done, total: report(f"{step} {label}", done, total)
+
+
+def _report_settings(config: PipelineConfig) -> ReportSettings:
+    section = config.report
+    return ReportSettings(
+        effects=section.effects,
+        level=section.level,
+        cv_trees=section.cv_trees,
+        applicability=section.applicability,
+    )
+
+
+@contextmanager
+def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
+    """Time one step; the body calls ``note(action, detail, counts)`` once."""
+    started = time.perf_counter()
+    noted: dict[str, Any] = {}
+
+    def note(action: str, detail: str, counts: dict[str, int] | None = None) -> None:
+        noted.update(action=action, detail=detail, counts=counts or {})
+
+    yield note
+    seconds = round(time.perf_counter() - started, 2)
+    steps.append(Step(name, noted["action"], noted["detail"], seconds, noted["counts"]))
+    log.info("%s: %s (%s) in %.1f s", name, noted["action"], noted["detail"], seconds)
+
+
+# --- records -------------------------------------------------------------------------------
+
+
+def _write_record(config: PipelineConfig, record: RunRecord) -> None:
+    config.runs_dir.mkdir(parents=True, exist_ok=True)
+    path = config.runs_dir / f"{record.id}.json"
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(record.to_json(), indent=2) + "\n")
+    partial.rename(path)
+
+
+def list_runs(config: PipelineConfig) -> list[dict[str, Any]]:
+    """Every recorded run of the pipeline, oldest first."""
+    if not config.runs_dir.is_dir():
+        return []
+    return [json.loads(p.read_text()) for p in sorted(config.runs_dir.glob("*.json"))]
