@@ -168,8 +168,9 @@ def start_dask_processes(
                 address,
                 "--nthreads",
                 "1",
-                "--nworkers",
-                "1",
+                # No nanny: the process started here is the worker itself, so killing it
+                # kills the worker (a nanny would restart it).
+                "--no-nanny",
                 "--host",
                 "127.0.0.1",
                 "--no-dashboard",

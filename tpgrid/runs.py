@@ -223,7 +223,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             config.models_dir,
             config.fit,
             reuse_unchanged=True,
-            progress=progress,
+            progress=_labelled(progress, "fit"),
         )
         refitted = [f.element for f in fit.fitted]
         kept = [f.element for f in fit.unchanged]
@@ -240,7 +240,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             models,
             config.prediction_path,
             unseen=config.predict.unseen,
-            progress=progress,
+            progress=_labelled(progress, "predict"),
         )
         detail = f"{prediction.chunks_computed} of {prediction.chunks_total} element chunks"
         note(
