@@ -1,0 +1,56 @@
+"""Pipeline configs: shipped ones are valid, the demo is the shipped demo, mistakes are named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tpgrid.config import demo_config, load_pipeline
+from tpgrid.errors import ConfigError
+
+PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
+
+
+@pytest.mark.parametrize("name", ["demo", "synthetic_1km", "tibet_1km"])
+def test_shipped_pipelines_are_valid_with_absolute_paths(name: str) -> None:
+    config = load_pipeline(PIPELINES / f"{name}.yaml")
+    assert config.name == name
+    assert config.workdir.is_absolute()
+    assert config.catalog_path.is_absolute()
+
+
+def test_the_real_template_reads_its_grid_and_catalog_beside_it() -> None:
+    config = load_pipeline(PIPELINES / "tibet_1km.yaml")
+    assert config.catalog_path == PIPELINES / "tibet_catalog.yaml"
+    spec = config.grid_spec()
+    assert (spec.crs, spec.resolution, spec.bbox) == ("ESRI:102025", 1000.0, (79, 27, 105, 40))
+    assert config.fit.calibrate == ("Zn", "Ni")
+
+
+@pytest.mark.parametrize(("name", "full"), [("demo", False), ("synthetic_1km", True)])
+def test_tpgrid_demo_runs_the_shipped_demo_pipelines(name: str, full: bool) -> None:
+    shipped = load_pipeline(PIPELINES / f"{name}.yaml")
+    assert demo_config(shipped.workdir, full=full) == shipped
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nworkdir: w\nsynthetic: {size: small}\nfit: {n_tress: 5}\n")
+    with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*fit\.n_tress: unknown key"):
+        load_pipeline(path)
+
+
+def test_inputs_must_be_synthetic_or_all_three(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nworkdir: w\ncatalog: c.yaml\n")
+    with pytest.raises(ConfigError, match=r"name the inputs \['grid', 'sites'\]"):
+        load_pipeline(path)
+    path.write_text("name: x\nworkdir: w\nsynthetic: {}\nsites: s.csv\n")
+    with pytest.raises(ConfigError, match="remove \\['sites'\\] or 'synthetic'"):
+        load_pipeline(path)
+
+
+def test_a_missing_config_names_the_examples(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="pipelines/"):
+        load_pipeline(tmp_path / "nope.yaml")
