@@ -16,38 +16,23 @@ import xarray as xr
 from rio_cogeo.cogeo import cog_validate
 
 from tests.conftest import SMALL_SPEC
+from tests.run_groups import known_layers, write_run_group
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
-    ATTR_RUN,
     COG_MEDIA_TYPE,
     LAYERS,
     UNSEEN_NODATA,
-    global_attrs,
     layer_layouts,
     open_prediction,
     publish,
     quicklook_figure,
     variable_name,
 )
-from tpgrid.store import create_layout, finish, write_window
+from tpgrid.store import create_layout
 
 ELEMENTS = ("Fe", "Mo")
 RUN_ID = "ab" * 32
-
-
-def known_layers(grid: TargetGrid, element: str) -> dict[str, np.ndarray]:
-    """A smooth mean with NaN outside a disc, its variance and sd, and an unseen-class block."""
-    rows, cols = np.indices(grid.shape)
-    inside = (rows - 180) ** 2 + (cols - 180) ** 2 < 170**2
-    scale = 30_000.0 if element == "Fe" else 1.5
-    mean = np.where(inside, scale * (1 + rows / 400 + cols / 800), np.nan).astype(np.float32)
-    variance = (0.1 * mean) ** 2
-    unseen = np.where(inside, 0, UNSEEN_NODATA).astype(np.uint8)
-    unseen[100:120, 100:140] = 1
-    mean[100:120, 100:140] = np.nan
-    variance[100:120, 100:140] = np.nan
-    return {"mean": mean, "variance": variance, "sd": np.sqrt(variance), "unseen": unseen}
 
 
 @pytest.fixture(scope="module")
@@ -58,24 +43,7 @@ def grid() -> TargetGrid:
 @pytest.fixture(scope="module")
 def run(grid: TargetGrid, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete prediction group of two elements, laid out as `predict_cube` lays it out."""
-    path = tmp_path_factory.mktemp("run") / "maps.zarr"
-    layouts = {}
-    for element in ELEMENTS:
-        layouts |= layer_layouts(element, n_trees=20, unseen="nan")
-    create_layout(path, grid, layouts)
-    for element in ELEMENTS:
-        for layer, values in known_layers(grid, element).items():
-            for window in grid.windows():
-                name = variable_name(element, layer)
-                write_window(path, name, window, values[window.rows, window.cols])
-    record = {
-        "run_id": RUN_ID,
-        "grid": grid.spec.model_dump(mode="json"),
-        "unseen": "nan",
-        "models": {e: {"model_hash": e.lower() * 32, "n_trees": 20} for e in ELEMENTS},
-    }
-    finish(path, global_attrs(grid, ELEMENTS, RUN_ID) | {ATTR_RUN: record})
-    return path
+    return write_run_group(tmp_path_factory.mktemp("run") / "maps.zarr", grid, ELEMENTS, RUN_ID)
 
 
 @pytest.fixture(scope="module")
