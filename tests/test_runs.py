@@ -236,6 +236,23 @@ def test_if_changed_exits_3_when_nothing_changed_and_dry_run_says_why(
     assert len(list_runs(config)) == 1  # neither command ran anything
 
 
+def test_the_cron_wrapper_exits_0_when_nothing_changed(
+    first_run: PipelineConfig, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "schedule" / "tpgrid-refresh.sh"
+    bin_dir = str(Path(sys.executable).parent)  # where pip put the `tpgrid` command
+    result = subprocess.run(
+        [str(script), str(write_config(config.workdir))],
+        capture_output=True,
+        text=True,
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(tmp_path)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no input changed: nothing to do" in result.stdout
+
+
 def test_runs_lists_the_records(first_run: PipelineConfig) -> None:
     result = CliRunner().invoke(
         app, ["runs", str(write_config(first_run.workdir))], env={"COLUMNS": "250"}
