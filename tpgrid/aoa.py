@@ -47,8 +47,7 @@ from tpgrid.features import FeatureSpec
 from tpgrid.grid import ChunkWindow
 
 # The prediction's chunk reader and model checks, shared rather than written twice.
-from tpgrid.predict import _check_models as check_models
-from tpgrid.predict import _read as read_window
+from tpgrid.predict import check_models, read_window
 from tpgrid.store import VariableLayout, create_layout, finish, staging_path, swap_in, write_window
 
 log = logging.getLogger(__name__)

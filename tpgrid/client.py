@@ -25,11 +25,11 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from distributed import Client, LocalCluster
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from tpgrid.errors import ClusterError, ConfigError, describe_validation
+from tpgrid.errors import ClusterError
+from tpgrid.yamlfile import read_mapping, validated
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 NUMBA_CACHE_DIR = str(Path.home() / ".cache" / "tpgrid" / "numba")
@@ -126,22 +126,13 @@ _BACKENDS = {
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
     """Read a cluster spec YAML; every mistake names the file and the key."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"cluster spec {path} does not exist: see cluster/*.yaml for examples")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"cluster spec {path} is not valid YAML: {exc}") from exc
-    return parse_cluster_spec(data, source=str(path))
+    data = read_mapping(path, "cluster spec", "see cluster/*.yaml for examples")
+    return parse_cluster_spec(data, source=f"cluster spec {path}")
 
 
 def parse_cluster_spec(data: Any, source: str = "cluster spec") -> ClusterSpec:
     """Validate a cluster spec given as a mapping (e.g. a section of a pipeline config)."""
-    try:
-        return _SPEC_ADAPTER.validate_python(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source} is not valid:\n{describe_validation(exc)}") from exc
+    return validated(_SPEC_ADAPTER.validate_python, data, source)
 
 
 @contextmanager

@@ -20,17 +20,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tpgrid.client import ClusterSpec
-from tpgrid.errors import ConfigError, describe_validation
 from tpgrid.explain import DEFAULT_EFFECTS
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.model import FitSettings, SearchGrid
 from tpgrid.predict import UnseenPolicy
 from tpgrid.synthetic import plateau_files
 from tpgrid.uncertainty import LEVEL
+from tpgrid.yamlfile import read_mapping, validated
 
 
 class _Section(BaseModel):
@@ -149,25 +148,15 @@ class PipelineConfig(_Section):
 def load_pipeline(path: str | Path) -> PipelineConfig:
     """Read and validate a pipeline YAML; relative paths are made absolute from its folder."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"pipeline config {path} does not exist: see pipelines/*.yaml")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"pipeline config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"pipeline config {path} must be a mapping (name, workdir, ...)")
-    return parse_pipeline(data, base_dir=path.parent.resolve(), source=str(path))
+    data = read_mapping(path, "pipeline config", "see pipelines/*.yaml")
+    return parse_pipeline(data, base_dir=path.parent.resolve(), source=f"pipeline config {path}")
 
 
 def parse_pipeline(
     data: dict[str, Any], base_dir: Path, source: str = "pipeline config"
 ) -> PipelineConfig:
     """Validate a config mapping; relative paths are resolved against ``base_dir``."""
-    try:
-        config = PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"{source} is not valid:\n{describe_validation(exc)}") from exc
+    config = validated(PipelineConfig.model_validate, data, source)
     absolute = {
         key: (base_dir / value).resolve()
         for key in ("workdir", "grid", "catalog", "sites")

@@ -20,17 +20,17 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import numpy.typing as npt
-import yaml
 from odc.geo.crs import CRS as OdcCRS
 from odc.geo.geobox import GeoBox
 from odc.geo.geom import Geometry, box, polygon
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyproj import CRS, Transformer
 from pyproj.exceptions import CRSError
 from rasterio.errors import NotGeoreferencedWarning
 from rasterio.features import geometry_mask
 
-from tpgrid.errors import ConfigError, GridError, describe_validation
+from tpgrid.errors import ConfigError, GridError
+from tpgrid.yamlfile import read_mapping, validated
 
 DEFAULT_CRS = "ESRI:102025"
 PLATEAU_BBOX = (79.0, 27.0, 105.0, 40.0)
@@ -115,17 +115,8 @@ class GridSpec(BaseModel):
 
 def load_grid_spec(path: str | Path) -> GridSpec:
     """Read a grid spec from YAML, naming the file in any error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"grid file {path} does not exist: pass the path of a grid YAML")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"grid file {path} is not valid YAML: {exc}") from exc
-    try:
-        return GridSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(f"grid file {path} is not valid:\n{describe_validation(exc)}") from exc
+    data = read_mapping(path, "grid file", "pass the path of a grid YAML")
+    return validated(GridSpec.model_validate, data, f"grid file {path}")
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import xarray as xr
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyproj import Transformer
 
 from tpgrid import __version__
@@ -42,11 +41,9 @@ from tpgrid.artifact import ModelArtifact, load_model, save_model
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
     ArtifactError,
-    ConfigError,
     CubeError,
     FitError,
     OutputExistsError,
-    describe_validation,
 )
 from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.forest import pack_forest
@@ -62,6 +59,7 @@ from tpgrid.sites import (
     training_table,
 )
 from tpgrid.store import staging_path, swap_in
+from tpgrid.yamlfile import read_mapping, validated
 
 log = logging.getLogger(__name__)
 
@@ -151,29 +149,17 @@ class FitSettings(BaseModel):
 
 def load_fit_settings(path: str | Path) -> FitSettings:
     """Read fit settings from YAML, naming the file in any error."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"fit settings file {path} does not exist: pass the path of a YAML")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"fit settings file {path} is not valid YAML: {exc}") from exc
-    try:
-        return FitSettings.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(
-            f"fit settings file {path} is not valid:\n{describe_validation(exc)}"
-        ) from exc
+    data = read_mapping(path, "fit settings file", "pass the path of a YAML")
+    return validated(FitSettings.model_validate, data, f"fit settings file {path}")
 
 
 def fit_settings(path: str | Path | None, overrides: Mapping[str, Any]) -> FitSettings:
     """Settings from a YAML file (or the defaults) with ``overrides`` on top; raises
     :class:`ConfigError` naming what is wrong."""
     base = load_fit_settings(path) if path is not None else FitSettings()
-    try:
-        return FitSettings.model_validate(base.model_dump() | dict(overrides))
-    except ValidationError as exc:
-        raise ConfigError(f"fit settings are not valid:\n{describe_validation(exc)}") from exc
+    return validated(
+        FitSettings.model_validate, base.model_dump() | dict(overrides), "fit settings"
+    )
 
 
 # --- metrics (observed and predicted in mg/kg) ---------------------------------------------

@@ -131,8 +131,8 @@ ChunkCounts = tuple[str, str, int, int]
 
 def predict_chunk(job: ChunkJob, forest: PackedForest) -> ChunkCounts:
     """Read one chunk from the cube, predict it, write it, then mark it done."""
-    valid = _read(job.cube, VALID, job.window) == 1
-    values = {name: _read(job.cube, name, job.window) for name in job.features.variables}
+    valid = read_window(job.cube, VALID, job.window) == 1
+    values = {name: read_window(job.cube, name, job.window) for name in job.features.variables}
     block = predict_block(forest, job.features, values, valid, job.unseen)
     for layer in ("mean", "variance", "sd", "unseen"):
         store_window(job.out, variable_name(job.element, layer), job.window, getattr(block, layer))
@@ -163,7 +163,8 @@ def _read_done(staging: Path, element: str, window: ChunkWindow) -> tuple[int, i
     return int(predicted), int(unseen)
 
 
-def _read(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
+def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
+    """One grid chunk of cube variable ``name``, read straight from its Zarr array."""
     return np.asarray(
         zarr.open_array(cube / name, mode="r", zarr_format=3)[window.rows, window.cols]
     )
@@ -255,7 +256,7 @@ def predict_cube(
     if unseen not in get_args(UnseenPolicy):
         raise ConfigError(f"unseen-class policy {unseen!r} is not one of {get_args(UnseenPolicy)}")
     grid = cube_grid(cube)
-    _check_models(cube, grid, models)
+    check_models(cube, grid, models)
     run = _run_record(cube, grid, models, unseen)
     previous = _previous_run(out)
     if previous is not None and previous["run_id"] == run["run_id"]:
@@ -469,7 +470,7 @@ def _report(
 # --- checks and identity -------------------------------------------------------------------
 
 
-def _check_models(cube: Path, grid: TargetGrid, models: Sequence[ModelArtifact]) -> None:
+def check_models(cube: Path, grid: TargetGrid, models: Sequence[ModelArtifact]) -> None:
     """Refuse, before anything is written, models the cube cannot feed and misaligned chunks."""
     if not models:
         raise ArtifactError("no models to predict with: fit them with `tpgrid fit`")

@@ -29,13 +29,13 @@ import odc.geo.xr  # noqa: F401  (registers the .odc accessor used on opened lay
 import rasterio
 import rioxarray
 import xarray as xr
-import yaml
 from odc.geo.geobox import GeoBox
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rasterio.errors import RasterioIOError
 
-from tpgrid.errors import ConfigError, SourceError, describe_validation
+from tpgrid.errors import SourceError
 from tpgrid.grid import TargetGrid
+from tpgrid.yamlfile import read_mapping, validated
 
 Kind = Literal["continuous", "categorical"]
 Group = Literal["topography", "climate", "vegetation", "soil", "categorical", "disturbance"]
@@ -130,18 +130,10 @@ class Catalog(BaseModel):
 def load_catalog(path: str | Path) -> Catalog:
     """Read and validate a catalog YAML; every mistake names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"catalog {path} does not exist: pass the path of a catalog YAML")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"catalog {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"catalog {path} must be a mapping with a 'layers' key")
-    try:
-        return Catalog.model_validate({**data, "base_dir": path.parent.resolve()})
-    except ValidationError as exc:
-        raise ConfigError(f"catalog {path} is not valid:\n{describe_validation(exc)}") from exc
+    data = read_mapping(path, "catalog", "pass the path of a catalog YAML")
+    return validated(
+        Catalog.model_validate, {**data, "base_dir": path.parent.resolve()}, f"catalog {path}"
+    )
 
 
 def open_layer(catalog: Catalog, name: str, chunk: int = 1024) -> xr.DataArray:
