@@ -33,7 +33,7 @@ from tpgrid import __version__
 from tpgrid.config import PipelineConfig
 from tpgrid.cube import build_cube, plan_cube
 from tpgrid.grid import TargetGrid
-from tpgrid.model import fit_models
+from tpgrid.model import FitReport, fit_models
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import current_version, publish_version
 from tpgrid.report import ReportSettings, write_report
@@ -101,14 +101,7 @@ def plan(config: PipelineConfig) -> list[Step]:
         steps += _downstream_of_change("the cube")
         return steps
     steps.append(Step("cube", "unchanged", "every source fingerprint matches the cube"))
-    fit = fit_models(
-        config.sites_path,
-        config.cube_path,
-        config.models_dir,
-        config.fit,
-        reuse_unchanged=True,
-        dry_run=True,
-    )
+    fit = _fit(config, dry_run=True)
     if fit.pending:
         detail = f"training table or settings changed: {', '.join(fit.pending)}"
         steps.append(Step("fit", "would update", detail))
@@ -217,14 +210,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
         note("updated" if written else "unchanged", detail, written)
 
     with _timed(steps, "fit") as note:
-        fit = fit_models(
-            config.sites_path,
-            config.cube_path,
-            config.models_dir,
-            config.fit,
-            reuse_unchanged=True,
-            progress=_labelled(progress, "fit"),
-        )
+        fit = _fit(config, progress=_labelled(progress, "fit"))
         refitted = [f.element for f in fit.fitted]
         kept = [f.element for f in fit.unchanged]
         skipped = [s.element for s in fit.skipped]
@@ -270,6 +256,18 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             f"version {publication.version}" + (" (now current)" if publication.new else ""),
         )
     return publication.version
+
+
+def _fit(config: PipelineConfig, **options: Any) -> FitReport:
+    """Fit (or with ``dry_run=True``, plan to fit) the elements whose inputs changed."""
+    return fit_models(
+        config.sites_path,
+        config.cube_path,
+        config.models_dir,
+        config.fit,
+        reuse_unchanged=True,
+        **options,
+    )
 
 
 def _labelled(progress: Progress | None, step: str) -> Progress | None:
