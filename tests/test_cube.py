@@ -300,3 +300,4 @@ def test_cli_reports_a_bad_catalog_without_a_traceback(
     assert "layer 'dem'" in result.output
     assert "nowhere.tif" in result.output
     assert "Traceback" not in result.output
+    assert "Dask dashboard" not in result.output  # refused before a cluster was started

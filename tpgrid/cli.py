@@ -166,20 +166,16 @@ def cube(
     workers: WorkersOption = None,
 ) -> None:
     """Build the covariate cube, or update it: only layers whose source changed are rewritten."""
-    with _cluster(scheduler_address, workers):
-        _build_cube(catalog, grid, out, overwrite)
-
-
-def _build_cube(catalog_path: Path, grid_path: Path, out: Path, overwrite: bool) -> None:
-    from tpgrid.cube import build_cube
+    from tpgrid.cube import build_cube, open_sources
     from tpgrid.grid import TargetGrid, load_grid_spec
     from tpgrid.sources import load_catalog
 
-    catalog = load_catalog(catalog_path)
-    target = TargetGrid.from_spec(load_grid_spec(grid_path))
+    layers = load_catalog(catalog)
+    target = TargetGrid.from_spec(load_grid_spec(grid))
+    open_sources(layers, target)  # bad sources fail before a cluster is started
     started = time.perf_counter()
-    with _chunk_progress() as progress:
-        report = build_cube(catalog, target, out, overwrite=overwrite, progress=progress)
+    with _cluster(scheduler_address, workers), _chunk_progress() as progress:
+        report = build_cube(layers, target, out, overwrite=overwrite, progress=progress)
     table = Table(title=f"cube {report.path} ({report.shape[0]} × {report.shape[1]} px)")
     for column in ("variable", "action", "chunks written"):
         table.add_column(column)

@@ -225,12 +225,21 @@ def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:
 # --- planning ----------------------------------------------------------------------------
 
 
+def open_sources(catalog: Catalog, grid: TargetGrid) -> dict[str, xr.DataArray]:
+    """Open every catalog layer lazily and check that it covers the grid, reading no pixels:
+    a missing file, a raster without CRS or one off the grid fails here, in seconds."""
+    sources = {}
+    for name in catalog.layers:
+        sources[name] = open_layer(catalog, name)
+        check_overlap(name, sources[name], grid)
+    return sources
+
+
 def _plan_variables(catalog: Catalog, grid: TargetGrid) -> list[_Variable]:
     """Open every layer lazily and describe every cube variable, failing before any write."""
     variables: list[_Variable] = []
-    for name, layer in catalog.layers.items():
-        source = open_layer(catalog, name)
-        check_overlap(name, source, grid)
+    for name, source in open_sources(catalog, grid).items():
+        layer = catalog.layers[name]
         resampling = choose_resampling(layer, source, grid)
         on_grid = xr_reproject(
             source,
