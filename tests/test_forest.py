@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
-from tpgrid.forest import PackedForest, float32_at_or_below, pack_forest
+from tpgrid.forest import PackedForest, Walk, float32_at_or_below, pack_forest
 
 N_FEATURES = 5
 
@@ -132,6 +132,18 @@ def test_rows_with_nan_give_nan_and_leave_other_rows_unchanged(packed: PackedFor
     assert np.array_equal(mean_nan[~nan_rows], mean[~nan_rows])
     assert np.array_equal(variance_nan[~nan_rows], variance[~nan_rows])
     assert np.isnan(packed.predict_trees(X_nan)[nan_rows]).all()
+
+
+@pytest.mark.parametrize("walk", ["packets", "lockstep"])
+def test_the_walk_chosen_changes_nothing_in_the_result(
+    forest: Any, packed: PackedForest, walk: Walk
+) -> None:
+    X = np.sort(training_data(6, n_rows=500)[0], axis=0)  # neighbouring rows alike, as in chunks
+    chosen = packed.predict_mean_variance(X, walk=walk)
+    auto = packed.predict_mean_variance(X)
+    assert np.array_equal(chosen[0], auto[0])
+    assert np.array_equal(chosen[1], auto[1])
+    np.testing.assert_allclose(chosen[0], forest.predict(X), rtol=1e-12)
 
 
 def test_wrong_number_of_features_raises_value_error(packed: PackedForest) -> None:

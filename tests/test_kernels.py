@@ -28,12 +28,25 @@ def reference_tree_predictions(forest: PackedForest, X: np.ndarray) -> np.ndarra
     return out
 
 
+WALKS = {"auto": _kernels.AUTO, "packets": _kernels.PACKETS, "lockstep": _kernels.LOCKSTEP}
+
+
 def mean_variance(
-    forest: PackedForest, X: np.ndarray, lockstep_levels: np.ndarray | None = None
+    forest: PackedForest,
+    X: np.ndarray,
+    lockstep_levels: np.ndarray | None = None,
+    walk: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray]:
     levels = forest.lockstep_levels if lockstep_levels is None else lockstep_levels
     return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
-        X, forest.feature, forest.threshold, forest.left, forest.value, forest.roots, levels
+        X,
+        forest.feature,
+        forest.threshold,
+        forest.left,
+        forest.value,
+        forest.roots,
+        levels,
+        WALKS[walk],
     )
 
 
@@ -89,7 +102,8 @@ def test_row_exactly_on_the_threshold_goes_left_and_the_next_float_goes_right() 
     X = np.zeros((3, N_FEATURES), dtype=np.float32)
     X[:, 1] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))]
     assert tree_predictions(stump(t), X)[:, 0].tolist() == [10.0, 20.0, 10.0]
-    assert mean_variance(stump(t), X)[0].tolist() == [10.0, 20.0, 10.0]
+    for walk in WALKS:
+        assert mean_variance(stump(t), X, walk=walk)[0].tolist() == [10.0, 20.0, 10.0]
 
 
 def test_zero_rows_give_empty_outputs(forest: PackedForest) -> None:
@@ -109,16 +123,46 @@ def test_one_row(forest: PackedForest) -> None:
     np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
 
 
-TILE_ROWS = _kernels.TILE_VALUES // N_FEATURES
+TILE_ROWS = _kernels.tile_rows(N_FEATURES)
+LANES = _kernels.LANES
 
 
-@pytest.mark.parametrize("n", [7, 17, TILE_ROWS - 1, TILE_ROWS + 3])
-def test_row_counts_off_the_tile_size(forest: PackedForest, n: int) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("n", [7, LANES - 1, LANES + 1, TILE_ROWS - 1, TILE_ROWS + 3])
+def test_row_counts_off_the_packet_and_tile_sizes(forest: PackedForest, n: int, walk: str) -> None:
     X = random_rows(n, seed=n, nan_fraction=0.05)
     expected = tree_predictions(forest, X)  # the simple walk, checked against the reference
-    mean, variance = mean_variance(forest, X)
+    mean, variance = mean_variance(forest, X, walk=walk)
     np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
     np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
+
+
+def smooth_rows(n: int, seed: int) -> np.ndarray:
+    """Rows along a smooth random path, like pixels of a raster row: neighbours share paths."""
+    rng = np.random.default_rng(seed)
+    steps = rng.standard_normal((n, N_FEATURES)) * 0.05
+    return np.cumsum(steps, axis=0).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("kind", "X"),
+    [
+        ("independent rows", random_rows(3 * LANES + 5, seed=5, nan_fraction=0.02)),
+        ("neighbouring rows", smooth_rows(3 * LANES + 5, seed=6)),
+        ("one row repeated", np.tile(random_rows(1, seed=7), (2 * LANES, 1))),
+    ],
+)
+def test_packets_and_lockstep_give_identical_results(
+    forest: PackedForest, kind: str, X: np.ndarray
+) -> None:
+    packets = mean_variance(forest, X, walk="packets")
+    lockstep = mean_variance(forest, X, walk="lockstep")
+    auto = mean_variance(forest, X, walk="auto")
+    for result in (lockstep, auto):
+        assert np.array_equal(result[0], packets[0], equal_nan=True), kind
+        assert np.array_equal(result[1], packets[1], equal_nan=True), kind
+    per_tree = reference_tree_predictions(forest, X)
+    np.testing.assert_allclose(packets[0], per_tree.mean(axis=1), rtol=1e-14)
 
 
 @settings(max_examples=40, deadline=None)
@@ -137,9 +181,10 @@ def test_mean_and_variance_are_the_statistics_of_the_tree_predictions(
     forest: PackedForest, X: np.ndarray
 ) -> None:
     per_tree = reference_tree_predictions(forest, X)
-    mean, variance = mean_variance(forest, X)
-    np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
-    np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
+    for walk in WALKS:
+        mean, variance = mean_variance(forest, X, walk=walk)
+        np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
+        np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
     assert np.array_equal(tree_predictions(forest, X), per_tree, equal_nan=True)
 
 
@@ -164,8 +209,9 @@ def test_any_number_of_lockstep_levels_gives_the_same_result(
     forest: PackedForest, levels: int
 ) -> None:
     X = random_rows(300, seed=3, nan_fraction=0.02)
-    expected = mean_variance(forest, X)
-    result = mean_variance(forest, X, np.full(forest.n_trees, levels, dtype=np.int32))
+    expected = mean_variance(forest, X, walk="lockstep")
+    chosen = np.full(forest.n_trees, levels, dtype=np.int32)
+    result = mean_variance(forest, X, chosen, walk="lockstep")
     assert np.array_equal(result[0], expected[0], equal_nan=True)
     assert np.array_equal(result[1], expected[1], equal_nan=True)
 

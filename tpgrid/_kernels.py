@@ -1,48 +1,222 @@
 """Numba kernels that walk a packed forest (layout: `tpgrid.forest.PackedForest`).
 
-Loop order of `forest_mean_variance`: rows are copied, NaN-free ones only, into a tile of
-`TILE_VALUES` covariate values (row-major float32, 256 KiB: it stays in L2); the tile is walked
-through one tree at a time, so each tree (~20 KB) is read from L3 once per tile. Within a tree
-the tile moves one level at a time: one pass over the rows makes one branch-free step
-``k = left[k] + (x[feature[k]] > threshold[k])`` for every row. The rows of a pass are
-independent, so the CPU overlaps their loads. The first ``lockstep_levels[t]`` levels are
-stepped for all rows without looking for leaves (a leaf points to itself and has a +inf
-threshold, so extra steps stay put); after that, each pass keeps a list of the rows not yet at a
-leaf and compacts it branch-free. Indices are unsigned: numba then skips negative-index checks.
+`forest_mean_variance` copies the NaN-free rows, in their order, into a tile of `TILE_VALUES`
+covariate values stored feature-major (all rows' first covariate, then all rows' second, ...),
+and walks the tile through one tree at a time, so each tree is read from cache once per tile.
+A tree is walked in one of two ways; both reach the same leaves, so the results are identical:
 
-Measured on the PERF.md reference forest (500 trees, 1.01 M nodes, 13.6 node visits per
-pixel·tree), 20,000 random rows, one thread, CPU time, ns per pixel·tree (lower is better):
+- **Packets** (raster chunks): 64 neighbouring rows go down the tree together. At a node, one
+  vector compare of the 64 rows' covariate against the threshold gives a 64-bit mask of the rows
+  going right; when all go the same way, the packet takes one step for all of them, and only
+  when they part does the right part wait on a stack while the left part goes on. Neighbouring
+  pixels of a cube chunk mostly share their path, so a packet makes few steps per row (0.37 on
+  the synthetic plateau's chunks, against 8.7 node visits per pixel·tree).
+- **Lockstep** (rows without spatial order): one pass over the rows makes one branch-free step
+  ``k = left[k] + (x[feature[k]] > threshold[k])`` for every row; the rows of a pass are
+  independent, so the CPU overlaps their loads. The first ``lockstep_levels[t]`` levels are
+  stepped for all rows without looking for leaves (a leaf points to itself and has a +inf
+  threshold, so extra steps stay put); after that, each pass keeps a list of the rows not yet at
+  a leaf and compacts it branch-free.
+
+Packets cost little when rows agree and much when they do not (each parting is a mispredicted
+branch and a stack entry). Which walk is faster depends on the rows, the forest and the CPU, so
+each tile times both on its first trees (even trees by packets, odd ones in lockstep, with the
+CPU's cycle counter) and walks its other trees the faster way. Indices are unsigned: numba then
+skips negative-index checks.
+
+Measured on one thread, CPU time, ns per pixel·tree (lower is better). Reference forest of
+PERF.md (500 trees, 1.01 M nodes, 13.6 node visits per pixel·tree), 20,000 random rows:
 
 - PERF.md's best so far (2,048 rows per tree pass, 8-16 rows in lockstep): 39-40 on 2 threads
-- this loop order, signed indices, 2-D tile, leaf check every level: 60
+- lockstep, signed indices, 2-D tile, leaf check every level: 60
 - + the first min-leaf-depth levels without leaf checks: 52
 - + unsigned indices and a flat tile (no wraparound code: 17 instructions per step): 27
-- + 8 more levels without leaf checks: 21; tiles of 1,024 → 3,640 rows: 18.6-19 (this design)
-- tried, not kept: feature-major tile (same speed); depth-first node order (+10 %); 2 or 3
-  steps per leaf check (+10-25 %); groups of 8-16 rows in lockstep, exit check every 1-2
-  levels (27-42); all levels of one row before the next (37: one chain of dependent loads);
-  tiles of 256-512 rows (+20-60 %); one 64-bit node record (feature | child offset |
-  order-preserving threshold key) instead of three arrays (8 % faster, harder to read).
-Spatially coherent rows run at the same speed: the walk has no data-dependent branches.
+- + 8 more levels without leaf checks: 21; tiles of 1,024 → 3,640 rows: 18.6-19
+- tried, not kept: depth-first node order (+10 %); 2 or 3 steps per leaf check (+10-25 %);
+  groups of 8-16 rows in lockstep, exit check every 1-2 levels (27-42); all levels of one row
+  before the next (37: one chain of dependent loads); tiles of 256-512 rows (+20-60 %); one
+  64-bit node record (feature | child offset | order-preserving threshold key) instead of three
+  arrays (8 % faster, harder to read).
+
+Forest fitted by `tpgrid.model.fit_models` on the full synthetic plateau (Fe: 500 trees, 156 k
+nodes, 28 columns, 8.7 node visits per pixel·tree), 100,000 rows of one cube chunk (raster
+order) / 100,000 valid pixels drawn at random:
+
+- lockstep, row-major tile of 2,340 rows (the walk before packets): 12.8 / 12.8
+- lockstep, feature-major tile: 12.0 / 12.3 (kept: packets need the feature-major tile)
+- one leader row per group of 16-128 rows walked alone, the others checked against its path by a
+  vector pass, rows that leave the path walked on in lockstep: 10.9-11.8 / 17-22 (not kept)
+- packets of 8 / 16 / 32 / 64 rows, leaf values added row by row: 11.3 / 8.9 / 7.1 / 5.7
+- 64-row packets, leaf values written by one masked vector store per leaf: 4.2; tiles of 1 MiB
+  instead of 256 KiB: 3.6 / 26 (this design, with the timed choice: 3.6 / 12.5)
+- packets stepping branch-free (a branch only where rows part): +6 %; reading each tree's nodes
+  once before walking it: no gain (not kept)
 """
+
+from typing import Any
 
 import numba
 import numpy as np
+from llvmlite import ir
+from numba.core import types
+from numba.extending import intrinsic
 
-#: Covariate values per tile (256 KiB of float32, 3,640 rows of 18 features): the tile and its
-#: per-row state stay in a 1 MiB L2; each tree is read from L3 once per tile.
-TILE_VALUES = 65_536
+#: Covariate values per tile (1 MiB of float32: 9,362 rows of 28 columns): the tile stays in
+#: L2/L3 while every tree walks it, and each tree is read from cache once per tile.
+TILE_VALUES = 262_144
+#: Rows walked together by one packet: one bit each in a 64-bit mask.
+LANES = 64
+#: Trees per walk timed at the start of each tile before choosing the faster walk.
+PROBE_TREES = 4
+#: Values of ``walk`` in `forest_mean_variance`: choose by timing, or force one walk.
+AUTO, PACKETS, LOCKSTEP = 0, 1, 2
 
 _u = np.uint64  # index type: unsigned indices compile without wraparound checks
 
 
+@numba.njit(cache=True)
+def tile_rows(n_features):  # type: ignore[no-untyped-def]
+    """Rows per tile for ``n_features`` covariates: a multiple of `LANES`."""
+    return max(1, TILE_VALUES // max(n_features, 1) // LANES) * LANES
+
+
+# --- vector helpers written in LLVM IR: numba does not emit them from plain loops ------------
+
+
+def _broadcast(builder: Any, value: Any, n: int) -> Any:
+    vector = ir.VectorType(value.type, n)
+    first = builder.insert_element(ir.Constant(vector, ir.Undefined), value, ir.IntType(32)(0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n)
+    return builder.shuffle_vector(first, ir.Constant(vector, ir.Undefined), zeros)
+
+
+@intrinsic
+def _lanes_greater(typingctx: Any, values: Any, start: Any, threshold: Any) -> Any:
+    """uint64 mask with bit j set iff ``values[start + j] > threshold``, j < LANES: one vector
+    compare (4 AVX-512 instructions) instead of 64 scalar ones."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array, first, limit = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        vector = ir.VectorType(ir.FloatType(), LANES)
+        pointer = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
+        above = builder.fcmp_ordered(
+            ">", builder.load(pointer, align=4), _broadcast(builder, limit, LANES)
+        )
+        return builder.bitcast(above, ir.IntType(LANES))
+
+    return types.uint64(values, start, threshold), codegen
+
+
+@intrinsic
+def _fill_lanes(typingctx: Any, out: Any, start: Any, mask: Any, value: Any) -> Any:
+    """``out[start + j] = value`` for every bit j set in ``mask`` (one masked vector store)."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        array, first, lanes, fill = args
+        data = context.make_array(signature.args[0])(context, builder, array).data
+        vector = ir.VectorType(ir.DoubleType(), LANES)
+        pointer = builder.bitcast(builder.gep(data, [first]), vector.as_pointer())
+        chosen = builder.bitcast(lanes, ir.VectorType(ir.IntType(1), LANES))
+        old = builder.load(pointer, align=8)
+        builder.store(
+            builder.select(chosen, _broadcast(builder, fill, LANES), old), pointer, align=8
+        )
+        return context.get_dummy_value()
+
+    return types.void(out, start, mask, value), codegen
+
+
+@intrinsic
+def _cycles(typingctx: Any) -> Any:
+    """The CPU's cycle counter (rdtsc on x86): only differences are meaningful."""
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        counter = builder.module.declare_intrinsic(
+            "llvm.readcyclecounter", fnty=ir.FunctionType(ir.IntType(64), [])
+        )
+        return builder.call(counter, [])
+
+    return types.uint64(), codegen
+
+
+# --- the two walks of one tree over a tile: each writes out[j] = value of row j's leaf - ref ---
+
+
 @numba.njit(nogil=True, cache=True)
-def forest_mean_variance(X, feature, threshold, left, value, roots, lockstep_levels):  # type: ignore[no-untyped-def]
+def _walk_packets(  # type: ignore[no-untyped-def]
+    tile, stride, m, root, feature, threshold, left, value, ref, out, stack_node, stack_mask
+):
+    """Walk tile rows [0, m) through the tree at ``root``, `LANES` neighbouring rows at a time.
+
+    ``mask`` holds the packet's rows still on node ``k``. The stack holds the parts that went
+    right, to walk after the left part: their masks are disjoint and non-empty, so fewer than
+    `LANES` entries are ever pending.
+    """
+    for r0 in range(_u(0), _u(m), _u(LANES)):
+        lanes = min(_u(LANES), _u(m) - r0)
+        mask = (_u(1) << lanes) - _u(1) if lanes < LANES else ~_u(0)
+        k = _u(root)
+        pending = 0
+        while True:
+            while _u(left[k]) != k:
+                right = _lanes_greater(tile, _u(feature[k]) * stride + r0, threshold[k]) & mask  # type: ignore[call-arg]
+                if right == 0:
+                    k = _u(left[k])
+                elif right == mask:
+                    k = _u(left[k]) + _u(1)
+                else:  # the packet parts: left now, right later
+                    stack_node[pending] = _u(left[k]) + _u(1)
+                    stack_mask[pending] = right
+                    pending += 1
+                    k = _u(left[k])
+                    mask &= ~right
+            _fill_lanes(out, r0, mask, value[k] - ref)  # type: ignore[call-arg]
+            if pending == 0:
+                break
+            pending -= 1
+            k = stack_node[pending]
+            mask = stack_mask[pending]
+
+
+@numba.njit(nogil=True, cache=True)
+def _walk_lockstep(  # type: ignore[no-untyped-def]
+    tile, stride, m, root, levels, feature, threshold, left, value, ref, out, node, active
+):
+    """Walk tile rows [0, m) through the tree at ``root``, one level of every row per pass."""
+    node[:m] = root
+    for _ in range(levels):
+        for j in range(_u(m)):
+            k = _u(node[j])
+            node[j] = _u(left[k]) + _u(tile[_u(feature[k]) * stride + j] > threshold[k])
+    n_active = _u(0)
+    for j in range(_u(m)):
+        active[n_active] = j
+        n_active += _u(_u(left[_u(node[j])]) != _u(node[j]))
+    while n_active > 0:
+        still = _u(0)
+        for a in range(n_active):
+            row = _u(active[a])
+            k = _u(node[row])
+            k = _u(left[k]) + _u(tile[_u(feature[k]) * stride + row] > threshold[k])
+            node[row] = k
+            active[still] = row
+            still += _u(_u(left[k]) != k)
+        n_active = still
+    for j in range(m):
+        out[j] = value[node[j]] - ref
+
+
+@numba.njit(nogil=True, cache=True)
+def forest_mean_variance(  # type: ignore[no-untyped-def]
+    X, feature, threshold, left, value, roots, lockstep_levels, walk=AUTO
+):
     """Per row of float32 ``X`` (n, n_features): mean and population variance over trees.
 
-    ``lockstep_levels[t]`` levels of tree ``t`` are walked without checking for leaves; any
-    value gives the same result, only the speed changes. Rows with a NaN covariate get NaN
-    for both outputs and are not walked. Returns two float64 arrays of length n.
+    ``walk`` is `AUTO` (time both walks on each tile's first trees, keep the faster), `PACKETS`
+    or `LOCKSTEP`; ``lockstep_levels[t]`` levels of tree ``t`` are walked in lockstep without
+    checking for leaves. Neither changes the result, only the speed. Rows with a NaN covariate
+    get NaN for both outputs and are not walked. Returns two float64 arrays of length n.
     """
     n, n_features = X.shape
     n_trees = roots.shape[0]
@@ -50,50 +224,57 @@ def forest_mean_variance(X, feature, threshold, left, value, roots, lockstep_lev
     variance = np.empty(n, dtype=np.float64)
     # Sums of (value - ref) and its square, shifted by the first root's value for stability.
     ref = value[roots[0]]
-    stride = _u(n_features)
-    tile_rows = max(1, TILE_VALUES // max(n_features, 1))
-    tile = np.empty(tile_rows * n_features, dtype=np.float32)
-    rows = np.empty(tile_rows, dtype=np.int64)  # tile row -> row of X
-    node = np.empty(tile_rows, dtype=np.uint32)  # current node of each tile row
-    active = np.empty(tile_rows, dtype=np.uint32)  # tile rows not yet at a leaf
-    s1 = np.empty(tile_rows, dtype=np.float64)
-    s2 = np.empty(tile_rows, dtype=np.float64)
-    for start in range(0, n, tile_rows):
+    rows_per_tile = min(tile_rows(n_features), max(1, (n + LANES - 1) // LANES) * LANES)
+    stride = _u(rows_per_tile)
+    tile = np.empty(rows_per_tile * n_features, dtype=np.float32)  # feature-major
+    rows = np.empty(rows_per_tile, dtype=np.int64)  # tile row -> row of X
+    leaf_value = np.empty(rows_per_tile, dtype=np.float64)  # this tree's value - ref, per row
+    s1 = np.empty(rows_per_tile, dtype=np.float64)
+    s2 = np.empty(rows_per_tile, dtype=np.float64)
+    node = np.empty(rows_per_tile, dtype=np.uint32)  # lockstep: current node of each row
+    active = np.empty(rows_per_tile, dtype=np.uint32)  # lockstep: rows not yet at a leaf
+    stack_node = np.empty(LANES, dtype=np.uint64)  # packets: parts waiting to be walked
+    stack_mask = np.empty(LANES, dtype=np.uint64)
+    i = 0
+    while i < n:
         m = 0
-        for i in range(start, min(start + tile_rows, n)):
+        while i < n and m < rows_per_tile:
             if np.isnan(X[i]).any():
                 mean[i] = np.nan
                 variance[i] = np.nan
             else:
-                tile[m * n_features : (m + 1) * n_features] = X[i]
+                for f in range(n_features):
+                    tile[f * rows_per_tile + m] = X[i, f]
                 rows[m] = i
                 m += 1
+            i += 1
         s1[:m] = 0.0
         s2[:m] = 0.0
+        packet_cycles = lockstep_cycles = _u(0)  # spent on the timed trees
         for t in range(n_trees):
-            node[:m] = roots[t]
-            for _ in range(lockstep_levels[t]):
-                for j in range(_u(m)):
-                    k = _u(node[j])
-                    x = tile[j * stride + _u(feature[k])]
-                    node[j] = _u(left[k]) + _u(x > threshold[k])
-            n_active = _u(0)
-            for j in range(_u(m)):
-                active[n_active] = j
-                n_active += _u(_u(left[_u(node[j])]) != _u(node[j]))
-            while n_active > 0:
-                still = _u(0)
-                for a in range(n_active):
-                    row = _u(active[a])
-                    k = _u(node[row])
-                    x = tile[row * stride + _u(feature[k])]
-                    k = _u(left[k]) + _u(x > threshold[k])
-                    node[row] = k
-                    active[still] = row
-                    still += _u(_u(left[k]) != k)
-                n_active = still
+            if walk == AUTO and t < 2 * PROBE_TREES:
+                packets = t % 2 == 0
+            elif walk == AUTO:
+                packets = bool(packet_cycles <= lockstep_cycles)
+            else:
+                packets = walk == PACKETS
+            start = _cycles()  # type: ignore[call-arg,var-annotated]
+            if packets:
+                _walk_packets(
+                    tile, stride, m, roots[t], feature, threshold, left, value, ref,
+                    leaf_value, stack_node, stack_mask,
+                )  # fmt: skip
+            else:
+                _walk_lockstep(
+                    tile, stride, m, roots[t], lockstep_levels[t], feature, threshold, left,
+                    value, ref, leaf_value, node, active,
+                )  # fmt: skip
+            if t < 2 * PROBE_TREES and packets:
+                packet_cycles += _cycles() - start
+            elif t < 2 * PROBE_TREES:
+                lockstep_cycles += _cycles() - start
             for j in range(m):
-                v = value[node[j]] - ref
+                v = leaf_value[j]
                 s1[j] += v
                 s2[j] += v * v
         for j in range(m):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -25,6 +25,12 @@ _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "roots": np.int32,
 }
 _FORMAT_VERSION = 1
+Walk = Literal["auto", "packets", "lockstep"]
+_WALKS: dict[str, int] = {
+    "auto": _kernels.AUTO,
+    "packets": _kernels.PACKETS,
+    "lockstep": _kernels.LOCKSTEP,
+}
 #: Levels below the shallowest leaf still walked without leaf checks (tuned on PERF.md's forest).
 EXTRA_LOCKSTEP_LEVELS = 8
 
@@ -106,12 +112,14 @@ class PackedForest:
         return sum(int(getattr(self, name).nbytes) for name in _ARRAY_DTYPES)
 
     def predict_mean_variance(
-        self, X: npt.ArrayLike
+        self, X: npt.ArrayLike, walk: Walk = "auto"
     ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
         """Mean and population variance (ddof=0) over the trees, per row of ``X``.
 
         ``X`` is (n_pixels, n_features); it is cast to float32 as scikit-learn does. Rows with
-        any NaN covariate get NaN mean and NaN variance.
+        any NaN covariate get NaN mean and NaN variance. ``walk`` picks how the kernel walks the
+        trees (see `tpgrid._kernels`): "auto" times both walks and keeps the faster; "packets"
+        or "lockstep" forces one. The results are identical; only the speed changes.
         """
         X32 = self._as_input(X)
         return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
@@ -122,6 +130,7 @@ class PackedForest:
             self.value,
             self.roots,
             self.lockstep_levels,
+            _WALKS[walk],
         )
 
     def predict_trees(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
