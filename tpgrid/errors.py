@@ -71,6 +71,10 @@ class AnalysisError(TpgridError):
     """An analysis the data cannot support: too few sites, classes or values for it."""
 
 
+class EngineMismatchError(TpgridError):
+    """A benchmarked engine whose predictions differ from scikit-learn's: it is not timed."""
+
+
 def describe_validation(exc: ValidationError) -> str:
     """One line per pydantic error: the dotted key and what is wrong with it."""
     lines = []
