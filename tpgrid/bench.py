@@ -517,6 +517,12 @@ class EndToEndResult:
     kernel_seconds: float
     peak_worker_rss_mib: float
 
+    def time_split(self) -> tuple[float, float, float]:
+        """The wall time in three parts, seconds: the bare kernel, the rest of the task work
+        (per worker) and what is outside the tasks (set-up, scheduling, idle workers)."""
+        per_worker = self.task_seconds / self.workers
+        return self.kernel_seconds, per_worker - self.kernel_seconds, self.seconds - per_worker
+
 
 def end_to_end_benchmark(
     inputs: PlateauInputs, workdir: Path, workers: int, log: Log = lambda _: None
@@ -847,13 +853,15 @@ def markdown(result: BenchResult) -> str:
         parts.append("### Scaling on a LocalCluster\n\n" + markdown_table(table))
     e2e = result.end_to_end
     if e2e is not None:
+        kernel_s, tasks_s, wall_s = e2e.time_split()
         rows_ = [
             ("wall time, s", f"{e2e.seconds:.1f}"),
             ("pixels predicted (all elements)", f"{e2e.pixels:,}"),
             ("pixels/s", f"{e2e.pixels / e2e.seconds:,.0f}"),
             ("M pixel·trees/s", f"{e2e.pixels * e2e.n_trees / e2e.seconds / 1e6:.1f}"),
-            ("task compute / workers, s", f"{e2e.task_seconds / e2e.workers:.1f}"),
-            ("bare kernel, same chunks and threads, s", f"{e2e.kernel_seconds:.1f}"),
+            ("of the wall time: bare kernel (same chunks, same threads), s", f"{kernel_s:.1f}"),
+            ("of the wall time: rest of the tasks (read, X, write), s", f"{tasks_s:.1f}"),
+            ("of the wall time: outside tasks (set-up, scheduling, idle), s", f"{wall_s:.1f}"),
             ("peak worker RSS, MiB", f"{e2e.peak_worker_rss_mib:.0f}"),
         ]
         parts.append(
@@ -897,7 +905,9 @@ def plot(result: BenchResult, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = int(result.kernel is not None) + int(bool(result.scaling))
+    panels = (
+        int(result.kernel is not None) + int(bool(result.scaling)) + int(bool(result.end_to_end))
+    )
     figure = Figure(figsize=(6.5 * max(panels, 1), 4.8), layout="constrained")
     FigureCanvasAgg(figure)
     k = 1
@@ -933,6 +943,22 @@ def plot(result: BenchResult, path: Path) -> None:
         axes.set_ylabel("M pixel·trees per second")
         axes.set_title("Full prediction on a LocalCluster")
         axes.legend()
+        k += 1
+    if result.end_to_end is not None:
+        e2e = result.end_to_end
+        axes = figure.add_subplot(1, max(panels, 1), k)
+        left = 0.0
+        for part, seconds in zip(
+            ("bare kernel", "rest of the tasks", "outside tasks"), e2e.time_split(), strict=True
+        ):
+            axes.barh([0], [seconds], left=left, label=f"{part}: {seconds:.1f} s")
+            left += seconds
+        axes.set_yticks([])
+        axes.set_xlabel("seconds of wall time")
+        axes.set_title(
+            f"Full plateau, {e2e.elements} elements x {e2e.n_trees} trees, {e2e.workers} workers"
+        )
+        axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25))
     figure.savefig(path, dpi=110)
 
 

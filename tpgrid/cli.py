@@ -576,7 +576,9 @@ def bench(
     ] = Path("tpgrid-bench"),
     workdir: Annotated[
         Path | None,
-        typer.Option(help="Plateau, cubes and models, kept for later runs [OUT/inputs]."),
+        typer.Option(
+            help="Plateau, cubes and models, kept for later runs [~/.cache/tpgrid/bench]."
+        ),
     ] = None,
     size: Annotated[str, typer.Option(help="Synthetic plateau: 'full' or 'small'.")] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the plateau, the models and the rows.")] = 0,
@@ -607,7 +609,7 @@ def bench(
     from tpgrid.bench import SECTIONS, BenchSettings, run_benchmark, targets, write_report
 
     settings = BenchSettings(
-        workdir=(workdir or out / "inputs").resolve(),
+        workdir=(workdir or Path.home() / ".cache" / "tpgrid" / "bench").resolve(),
         size=size,
         seed=seed,
         forest=forest,
