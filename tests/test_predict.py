@@ -34,9 +34,18 @@ from tpgrid.errors import (
 from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.forest import pack_forest, warm_up_kernels
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.outputs import ATTR_RUN, UNSEEN_NODATA, open_prediction
-from tpgrid.predict import KernelWarmUp, load_models, predict_block, predict_cube
+from tpgrid.outputs import ATTR_RUN, UNSEEN_NODATA, layer_layouts, open_prediction
+from tpgrid.predict import (
+    ChunkJob,
+    KernelWarmUp,
+    _mark_done,
+    load_models,
+    predict_block,
+    predict_chunk,
+    predict_cube,
+)
 from tpgrid.sources import load_catalog
+from tpgrid.store import create_layout
 from tpgrid.synthetic import PlateauFiles, write_plateau
 
 pytestmark = pytest.mark.cluster
@@ -91,9 +100,11 @@ def feature_spec(plateau: Plateau) -> FeatureSpec:
     return FeatureSpec(tuple(continuous), tuple(categorical))
 
 
-def fit_model(plateau: Plateau, element: str, n_trees: int = N_TREES) -> ModelArtifact:
+def fit_model(
+    plateau: Plateau, element: str, n_trees: int = N_TREES, spec: FeatureSpec | None = None
+) -> ModelArtifact:
     """A forest fitted on the truth raster at the site pixels, packed into an artifact."""
-    spec = feature_spec(plateau)
+    spec = spec or feature_spec(plateau)
     X, _ = spec.matrix({name: values[plateau.sites] for name, values in plateau.covariates.items()})
     y = plateau.truth(element)[plateau.sites]
     forest = RandomForestRegressor(n_trees, max_features=1 / 3, random_state=0).fit(X, y)
@@ -252,6 +263,58 @@ def test_predict_block_predicts_only_valid_pixels() -> None:
     assert np.isnan(block.mean[~valid]).all()
     assert (block.unseen[~valid] == UNSEEN_NODATA).all()
     assert (block.unseen[valid] == 0).all()
+
+
+def test_elements_with_different_features_in_one_chunk_task_match_the_whole_map(
+    plateau: Plateau, client: Client, tmp_path: Path
+) -> None:
+    # One task predicts every element of a chunk, building X once per distinct feature spec.
+    full = feature_spec(plateau)
+    continuous = FeatureSpec(full.continuous[:5])
+    models = [fit_model(plateau, "Fe", 20), fit_model(plateau, "Mn", 20, spec=continuous)]
+    report = predict_cube(plateau.cube, models, tmp_path / "maps.zarr")
+    assert report.chunks_computed == 2 * len(list(plateau.grid.windows()))
+    ds, _ = open_prediction(tmp_path / "maps.zarr")
+    for model in models:
+        mean, _ = whole_map(plateau, model)
+        got = ds[f"{model.element}_mean"].values[plateau.valid]
+        assert np.array_equal(got, mean.astype(np.float32), equal_nan=True)
+    # Mn reads no categorical layer: its map has no unseen-class holes, Fe's has.
+    assert np.isfinite(ds["Mn_mean"].values[plateau.valid]).all()
+    assert np.isnan(ds["Fe_mean"].values[plateau.valid]).any()
+
+
+def test_a_retried_chunk_task_skips_the_elements_already_done(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    # A task whose worker died after writing Fe is run again: Fe is not predicted twice.
+    staging = tmp_path / "staging.zarr"
+    layouts = {
+        name: layout
+        for model in models[:2]
+        for name, layout in layer_layouts(model.element, N_TREES, "nan").items()
+    }
+    create_layout(staging, plateau.grid, layouts)
+    window = next(iter(plateau.grid.windows()))
+    fe, mn = models[0], models[1]
+    _mark_done(staging, fe.element, window, (7, 1))
+    job = ChunkJob(
+        plateau.cube,
+        staging,
+        window,
+        ((fe.element, fe.features), (mn.element, mn.features)),
+        "nan",
+    )
+    counts = predict_chunk(job, [fe.forest, mn.forest])
+    key = f"{window.index[0]}.{window.index[1]}"
+    predicted = int(plateau.valid[window.rows, window.cols].sum())
+    assert counts[0] == (fe.element, key, 7, 1)  # from the marker: not recomputed
+    assert counts[1][:2] == (mn.element, key)
+    assert 0 < counts[1][2] <= predicted
+    fe_mean = zarr.open_array(staging / f"{fe.element}_mean", mode="r")[window.rows, window.cols]
+    assert np.isnan(fe_mean).all()  # never written
+    mn_mean = zarr.open_array(staging / f"{mn.element}_mean", mode="r")[window.rows, window.cols]
+    assert np.isfinite(mn_mean).sum() == counts[1][2]
 
 
 # --- the output group ----------------------------------------------------------------------

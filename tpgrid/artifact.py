@@ -19,6 +19,7 @@ import hashlib
 import json
 import zipfile
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +69,10 @@ class ModelArtifact:
                 f"the feature list has {self.features.n_columns}"
             )
 
-    @property
+    @cached_property
     def model_hash(self) -> str:
-        """Content address of what decides predictions: the forest and the feature list."""
+        """Content address of what decides predictions: the forest and the feature list.
+        Computed once: both are immutable (the forest's arrays are read-only)."""
         digest = hashlib.sha256(self.forest.content_hash().encode())
         digest.update(json.dumps(self.features.to_json(), sort_keys=True).encode())
         return digest.hexdigest()

