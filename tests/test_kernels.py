@@ -46,6 +46,7 @@ def mean_variance(
         forest.value,
         forest.roots,
         levels,
+        forest.child_feature,
         WALKS[walk],
     )
 
