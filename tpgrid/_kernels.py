@@ -55,7 +55,7 @@ order) / 100,000 valid pixels drawn at random:
   once before walking it: no gain (not kept)
 - lockstep reading left child and feature from one 64-bit word (``child_feature``, derived by
   `PackedForest`), so a step loads two cache lines instead of three: random rows 12.6 → 12.0
-  on one thread, 6.38 → 6.03 on two (kept); also putting the threshold in the same 16-byte
+  on one thread, 6.38 → 6.03-6.08 on two (kept); also putting the threshold in the same 16-byte
   record (one cache line per step): 21.7, slower (not kept)
 """
 
