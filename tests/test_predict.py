@@ -305,7 +305,7 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
         ((fe.element, fe.features), (mn.element, mn.features)),
         "nan",
     )
-    counts = predict_chunk(job, [fe.forest, mn.forest])
+    counts = predict_chunk(job, {fe.element: fe.forest, mn.element: mn.forest})
     key = f"{window.index[0]}.{window.index[1]}"
     predicted = int(plateau.valid[window.rows, window.cols].sum())
     assert counts[0] == (fe.element, key, 7, 1)  # from the marker: not recomputed

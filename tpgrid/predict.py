@@ -10,8 +10,9 @@ kernel once it got fast (docs/benchmarks.md). A task holds one chunk: memory per
 is the chunk's covariates plus ``X`` per feature spec (~60 MB each for 512 × 512 px and 28
 columns), plus the forests.
 
-Each forest reaches each worker once: it is scattered (broadcast) under a key made of its model
-hash, and tasks name that key, so the task graph does not grow with the forest. Workers compile
+Each forest reaches each worker once: the run's forests are scattered (broadcast) under a key
+made of their model hashes, and tasks name that key, so the task graph does not grow with the
+forests. Workers compile
 the kernel, or load it from numba's disk cache, once when they join (:class:`KernelWarmUp`).
 
 A run is identified by its inputs: per element and chunk, the model hash, the unseen-class
@@ -157,8 +158,8 @@ class ChunkJob:
 ChunkCounts = tuple[str, str, int, int]
 
 
-def predict_chunk(job: ChunkJob, forests: Sequence[PackedForest]) -> list[ChunkCounts]:
-    """Predict every element of ``job`` (``forests`` in the same order) in one chunk.
+def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[ChunkCounts]:
+    """Predict every element of ``job`` in one chunk with its forest in ``forests``.
 
     The chunk's covariates are read and decoded once for all elements, and ``X`` is built once
     per distinct feature spec (models fitted on the same columns share it). Each element's
@@ -170,12 +171,12 @@ def predict_chunk(job: ChunkJob, forests: Sequence[PackedForest]) -> list[ChunkC
     values = {name: read_window(job.cube, name, job.window)[valid] for name in wanted}
     inputs: dict[FeatureSpec, tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]] = {}
     results = []
-    for (element, features), forest in zip(job.elements, forests, strict=True):
+    for element, features in job.elements:
         done = _read_done(job.out, element, job.window)
         if done is None:
             if features not in inputs:
                 inputs[features] = model_input(features, values, job.unseen)
-            block = _block(forest, *inputs[features], valid)
+            block = _block(forests[element], *inputs[features], valid)
             for layer in LAYERS:
                 store_window(
                     job.out, variable_name(element, layer), job.window, getattr(block, layer)
@@ -446,15 +447,19 @@ def _submit(
     staging: Path,
     unseen: UnseenPolicy,
 ) -> list[Future[list[ChunkCounts]]]:
-    """Scatter each forest to every worker once, then one task per chunk predicting the
-    elements left to do there, naming their forests by key."""
-    forests = {}
-    for model in models:
-        if to_predict[model.element]:
-            key = f"tpgrid-forest-{model.model_hash}"
-            forests[model.element] = client.scatter(
-                {key: model.forest}, broadcast=True, hash=False
-            )[key]
+    """Scatter the forests to every worker once, then one task per chunk predicting the
+    elements left to do there, naming the forests by key."""
+    needed = {model.element: model for model in models if to_predict[model.element]}
+    if not needed:
+        return []
+    # All forests under one key: tasks then have a single dependency, which Dask treats as
+    # "root-ish" and hands out from the scheduler as workers free up, in priority order. With
+    # one key per forest (seven dependencies) it assigns every task to a worker up front and
+    # balances by stealing, which left a worker idle for ~1 s at the end of each run.
+    digest = hashlib.sha256("|".join(m.model_hash for m in needed.values()).encode())
+    key = f"tpgrid-forests-{digest.hexdigest()[:32]}"
+    forests = {element: model.forest for element, model in needed.items()}
+    scattered = client.scatter({key: forests}, broadcast=True, hash=False)[key]
     by_chunk: dict[tuple[int, int], list[ModelArtifact]] = {}
     windows = {}
     for model in models:
@@ -482,7 +487,7 @@ def _submit(
             client.submit(
                 predict_chunk,
                 job,
-                [forests[model.element] for model in chunk_models],
+                scattered,
                 key=f"tpgrid-predict-{job.key}-{token}",
                 priority=len(order) - rank,
             )
