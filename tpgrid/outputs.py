@@ -209,6 +209,7 @@ def publish(
                 _geo_array(ds[variable_name(element, layer)], grid),
                 staging / f"{variable_name(element, layer)}.tif",
                 compression="deflate",
+                level=1,  # float maps: ~2 % larger than at the default level, 5-13 % faster
                 predictor=False,  # the float predictor would need imagecodecs
                 overview_resampling="nearest" if layer == "unseen" else "average",
                 # Statistics of a uint8 layer are masked uint8 arrays whose default fill value
