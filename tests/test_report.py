@@ -8,6 +8,7 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,25 @@ def test_figures_are_png_files_beside_the_page(report: ReportResult) -> None:
     for path in report.figures:
         assert path.parent == report.directory / FIGURES_DIR
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_report_written_on_the_cluster_equals_one_written_without_it(
+    models: Path, prediction: Path, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    # With a Dask client the analyses and the figures are tasks; the report must not change.
+    settings = replace(SETTINGS, applicability=False)  # the AOA maps need a client
+    here = write_report(models, tmp_path / "here", prediction=prediction, settings=settings)
+    with Client(cluster):
+        there = write_report(models, tmp_path / "there", prediction=prediction, settings=settings)
+    assert [path.name for path in here.figures] == [path.name for path in there.figures]
+    assert {f"{kind}_{e}.png" for e in ELEMENTS for kind in ("importance", "map")} <= {
+        path.name for path in there.figures
+    }
+    for drawn_here, drawn_there in zip(here.figures, there.figures, strict=True):
+        assert drawn_here.read_bytes() == drawn_there.read_bytes(), drawn_here.name
+    assert here.summary.pop("created") != ""
+    there.summary.pop("created")
+    assert here.summary == there.summary
 
 
 def test_summary_reports_nominal_and_achieved_coverage_per_element(

@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import shutil
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -40,6 +41,7 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 import zarr
+from distributed import as_completed, get_client
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -368,12 +370,7 @@ def write_report(
         str(name): str(dataset[name].attrs.get("tpgrid:group", "other"))
         for name in dataset.data_vars
     }
-    analyses: list[ElementAnalysis] = []
-    for done, model in enumerate(loaded, start=1):
-        log.info("%s: analysing", model.element)
-        analyses.append(analyse_element(model, groups, settings))
-        if progress:
-            progress("analyses", done, len(loaded))
+    analyses = analyse_elements(loaded, groups, settings, progress)
     descriptive, kept = _descriptive(sites_path, loaded)
     sources = {"models": models, "cube": cube_path, "sites": sites_path, "prediction": prediction}
 
@@ -416,6 +413,43 @@ def write_report(
         ),
         summary=summary,
     )
+
+
+def analyse_elements(
+    loaded: Sequence[ElementModel],
+    groups: Mapping[str, str],
+    settings: ReportSettings,
+    progress: Progress | None = None,
+) -> list[ElementAnalysis]:
+    """:func:`analyse_element` of every element, in the order given: one task per element on
+    the current Dask client (its workers are otherwise idle while a report is written), or one
+    after another in this process when there is no client."""
+    try:
+        client = get_client()
+    except ValueError:
+        client = None
+    if client is None:
+        analyses = []
+        for done, model in enumerate(loaded, start=1):
+            log.info("%s: analysing", model.element)
+            analyses.append(analyse_element(model, groups, settings))
+            if progress:
+                progress("analyses", done, len(loaded))
+        return analyses
+    token = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(
+            analyse_element, model, groups, settings, key=f"tpgrid-analyse-{model.element}-{token}"
+        )
+        for model in loaded
+    ]
+    try:
+        for done, _ in enumerate(as_completed(futures), start=1):
+            if progress:
+                progress("analyses", done, len(loaded))
+        return [future.result() for future in futures]
+    finally:
+        client.cancel(futures)
 
 
 def _prediction(path: str | Path, loaded: Sequence[ElementModel]) -> tuple[xr.Dataset, str]:
@@ -669,54 +703,94 @@ def map_figure(
     return _save(figure, path)
 
 
+#: Sections of the report's figures, in the page's order.
+SECTIONS = ("descriptive", "groups", "drivers", "checks", "applicability", "uncertainty", "maps")
+#: One figure to draw: its report section, the function drawing it and that function's
+#: arguments (the last is the PNG path; the function returns it, or None if nothing to draw).
+Drawing = tuple[str, Callable[..., Path | None], tuple[Any, ...]]
+
+
 def _figures(contents: _Contents, directory: Path, applicability: Path) -> dict[str, list[Path]]:
     """Every figure of the report, by section."""
+    drawings = _drawings(contents, directory, applicability)
+    sections: dict[str, list[Path]] = {section: [] for section in SECTIONS}
+    for (section, _, _), path in zip(drawings, _draw(drawings, contents.analyses), strict=True):
+        if path is not None:
+            sections[section].append(path)
+    return sections
+
+
+def _drawings(contents: _Contents, directory: Path, applicability: Path) -> list[Drawing]:
+    """What :func:`_figures` draws, in the report's order."""
     analyses = contents.analyses
-    sections: dict[str, list[Path]] = {
-        "descriptive": [histogram_figure(contents.kept, directory / "histograms.png")],
-        "groups": [],
-        "drivers": [],
-        "checks": [observed_predicted_figure(analyses, directory / "observed_predicted.png")],
-        "applicability": [],
-        "uncertainty": [
-            coverage_figure(analyses, contents.settings.level, directory / "coverage.png")
-        ],
-        "maps": [],
-    }
+    drawings: list[Drawing] = [
+        ("descriptive", histogram_figure, (contents.kept, directory / "histograms.png")),
+        ("checks", observed_predicted_figure, (analyses, directory / "observed_predicted.png")),
+        (
+            "uncertainty",
+            coverage_figure,
+            (analyses, contents.settings.level, directory / "coverage.png"),
+        ),
+    ]
     for factor in FACTORS:
-        drawn = groups_figure(analyses, factor, directory / f"groups_{factor}.png")
-        sections["groups"] += [drawn] if drawn else []
+        drawings.append(
+            ("groups", groups_figure, (analyses, factor, directory / f"groups_{factor}.png"))
+        )
     for analysis in analyses:
         element = analysis.element
-        sections["drivers"].append(
-            importance_figure(analysis, directory / f"importance_{element}.png")
-        )
-        drawn = effects_figure(analysis, directory / f"effects_{element}.png")
-        sections["drivers"] += [drawn] if drawn else []
+        drawings += [
+            ("drivers", importance_figure, (analysis, directory / f"importance_{element}.png")),
+            ("drivers", effects_figure, (analysis, directory / f"effects_{element}.png")),
+        ]
         if element in contents.shares:
-            sections["applicability"].append(
-                applicability_figure(
-                    applicability,
-                    analysis,
-                    contents.shares[element],
-                    directory / f"applicability_{element}.png",
-                )
+            share = contents.shares[element]
+            path = directory / f"applicability_{element}.png"
+            drawings.append(
+                ("applicability", applicability_figure, (applicability, analysis, share, path))
             )
         if (
             contents.prediction is not None
             and variable_name(element, "mean") in contents.prediction
         ):
             aoa = applicability if element in contents.shares else None
-            sections["maps"].append(
-                map_figure(
-                    contents.prediction,
-                    analysis,
-                    aoa,
-                    contents.settings.level,
-                    directory / f"map_{element}.png",
-                )
-            )
-    return sections
+            level = contents.settings.level
+            path = directory / f"map_{element}.png"
+            drawings.append(("maps", map_figure, (contents.prediction, analysis, aoa, level, path)))
+    return drawings
+
+
+def _draw(drawings: Sequence[Drawing], analyses: Sequence[ElementAnalysis]) -> list[Path | None]:
+    """Draw every figure: one task per figure on the current Dask client (rendering and PNG
+    encoding are most of a report's time, and its workers are otherwise idle), or one after
+    another in this process when there is no client. The analyses reach each worker once."""
+    try:
+        client = get_client()
+    except ValueError:
+        return [function(*args) for _, function, args in drawings]
+    token = uuid.uuid4().hex[:8]
+    keys = {id(a): f"tpgrid-analysis-{a.element}-{token}" for a in analyses}
+    scattered = client.scatter({keys[id(a)]: a for a in analyses}, broadcast=True, hash=False)
+
+    def remote(value: Any) -> Any:
+        """An argument as the task sends it: analyses by their scattered keys."""
+        if isinstance(value, ElementAnalysis):
+            return scattered[keys[id(value)]]
+        if (
+            isinstance(value, tuple)
+            and value
+            and all(isinstance(v, ElementAnalysis) for v in value)
+        ):
+            return tuple(scattered[keys[id(v)]] for v in value)
+        return value
+
+    futures = [
+        client.submit(function, *map(remote, args), key=f"tpgrid-figure-{n}-{token}", pure=False)
+        for n, (_, function, args) in enumerate(drawings)
+    ]
+    try:
+        return client.gather(futures)  # type: ignore[no-any-return]
+    finally:
+        client.cancel([*futures, *scattered.values()])
 
 
 # --- summary and page --------------------------------------------------------------------------
