@@ -22,6 +22,7 @@ from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
     COG_MEDIA_TYPE,
     LAYERS,
+    STAC_ITEM,
     UNSEEN_NODATA,
     layer_layouts,
     open_prediction,
@@ -64,24 +65,28 @@ def test_every_layer_is_a_valid_cloud_optimized_geotiff(published: Path, layer: 
 
 
 @pytest.mark.parametrize("layer", LAYERS)
-def test_cog_pixels_equal_the_layer_and_padding_is_nodata(
+def test_cog_pixels_equal_the_layer_with_its_nodata_and_statistics(
     published: Path, grid: TargetGrid, layer: str
 ) -> None:
     expected = known_layers(grid, "Mo")[layer]
     with rasterio.open(published / f"Mo_{layer}.tif") as cog:
         values = cog.read(1)
         nodata = cog.nodata
-    rows, cols = grid.shape
-    assert 0 <= values.shape[0] - rows < 8
-    assert 0 <= values.shape[1] - cols < 8
-    assert np.array_equal(values[:rows, :cols], expected, equal_nan=True)
-    padding = np.concatenate([values[rows:, :].ravel(), values[:, cols:].ravel()])
+        tags = cog.tags(1)
+    assert values.shape == grid.shape
+    assert np.array_equal(values, expected, equal_nan=True)
     if layer == "unseen":
         assert nodata == UNSEEN_NODATA
-        assert (padding == UNSEEN_NODATA).all()
     else:
         assert np.isnan(nodata)
-        assert np.isnan(padding).all()
+        assert float(tags["STATISTICS_MEAN"]) == pytest.approx(np.nanmean(expected), rel=1e-4)
+
+
+def test_published_directory_holds_the_product_files_and_nothing_else(published: Path) -> None:
+    # The tiled GeoTIFFs each COG is made from are temporary.
+    expected = {f"{variable_name(e, layer)}.tif" for e in ELEMENTS for layer in LAYERS}
+    expected |= {f"{e}_quicklook.png" for e in ELEMENTS} | {STAC_ITEM}
+    assert {path.name for path in published.iterdir()} == expected
 
 
 def test_cog_has_the_grid_crs_and_transform(published: Path, grid: TargetGrid) -> None:

@@ -17,8 +17,7 @@ turns the group into a directory that GIS users and catalogues can read without 
 cannot read Zarr v3): one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per
 element (mean and sd with colour bars) and a STAC item describing the run and its assets. The
 directory is assembled beside its final path and swapped in when complete. The COGs have the
-grid's transform; odc-geo pads them at the bottom and right with nodata, to a whole number of
-pixels at every overview level (at most 2^levels - 1 pixels).
+grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG.
 """
 
 from __future__ import annotations
@@ -26,26 +25,27 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import numpy.typing as npt
 import rasterio
+import rasterio.shutil
 import xarray as xr
-from dask.base import compute
-from odc.geo.cog import save_cog_with_dask
-from odc.geo.xr import wrap_xr
+import zarr
+from distributed import get_client
 from pyproj import CRS
 from rasterio.enums import Resampling
+from rasterio.windows import Window
 
 from tpgrid import __version__
 from tpgrid.errors import OutputExistsError, PredictionError
-from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
 from tpgrid.store import ATTR_COMPLETE, VariableLayout, read_attrs, staging_path, swap_in
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
 ]
+#: GDAL block cache of a COG-writing task, MB.
+COG_CACHE_MB = 128
 #: Longest side of a quicklook panel, in pixels of the map (read from the COG's overviews).
 QUICKLOOK_PX = 800
 
@@ -204,22 +206,15 @@ def publish(
     staging = staging_path(directory)
     staging.mkdir(parents=True)
     try:
-        cogs = [
-            save_cog_with_dask(
-                _geo_array(ds[variable_name(element, layer)], grid),
-                staging / f"{variable_name(element, layer)}.tif",
-                compression="deflate",
-                level=1,  # float maps: ~2 % larger than at the default level, 5-13 % faster
-                predictor=False,  # the float predictor would need imagecodecs
-                overview_resampling="nearest" if layer == "unseen" else "average",
-                # Statistics of a uint8 layer are masked uint8 arrays whose default fill value
-                # (999999) distributed 2026.8 cannot deserialize: the write would hang.
-                stats=layer != "unseen",
-            )
-            for element in elements
-            for layer in LAYERS
-        ]
-        compute(*cogs)
+        _write_cogs(
+            [
+                (prediction, variable_name(element, layer), staging)
+                for element in elements
+                for layer in LAYERS
+            ],
+            grid,
+            ds,
+        )
         for element in elements:
             quicklook_figure(staging, element).savefig(
                 staging / f"{element}_quicklook.png", dpi=100
@@ -256,15 +251,90 @@ def _report(directory: Path, elements: Sequence[str], up_to_date: bool) -> Publi
     )
 
 
-def _geo_array(variable: xr.DataArray, grid: TargetGrid) -> xr.DataArray:
-    """The variable as a georeferenced dask array with its nodata on it (odc-geo reads it from
-    there; passing ``nodata=`` to ``save_cog_with_dask`` clashes in odc-geo 0.5.3)."""
-    nodata = UNSEEN_NODATA if variable.dtype == np.uint8 else np.nan
+def _write_cogs(layers: Sequence[tuple[Path, str, Path]], grid: TargetGrid, ds: xr.Dataset) -> None:
+    """``write_cog`` for every (prediction, variable, directory): one task per COG on the
+    current Dask client, or one after another in this process when there is no client."""
+    jobs = [
+        (prediction / name, directory / f"{name}.tif", grid, _band_description(ds[name]))
+        for prediction, name, directory in layers
+    ]
+    try:
+        client = get_client()
+    except ValueError:
+        for job in jobs:
+            write_cog(*job)
+        return
+    token = uuid.uuid4().hex[:8]
+    futures = [
+        client.submit(write_cog, *job, key=f"tpgrid-cog-{job[1].stem}-{token}", pure=False)
+        for job in jobs
+    ]
+    try:
+        client.gather(futures)
+    finally:
+        client.cancel(futures)
+
+
+def write_cog(array: Path, path: Path, grid: TargetGrid, description: str) -> Path:
+    """Write the Zarr array at ``array`` (a layer on ``grid``) as a Cloud-Optimized GeoTIFF.
+
+    The layer is copied chunk by chunk into a tiled GeoTIFF beside ``path``, which GDAL's COG
+    driver then turns into the COG (deflate, 256-px tiles, overviews averaged, or nearest for
+    the uint8 flag layer; statistics for float layers), so memory follows the chunk and GDAL's
+    cache, not the map. The temporary file is removed either way.
+    """
+    source = zarr.open_array(array, mode="r", zarr_format=3)
+    categorical = source.dtype == np.uint8
+    nodata = UNSEEN_NODATA if categorical else np.nan
+    tiled = path.with_name(f".{path.name}.tiles.tif")
+    profile = {
+        "driver": "GTiff",
+        "width": grid.shape[1],
+        "height": grid.shape[0],
+        "count": 1,
+        "dtype": str(source.dtype),
+        "crs": grid.crs_wkt,
+        "transform": grid.geobox.affine,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": 256,
+        "blockysize": 256,
+        "BIGTIFF": "IF_SAFER",
+    }
+    # GDAL's block cache defaults to 5 % of the machine's memory per process: cap it.
+    with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
+        try:
+            with rasterio.open(tiled, "w", **profile) as dst:
+                dst.set_band_description(1, description)
+                for window in grid.windows():
+                    block = np.asarray(source[window.rows, window.cols])
+                    dst.write(block, 1, window=_rasterio_window(window))
+            rasterio.shutil.copy(
+                tiled,
+                path,
+                driver="COG",
+                COMPRESS="DEFLATE",
+                LEVEL=1,  # float maps: ~2 % larger than at the default level, faster
+                BLOCKSIZE=256,
+                OVERVIEW_RESAMPLING="NEAREST" if categorical else "AVERAGE",
+                STATISTICS="NO" if categorical else "YES",
+                BIGTIFF="IF_SAFER",
+            )
+        finally:
+            tiled.unlink(missing_ok=True)
+    return path
+
+
+def _rasterio_window(window: ChunkWindow) -> Window:
+    rows, cols = window.rows, window.cols
+    return Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
+
+
+def _band_description(variable: xr.DataArray) -> str:
+    """The band description GDAL shows (COGs carry no other attributes): long name and units."""
     units = variable.attrs.get("units")
-    # The band description GDAL shows; COGs carry no other attributes.
-    long_name = f"{variable.attrs['long_name']} ({units})" if units else variable.attrs["long_name"]
-    data = da.asarray(variable.data).rechunk(grid.chunks)
-    return wrap_xr(data, grid.geobox, nodata=nodata, long_name=long_name)
+    long_name = str(variable.attrs["long_name"])
+    return f"{long_name} ({units})" if units else long_name
 
 
 def quicklook_figure(directory: Path, element: str) -> Figure:
@@ -314,9 +384,8 @@ def stac_item(
     """A STAC 1.0 Item (projection and raster extensions) for the published files of a run,
     dated now (its publication).
 
-    ``cog_shape`` is the (rows, cols) of the COGs: the grid's, padded at the bottom and right
-    with nodata to a multiple of 2^overview-levels, as odc-geo writes them; the transform is
-    the grid's. Asset hrefs are relative to the item, so the directory can be moved as a whole.
+    ``cog_shape`` is the (rows, cols) of the COGs (the grid's); the transform is the grid's.
+    Asset hrefs are relative to the item, so the directory can be moved as a whole.
     """
     footprint = grid.geobox.footprint("EPSG:4326", npoints=20)
     box = footprint.boundingbox
