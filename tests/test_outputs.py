@@ -7,6 +7,7 @@ with known values, so every published pixel can be checked against them.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from tpgrid.outputs import (
     quicklook_figure,
     variable_name,
 )
-from tpgrid.store import create_layout
+from tpgrid.store import create_layout, write_window
 
 ELEMENTS = ("Fe", "Mo")
 RUN_ID = "ab" * 32
@@ -87,6 +88,31 @@ def test_published_directory_holds_the_product_files_and_nothing_else(published:
     expected = {f"{variable_name(e, layer)}.tif" for e in ELEMENTS for layer in LAYERS}
     expected |= {f"{e}_quicklook.png" for e in ELEMENTS} | {STAC_ITEM}
     assert {path.name for path in published.iterdir()} == expected
+
+
+def test_elements_whose_maps_did_not_change_are_linked_from_the_previous_publication(
+    run: Path, published: Path, grid: TargetGrid, tmp_path: Path
+) -> None:
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(run, changed)  # copies: equal bytes, other files
+    window = next(iter(grid.windows()))
+    block = np.full(
+        (window.rows.stop - window.rows.start, window.cols.stop - window.cols.start), 7.0
+    )
+    write_window(changed, "Mo_mean", window, block.astype(np.float32))
+    report = publish(changed, tmp_path / "maps", previous=published)
+    assert report.reused == ("Fe",)
+    for name in ("Fe_mean.tif", "Fe_unseen.tif", "Fe_quicklook.png"):
+        assert (tmp_path / "maps" / name).stat().st_ino == (published / name).stat().st_ino
+    assert (tmp_path / "maps" / "Mo_sd.tif").stat().st_ino != (
+        published / "Mo_sd.tif"
+    ).stat().st_ino
+    with rasterio.open(tmp_path / "maps" / "Mo_mean.tif") as cog:
+        assert (cog.read(1, window=((0, 10), (0, 10))) == 7.0).all()
+    item = json.loads((tmp_path / "maps" / STAC_ITEM).read_text())
+    assert set(item["properties"]["tpgrid:element_digests"]) == set(ELEMENTS)
+    again = publish(changed, tmp_path / "maps-again", previous=tmp_path / "maps")
+    assert again.reused == ("Fe", "Mo")
 
 
 def test_cog_has_the_grid_crs_and_transform(published: Path, grid: TargetGrid) -> None:

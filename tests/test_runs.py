@@ -142,6 +142,7 @@ def test_a_covariate_changed_in_one_region_recomputes_only_its_chunks(
     # Every element model reads npp: each re-predicts exactly the changed chunks.
     assert step(record, "predict").counts == {"chunks_computed": 2 * len(changed)}
     assert step(record, "publish").action == "new"
+    assert step(record, "publish").counts == {"elements_kept": 0}  # every map changed
 
 
 def test_a_site_table_change_refits_only_the_affected_element(
@@ -156,6 +157,13 @@ def test_a_site_table_change_refits_only_the_affected_element(
     assert step(record, "fit").detail.startswith("refitted ['Ni']; kept ['Fe']")
     n_chunks = len(list(TargetGrid.from_spec(config.grid_spec()).windows()))
     assert step(record, "predict").counts == {"chunks_computed": n_chunks}  # Ni's only
+    # Fe's maps did not change: the new version links Fe's files from the previous one.
+    assert step(record, "publish").counts == {"elements_kept": 1}
+    versions = sorted((config.published_dir / "versions").iterdir())
+    old, new = versions[-2], versions[-1]
+    for name in ("Fe_mean.tif", "Fe_quicklook.png"):
+        assert (old / name).stat().st_ino == (new / name).stat().st_ino
+    assert (old / "Ni_mean.tif").stat().st_ino != (new / "Ni_mean.tif").stat().st_ino
 
 
 def test_a_run_killed_mid_prediction_resumes_to_the_same_bytes(

@@ -22,6 +22,7 @@ grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -46,7 +47,14 @@ from rasterio.windows import Window
 from tpgrid import __version__
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
-from tpgrid.store import ATTR_COMPLETE, VariableLayout, read_attrs, staging_path, swap_in
+from tpgrid.store import (
+    ATTR_COMPLETE,
+    VariableLayout,
+    link_file,
+    read_attrs,
+    staging_path,
+    swap_in,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -60,6 +68,10 @@ UNSEEN_NODATA = 255
 #: Group attribute with the run's identity and inputs (see `tpgrid.predict`).
 ATTR_RUN = "tpgrid:run"
 STAC_ITEM = "item.json"
+#: STAC item property: per element, the digest of the maps its files were made from.
+ITEM_DIGESTS = "tpgrid:element_digests"
+#: Part of every element digest: a change in how files are made invalidates earlier ones.
+FORMAT_VERSION = "tpgrid-publication/2"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
@@ -181,15 +193,22 @@ class PublishReport:
     quicklooks: tuple[Path, ...]
     stac_item: Path
     up_to_date: bool
+    reused: tuple[str, ...] = ()  # elements whose files were linked from a previous publication
 
 
 def publish(
-    prediction: str | Path, directory: str | Path, *, overwrite: bool = False
+    prediction: str | Path,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    previous: str | Path | None = None,
 ) -> PublishReport:
     """Write COGs, quicklook PNGs and a STAC item of the run at ``prediction`` into ``directory``.
 
     A directory already holding this run is left as it is; one holding anything else is only
-    replaced when ``overwrite``. COGs are written by the current Dask client, if any.
+    replaced when ``overwrite``. COGs are written by the current Dask client, if any. With
+    ``previous`` (an earlier publication of the same product), the files of every element whose
+    maps are byte-identical to those published there are hard-linked from it, not written again.
     """
     prediction, directory = Path(prediction), Path(directory)
     ds, run = open_prediction(prediction)
@@ -203,31 +222,70 @@ def publish(
             "directory or pass --overwrite to replace it"
         )
     grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
+    digests = {element: element_digest(prediction, element) for element in elements}
+    reused = _reusable(previous, digests) if previous is not None else set()
     staging = staging_path(directory)
     staging.mkdir(parents=True)
     try:
+        for element in sorted(reused):
+            for name in [*_cog_names(element), f"{element}_quicklook.png"]:
+                link_file(Path(previous or "") / name, staging / name)
+        fresh = [element for element in elements if element not in reused]
         _write_cogs(
-            [
-                (prediction, variable_name(element, layer), staging)
-                for element in elements
-                for layer in LAYERS
-            ],
+            [(prediction, variable_name(e, layer), staging) for e in fresh for layer in LAYERS],
             grid,
             ds,
         )
-        for element in elements:
+        for element in fresh:
             quicklook_figure(staging, element).savefig(
                 staging / f"{element}_quicklook.png", dpi=100
             )
         with rasterio.open(staging / f"{variable_name(elements[0], LAYERS[0])}.tif") as cog:
             cog_shape = (cog.height, cog.width)
         item = stac_item(ds.attrs, run, grid, elements, cog_shape)
+        item["properties"][ITEM_DIGESTS] = digests
         (staging / STAC_ITEM).write_text(json.dumps(item, indent=2) + "\n")
         swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _report(directory, elements, up_to_date=False)
+    if reused:
+        log.info("%s: files of %s linked from %s", directory, sorted(reused), previous)
+    return _report(directory, elements, up_to_date=False, reused=reused)
+
+
+def element_digest(prediction: Path, element: str) -> str:
+    """SHA-256 of an element's stored maps: every layer's metadata and chunk files. Equal
+    digests mean byte-identical maps (unchanged chunks are hard-linked between runs)."""
+    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    for layer in LAYERS:
+        array = prediction / variable_name(element, layer)
+        for path in sorted(p for p in array.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(prediction)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _reusable(previous: str | Path, digests: Mapping[str, str]) -> set[str]:
+    """Elements whose maps equal those of the publication at ``previous`` (all its files there)."""
+    try:
+        item = json.loads((Path(previous) / STAC_ITEM).read_text())
+        published: dict[str, str] = item["properties"].get(ITEM_DIGESTS, {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return set()
+    return {
+        element
+        for element, digest in digests.items()
+        if published.get(element) == digest
+        and all(
+            (Path(previous) / name).is_file()
+            for name in [*_cog_names(element), f"{element}_quicklook.png"]
+        )
+    }
+
+
+def _cog_names(element: str) -> list[str]:
+    return [f"{variable_name(element, layer)}.tif" for layer in LAYERS]
 
 
 def published_run(directory: Path) -> str | None:
@@ -239,9 +297,15 @@ def published_run(directory: Path) -> str | None:
         return None
 
 
-def _report(directory: Path, elements: Sequence[str], up_to_date: bool) -> PublishReport:
+def _report(
+    directory: Path,
+    elements: Sequence[str],
+    up_to_date: bool,
+    reused: set[str] | frozenset[str] = frozenset(),
+) -> PublishReport:
     return PublishReport(
         directory=directory,
+        reused=tuple(sorted(reused)),
         cogs=tuple(
             directory / f"{variable_name(e, layer)}.tif" for e in elements for layer in LAYERS
         ),

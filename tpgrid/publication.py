@@ -40,6 +40,7 @@ class Publication:
     directory: Path
     run_id: str
     new: bool
+    reused: tuple[str, ...] = ()  # elements whose files were linked from the previous version
 
 
 def current_version(root: str | Path) -> Path | None:
@@ -77,9 +78,12 @@ def publish_version(
     if current is not None and published_run(current) == run_id:
         log.info("%s already publishes run %s", root, run_id[:12])
         return Publication(current.name, current, run_id, new=False)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    # Microseconds: two publications within one second (fast when files are reused) must
+    # still get distinct names, in the order they were made.
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
     directory = root / VERSIONS / f"{stamp}-{run_id[:12]}"
-    report: PublishReport = publish(prediction, directory)
+    # Elements whose maps did not change keep their files: linked from the current version.
+    report: PublishReport = publish(prediction, directory, previous=current)
     try:
         if before_current is not None:
             before_current(report.directory)
@@ -88,7 +92,7 @@ def publish_version(
         raise
     _point_current(root, report.directory)
     log.info("%s now publishes %s", root / CURRENT, directory.name)
-    return Publication(directory.name, directory, run_id, new=True)
+    return Publication(directory.name, directory, run_id, new=True, reused=report.reused)
 
 
 def prune(root: str | Path, keep: int) -> list[Path]:

@@ -253,7 +253,10 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
         )
         note(
             "new" if publication.new else "unchanged",
-            f"version {publication.version}" + (" (now current)" if publication.new else ""),
+            f"version {publication.version}"
+            + (" (now current)" if publication.new else "")
+            + (f"; maps of {list(publication.reused)} kept" if publication.reused else ""),
+            {"elements_kept": len(publication.reused)},
         )
     return publication.version
 
