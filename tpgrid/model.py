@@ -15,16 +15,13 @@ and ``training.parquet`` (the training table the model saw).
 
 from __future__ import annotations
 
-import concurrent.futures
 import hashlib
 import itertools
 import json
 import logging
-import os
 import platform
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +56,7 @@ from tpgrid.sites import (
     training_table,
 )
 from tpgrid.store import staging_path, swap_in
+from tpgrid.tasks import task_runner
 from tpgrid.yamlfile import read_mapping, validated
 
 log = logging.getLogger(__name__)
@@ -283,63 +281,6 @@ def fold_predictions(
     return np.asarray(forest.predict(X[test]), dtype=np.float64)
 
 
-class _Runner:
-    """Runs CV tasks on the current Dask client, or on local threads when there is none."""
-
-    def __init__(self, local_threads: int | None) -> None:
-        from distributed import get_client
-
-        try:
-            self.client: Any = get_client()
-        except ValueError:
-            self.client = None
-        threads = local_threads or os.cpu_count() or 1
-        self._pool = concurrent.futures.ThreadPoolExecutor(threads) if self.client is None else None
-        if self.client is not None:
-            workers = self.client.scheduler_info(n_workers=-1)["workers"]
-            self.description = f"dask: {len(workers)} workers at {self.client.scheduler.address}"
-        else:
-            self.description = f"local threads: {threads}"
-
-    def share(self, *arrays: npt.NDArray[Any]) -> list[Any]:
-        """Send arrays every task needs to the workers once."""
-        if self.client is None:
-            return list(arrays)
-        return list(self.client.scatter(list(arrays), hash=False))
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        if self.client is not None:
-            return self.client.submit(fn, *args, pure=False)
-        assert self._pool is not None
-        return self._pool.submit(fn, *args)
-
-    def gather(self, futures: list[Any], report: Callable[[int, int], None] | None) -> list[Any]:
-        """Results in submission order; ``report(done, total)`` as tasks finish."""
-        if self.client is not None:
-            from distributed import as_completed
-
-            finished: Iterator[Any] = as_completed(futures)
-        else:
-            finished = concurrent.futures.as_completed(futures)
-        for done, _ in enumerate(finished, start=1):
-            if report:
-                report(done, len(futures))
-        return [future.result() for future in futures]
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-
-
-@contextmanager
-def _runner(local_threads: int | None) -> Iterator[_Runner]:
-    runner = _Runner(local_threads)
-    try:
-        yield runner
-    finally:
-        runner.close()
-
-
 # --- fitting one element -------------------------------------------------------------------
 
 
@@ -396,7 +337,7 @@ def fit_forest(
             return None
         return lambda done, total: progress(f"{label} {stage}".strip(), done, total)
 
-    with _runner(local_threads) as runner:
+    with task_runner(local_threads) as runner:
         shared = runner.share(X, y)
         candidates = settings.search_grid.candidates()
         started = time.perf_counter()

@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,7 +38,6 @@ import rasterio
 import rasterio.shutil
 import xarray as xr
 import zarr
-from distributed import get_client
 from pyproj import CRS
 from rasterio.enums import Resampling
 from rasterio.windows import Window
@@ -55,6 +53,7 @@ from tpgrid.store import (
     staging_path,
     swap_in,
 )
+from tpgrid.tasks import task_runner
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -223,24 +222,28 @@ def publish(
         )
     grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
     digests = {element: element_digest(prediction, element) for element in elements}
-    reused = _reusable(previous, digests) if previous is not None else set()
+    previous_dir = Path(previous) if previous is not None else None
+    reused = _reusable(previous_dir, digests) if previous_dir is not None else set()
     staging = staging_path(directory)
     staging.mkdir(parents=True)
     try:
-        for element in sorted(reused):
-            for name in [*_cog_names(element), f"{element}_quicklook.png"]:
-                link_file(Path(previous or "") / name, staging / name)
+        if previous_dir is not None:
+            for element in sorted(reused):
+                for name in _element_files(element):
+                    link_file(previous_dir / name, staging / name)
         fresh = [element for element in elements if element not in reused]
-        _write_cogs(
-            [(prediction, variable_name(e, layer), staging) for e in fresh for layer in LAYERS],
-            grid,
-            ds,
-        )
+        with task_runner(local_threads=1) as runner:
+            written = [
+                runner.submit(
+                    write_cog, prediction / variable_name(e, layer), staging / _cog(e, layer), grid
+                )
+                for e in fresh
+                for layer in LAYERS
+            ]
+            runner.gather(written)
         for element in fresh:
-            quicklook_figure(staging, element).savefig(
-                staging / f"{element}_quicklook.png", dpi=100
-            )
-        with rasterio.open(staging / f"{variable_name(elements[0], LAYERS[0])}.tif") as cog:
+            quicklook_figure(staging, element).savefig(staging / _quicklook(element), dpi=100)
+        with rasterio.open(staging / _cog(elements[0], LAYERS[0])) as cog:
             cog_shape = (cog.height, cog.width)
         item = stac_item(ds.attrs, run, grid, elements, cog_shape)
         item["properties"][ITEM_DIGESTS] = digests
@@ -266,10 +269,10 @@ def element_digest(prediction: Path, element: str) -> str:
     return digest.hexdigest()
 
 
-def _reusable(previous: str | Path, digests: Mapping[str, str]) -> set[str]:
+def _reusable(previous: Path, digests: Mapping[str, str]) -> set[str]:
     """Elements whose maps equal those of the publication at ``previous`` (all its files there)."""
     try:
-        item = json.loads((Path(previous) / STAC_ITEM).read_text())
+        item = json.loads((previous / STAC_ITEM).read_text())
         published: dict[str, str] = item["properties"].get(ITEM_DIGESTS, {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return set()
@@ -277,15 +280,21 @@ def _reusable(previous: str | Path, digests: Mapping[str, str]) -> set[str]:
         element
         for element, digest in digests.items()
         if published.get(element) == digest
-        and all(
-            (Path(previous) / name).is_file()
-            for name in [*_cog_names(element), f"{element}_quicklook.png"]
-        )
+        and all((previous / name).is_file() for name in _element_files(element))
     }
 
 
-def _cog_names(element: str) -> list[str]:
-    return [f"{variable_name(element, layer)}.tif" for layer in LAYERS]
+def _cog(element: str, layer: str) -> str:
+    return f"{variable_name(element, layer)}.tif"
+
+
+def _quicklook(element: str) -> str:
+    return f"{element}_quicklook.png"
+
+
+def _element_files(element: str) -> list[str]:
+    """An element's published files: its COGs and its quicklook."""
+    return [*(_cog(element, layer) for layer in LAYERS), _quicklook(element)]
 
 
 def published_run(directory: Path) -> str | None:
@@ -306,41 +315,16 @@ def _report(
     return PublishReport(
         directory=directory,
         reused=tuple(sorted(reused)),
-        cogs=tuple(
-            directory / f"{variable_name(e, layer)}.tif" for e in elements for layer in LAYERS
-        ),
-        quicklooks=tuple(directory / f"{e}_quicklook.png" for e in elements),
+        cogs=tuple(directory / _cog(e, layer) for e in elements for layer in LAYERS),
+        quicklooks=tuple(directory / _quicklook(e) for e in elements),
         stac_item=directory / STAC_ITEM,
         up_to_date=up_to_date,
     )
 
 
-def _write_cogs(layers: Sequence[tuple[Path, str, Path]], grid: TargetGrid, ds: xr.Dataset) -> None:
-    """``write_cog`` for every (prediction, variable, directory): one task per COG on the
-    current Dask client, or one after another in this process when there is no client."""
-    jobs = [
-        (prediction / name, directory / f"{name}.tif", grid, _band_description(ds[name]))
-        for prediction, name, directory in layers
-    ]
-    try:
-        client = get_client()
-    except ValueError:
-        for job in jobs:
-            write_cog(*job)
-        return
-    token = uuid.uuid4().hex[:8]
-    futures = [
-        client.submit(write_cog, *job, key=f"tpgrid-cog-{job[1].stem}-{token}", pure=False)
-        for job in jobs
-    ]
-    try:
-        client.gather(futures)
-    finally:
-        client.cancel(futures)
-
-
-def write_cog(array: Path, path: Path, grid: TargetGrid, description: str) -> Path:
+def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
     """Write the Zarr array at ``array`` (a layer on ``grid``) as a Cloud-Optimized GeoTIFF.
+    Run by :func:`publish` as one Dask task per COG.
 
     The layer is copied chunk by chunk into a tiled GeoTIFF beside ``path``, which GDAL's COG
     driver then turns into the COG (deflate, 256-px tiles, overviews averaged, or nearest for
@@ -369,7 +353,7 @@ def write_cog(array: Path, path: Path, grid: TargetGrid, description: str) -> Pa
     with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
         try:
             with rasterio.open(tiled, "w", **profile) as dst:
-                dst.set_band_description(1, description)
+                dst.set_band_description(1, _band_description(source.attrs))
                 for window in grid.windows():
                     block = np.asarray(source[window.rows, window.cols])
                     dst.write(block, 1, window=_rasterio_window(window))
@@ -394,10 +378,10 @@ def _rasterio_window(window: ChunkWindow) -> Window:
     return Window(cols.start, rows.start, cols.stop - cols.start, rows.stop - rows.start)
 
 
-def _band_description(variable: xr.DataArray) -> str:
+def _band_description(attrs: Mapping[str, Any]) -> str:
     """The band description GDAL shows (COGs carry no other attributes): long name and units."""
-    units = variable.attrs.get("units")
-    long_name = str(variable.attrs["long_name"])
+    units = attrs.get("units")
+    long_name = str(attrs["long_name"])
     return f"{long_name} ({units})" if units else long_name
 
 
@@ -412,7 +396,7 @@ def quicklook_figure(directory: Path, element: str) -> Figure:
     figure = Figure(figsize=(11, 4.6), layout="constrained")
     FigureCanvasAgg(figure)  # attaches a non-interactive canvas: no pyplot, no display
     for k, (layer, colours) in enumerate(panels):
-        values, extent_km = _overview(directory / f"{variable_name(element, layer)}.tif")
+        values, extent_km = _overview(directory / _cog(element, layer))
         axes = figure.add_subplot(1, len(panels), k + 1)
         finite = values[np.isfinite(values)]
         low, high = np.percentile(finite, [2, 98]) if finite.size else (0.0, 1.0)
@@ -460,7 +444,7 @@ def stac_item(
             name = variable_name(element, layer)
             unseen = layer == "unseen"
             assets[name] = {
-                "href": f"./{name}.tif",
+                "href": f"./{_cog(element, layer)}",
                 "type": COG_MEDIA_TYPE,
                 "roles": ["data"],
                 "title": f"{element} {layer}",
@@ -477,7 +461,7 @@ def stac_item(
                 ],
             }
         assets[f"{element}_quicklook"] = {
-            "href": f"./{element}_quicklook.png",
+            "href": f"./{_quicklook(element)}",
             "type": "image/png",
             "roles": ["overview"],
             "title": f"{element} mean and between-tree SD",

@@ -29,7 +29,6 @@ import json
 import logging
 import math
 import shutil
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,7 +40,6 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 import zarr
-from distributed import as_completed, get_client
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -82,6 +80,7 @@ from tpgrid.stats import (
     site_means,
 )
 from tpgrid.store import staging_path, swap_in
+from tpgrid.tasks import task_runner
 from tpgrid.uncertainty import (
     CALIBRATED_SD,
     LEVEL,
@@ -424,32 +423,10 @@ def analyse_elements(
     """:func:`analyse_element` of every element, in the order given: one task per element on
     the current Dask client (its workers are otherwise idle while a report is written), or one
     after another in this process when there is no client."""
-    try:
-        client = get_client()
-    except ValueError:
-        client = None
-    if client is None:
-        analyses = []
-        for done, model in enumerate(loaded, start=1):
-            log.info("%s: analysing", model.element)
-            analyses.append(analyse_element(model, groups, settings))
-            if progress:
-                progress("analyses", done, len(loaded))
-        return analyses
-    token = uuid.uuid4().hex[:8]
-    futures = [
-        client.submit(
-            analyse_element, model, groups, settings, key=f"tpgrid-analyse-{model.element}-{token}"
-        )
-        for model in loaded
-    ]
-    try:
-        for done, _ in enumerate(as_completed(futures), start=1):
-            if progress:
-                progress("analyses", done, len(loaded))
-        return [future.result() for future in futures]
-    finally:
-        client.cancel(futures)
+    with task_runner(local_threads=1) as runner:
+        futures = [runner.submit(analyse_element, model, groups, settings) for model in loaded]
+        report = (lambda done, total: progress("analyses", done, total)) if progress else None
+        return runner.gather(futures, report)
 
 
 def _prediction(path: str | Path, loaded: Sequence[ElementModel]) -> tuple[xr.Dataset, str]:
@@ -763,34 +740,23 @@ def _draw(drawings: Sequence[Drawing], analyses: Sequence[ElementAnalysis]) -> l
     """Draw every figure: one task per figure on the current Dask client (rendering and PNG
     encoding are most of a report's time, and its workers are otherwise idle), or one after
     another in this process when there is no client. The analyses reach each worker once."""
-    try:
-        client = get_client()
-    except ValueError:
-        return [function(*args) for _, function, args in drawings]
-    token = uuid.uuid4().hex[:8]
-    keys = {id(a): f"tpgrid-analysis-{a.element}-{token}" for a in analyses}
-    scattered = client.scatter({keys[id(a)]: a for a in analyses}, broadcast=True, hash=False)
+    with task_runner(local_threads=1) as runner:
+        shared = dict(zip(map(id, analyses), runner.share(*analyses), strict=True))
 
-    def remote(value: Any) -> Any:
-        """An argument as the task sends it: analyses by their scattered keys."""
-        if isinstance(value, ElementAnalysis):
-            return scattered[keys[id(value)]]
-        if (
-            isinstance(value, tuple)
-            and value
-            and all(isinstance(v, ElementAnalysis) for v in value)
-        ):
-            return tuple(scattered[keys[id(v)]] for v in value)
-        return value
+        def sent(value: Any) -> Any:
+            """An argument as the task gets it: analyses (alone or a tuple of them) shared."""
+            if isinstance(value, ElementAnalysis):
+                return shared[id(value)]
+            if (
+                isinstance(value, tuple)
+                and value
+                and all(isinstance(v, ElementAnalysis) for v in value)
+            ):
+                return tuple(shared[id(v)] for v in value)
+            return value
 
-    futures = [
-        client.submit(function, *map(remote, args), key=f"tpgrid-figure-{n}-{token}", pure=False)
-        for n, (_, function, args) in enumerate(drawings)
-    ]
-    try:
-        return client.gather(futures)  # type: ignore[no-any-return]
-    finally:
-        client.cancel([*futures, *scattered.values()])
+        futures = [runner.submit(function, *map(sent, args)) for _, function, args in drawings]
+        return runner.gather(futures)
 
 
 # --- summary and page --------------------------------------------------------------------------
