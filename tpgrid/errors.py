@@ -86,3 +86,7 @@ def describe_validation(exc: ValidationError) -> str:
             what = err["msg"]
         lines.append(f"  {where}: {what}")
     return "\n".join(lines)
+
+
+class WorkdirBusyError(TpgridError):
+    """A working directory whose lock another tpgrid process holds (see tpgrid.lock)."""
