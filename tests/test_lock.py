@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+import rasterio
+from typer.testing import CliRunner
 
+from tests.conftest import start_dask_processes, stop_dask_processes
+from tests.test_runs import write_config
+from tpgrid.cli import app
+from tpgrid.config import load_pipeline
 from tpgrid.errors import WorkdirBusyError
 from tpgrid.lock import LOCK_NAME, Holder, read_holder, workdir_lock, workdir_locks
+from tpgrid.runs import list_runs
 
 #: Hang guard for anything waited on (never an assertion on how long something took).
 HANG_GUARD = 300
@@ -199,3 +210,255 @@ def test_several_locks_are_taken_once_each_and_all_refused_if_one_is_held(
     assert read_holder(a) is None  # the lock of a was taken, then released when b's failed
     with workdir_lock(a):
         pass
+
+
+# --- the CLI -------------------------------------------------------------------------------
+
+#: Each writing command, with the working directory ("work") whose lock it needs. None of the
+#: inputs exist: a command that did not check the lock first would fail on them instead.
+WRITING_COMMANDS = {
+    "run": "run {config}",
+    "run --if-changed": "run {config} --if-changed",
+    "demo": "demo --out {work}",
+    "cube": "cube --catalog catalog.yaml --grid grid.yaml --out {work}/cube.zarr",
+    "fit": "fit --sites sites.csv --cube {work}/cube.zarr --out {work}/models",
+    "predict": "predict --cube {work}/cube.zarr --models {work}/models "
+    "--out {work}/prediction.zarr",
+    # Maps elsewhere, published into the locked directory.
+    "predict --publish": "predict --cube {work}/cube.zarr --models {work}/models "
+    "--out {elsewhere}/prediction.zarr --publish {work}/published",
+    "report": "report --models {work}/models --out {work}/report",
+    "runs --prune": "runs {config} --prune 1",
+}
+
+
+def command_line(name: str, tmp_path: Path) -> list[str]:
+    places = {
+        "work": str(tmp_path / "work"),
+        "elsewhere": str(tmp_path / "elsewhere"),
+        "config": str(write_config(tmp_path / "work")),
+    }
+    return [arg.format(**places) for arg in WRITING_COMMANDS[name].split()]
+
+
+def files_under(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.parametrize("name", WRITING_COMMANDS)
+def test_a_writing_command_is_refused_while_its_workdir_is_held(
+    name: str, tmp_path: Path, holders: list[HolderProcess]
+) -> None:
+    args = command_line(name, tmp_path)
+    holder = hold(holders, tmp_path / "work")
+    before = files_under(tmp_path)
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "1000"})
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit)  # an exit, not an exception's traceback
+    assert "Traceback" not in result.output
+    message = " ".join(result.output.split())
+    assert message.count("error:") == 1
+    assert f"is in use by another tpgrid process (pid {holder.pid} on" in message
+    assert "--wait" in message
+    # Nothing written; at most an empty lock file for a directory it locked before this one.
+    after = files_under(tmp_path)
+    new_empty_locks = {
+        path for path, content in after.items() if path.endswith(LOCK_NAME) and not content
+    } - set(before)
+    assert {path: after[path] for path in set(after) - new_empty_locks} == before
+
+
+def test_a_command_releases_its_lock_when_it_ends(tmp_path: Path) -> None:
+    args = command_line("runs --prune", tmp_path)
+    runner = CliRunner()
+    # In one process, a lock not released would refuse the second command like another's.
+    for _ in range(2):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+    assert read_holder(tmp_path / "work") is None
+
+
+def test_runs_and_dry_run_only_read_and_take_no_lock(
+    tmp_path: Path, holders: list[HolderProcess]
+) -> None:
+    config = command_line("run", tmp_path)[1]
+    holder = hold(holders, tmp_path / "work")
+    runner = CliRunner()
+    listed = runner.invoke(app, ["runs", config])
+    assert listed.exit_code == 0, listed.output
+    planned = runner.invoke(app, ["run", config, "--dry-run"], env={"COLUMNS": "250"})
+    assert planned.exit_code == 0, planned.output
+    assert "would build" in planned.output
+    assert recorded_pid(tmp_path / "work") == holder.pid
+
+
+# --- concurrent pipeline runs, each a real `tpgrid run` process ----------------------------
+
+TPGRID = str(Path(sys.executable).with_name("tpgrid"))  # where pip put the command
+
+
+class TpgridRun:
+    """`tpgrid run CONFIG --scheduler-address ADDRESS [options]` in the background; its
+    output goes to files (progress bars would fill a pipe nobody reads)."""
+
+    def __init__(self, config: Path, address: str, logs: Path, *options: str) -> None:
+        self.workdir = config.with_suffix("")  # write_config puts the YAML beside the workdir
+        self.stderr = logs.with_suffix(".stderr")
+        with logs.with_suffix(".stdout").open("wb") as out, self.stderr.open("wb") as err:
+            self.process = subprocess.Popen(
+                [TPGRID, "run", str(config), "--scheduler-address", address, *options],
+                stdout=out,
+                stderr=err,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def output(self) -> str:
+        """Its stderr (the console's messages), whitespace collapsed (rich wraps lines)."""
+        return " ".join(self.stderr.read_text().split())
+
+    def wait_until(self, condition: Callable[[], bool], what: str) -> None:
+        """Poll ``condition`` while this run goes on; fail if it ends first."""
+        deadline = time.monotonic() + HANG_GUARD
+        while not condition():
+            assert self.process.poll() is None, f"ended before {what}: {self.output()}"
+            assert time.monotonic() < deadline, f"hang guard: not {what}"
+            time.sleep(0.1)
+
+    def wait_for_the_lock(self) -> None:
+        self.wait_until(lambda: recorded_pid_or_none(self.workdir) == self.pid, "holding the lock")
+
+    def wait(self) -> int:
+        return self.process.wait(HANG_GUARD)
+
+
+def recorded_pid_or_none(directory: Path) -> int | None:
+    holder = read_holder(directory)
+    return None if holder is None else holder.pid
+
+
+@pytest.fixture(scope="module")
+def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    scheduler, processes = start_dask_processes(tmp_path_factory.mktemp("dask"))
+    try:
+        yield processes.address
+    finally:
+        stop_dask_processes(scheduler, processes)
+
+
+@pytest.fixture(scope="module")
+def lone_run(scheduler_address: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workdir of the test pipeline run alone, to compare concurrent runs with."""
+    root = tmp_path_factory.mktemp("lone")
+    alone = TpgridRun(write_config(root / "work"), scheduler_address, root / "run")
+    assert alone.wait() == 0, alone.output()
+    return root / "work"
+
+
+def copy_of(workdir: Path, tmp_path: Path) -> Path:
+    """A copy of a finished run's workdir and its config (a re-run of it changes nothing)."""
+    shutil.copytree(workdir, tmp_path / "work", symlinks=True)
+    return write_config(tmp_path / "work")
+
+
+def prediction_chunks(workdir: Path) -> dict[str, bytes]:
+    """The chunk files of the prediction group (its metadata names paths, which differ)."""
+    prediction = workdir / "prediction.zarr"
+    chunks = {path: content for path, content in files_under(prediction).items() if "/c/" in path}
+    assert chunks, f"no chunk files in {prediction}"
+    return chunks
+
+
+def published_maps(workdir: Path) -> dict[str, np.ndarray]:
+    current = workdir / "published" / "current"
+    maps = {}
+    for cog in sorted(current.glob("*.tif")):
+        with rasterio.open(cog) as src:
+            maps[cog.name] = src.read()
+    assert maps, f"no COGs in {current}"
+    return maps
+
+
+def steps_of(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {step["name"]: step for step in record["steps"]}
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_second_run_is_refused_and_the_first_ends_as_if_alone(
+    scheduler_address: str, lone_run: Path, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "work")
+    first = TpgridRun(config, scheduler_address, tmp_path / "first")
+    first.wait_for_the_lock()
+    # Paused, the first run surely still holds the lock when the second one asks for it.
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        second = TpgridRun(config, scheduler_address, tmp_path / "second")
+        assert second.wait() == 2
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    refusal = second.output()
+    assert f"is in use by another tpgrid process (pid {first.pid} on" in refusal
+    assert refusal.count("error:") == 1
+    assert "Traceback" not in refusal
+    assert first.wait() == 0, first.output()
+
+    (record,) = list_runs(load_pipeline(config))  # the refused run left no record
+    assert record["status"] == "ok"
+    assert prediction_chunks(tmp_path / "work") == prediction_chunks(lone_run)
+    ours, alone = published_maps(tmp_path / "work"), published_maps(lone_run)
+    assert ours.keys() == alone.keys()
+    for name, pixels in ours.items():
+        np.testing.assert_array_equal(pixels, alone[name], err_msg=name)
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_with_wait_a_second_run_starts_when_the_first_ends(
+    scheduler_address: str, lone_run: Path, tmp_path: Path
+) -> None:
+    config = copy_of(lone_run, tmp_path)
+    first = TpgridRun(config, scheduler_address, tmp_path / "first")
+    first.wait_for_the_lock()
+    first.process.send_signal(signal.SIGSTOP)
+    try:
+        second = TpgridRun(config, scheduler_address, tmp_path / "second", "--wait")
+        second.wait_until(lambda: "waiting for it to finish" in second.output(), "waiting")
+    finally:
+        first.process.send_signal(signal.SIGCONT)
+    assert f"(pid {first.pid} on" in second.output()
+    assert first.wait() == 0, first.output()
+    assert second.wait() == 0, second.output()
+
+    _lone, by_first, by_second = list_runs(load_pipeline(config))
+    assert by_second["started"] >= by_first["finished"]
+    assert by_second["status"] == "ok"
+    steps = steps_of(by_second)
+    assert {name: step["action"] for name, step in steps.items()} == dict.fromkeys(
+        ("plateau", "cube", "fit", "predict", "publish"), "unchanged"
+    )
+    assert steps["fit"]["counts"] == {"refitted": 0}
+    assert steps["predict"]["counts"] == {"chunks_computed": 0}
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_run_killed_holding_the_lock_does_not_block_the_next(
+    scheduler_address: str, lone_run: Path, tmp_path: Path
+) -> None:
+    config = copy_of(lone_run, tmp_path)
+    killed = TpgridRun(config, scheduler_address, tmp_path / "killed")
+    killed.wait_for_the_lock()
+    killed.process.send_signal(signal.SIGSTOP)  # surely still running, and holding the lock
+    killed.process.send_signal(signal.SIGKILL)
+    assert killed.wait() == -signal.SIGKILL
+    assert recorded_pid(tmp_path / "work") == killed.pid  # its record stays; its lock did not
+
+    after = TpgridRun(config, scheduler_address, tmp_path / "after")  # no --wait
+    assert after.wait() == 0, after.output()
+    assert list_runs(load_pipeline(config))[-1]["status"] == "ok"

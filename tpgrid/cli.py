@@ -65,6 +65,14 @@ ClusterOption = Annotated[
 OverwriteOption = Annotated[
     bool, typer.Option("--overwrite", help="Replace an existing output that is not ours to update.")
 ]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait",
+        help="If another tpgrid process is writing into the same working directory, wait for "
+        "it to finish instead of stopping.",
+    ),
+]
 
 
 def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
@@ -97,6 +105,22 @@ def main(
         format="%(message)s",
         handlers=[RichHandler(console=console, show_path=False, level=level)],
     )
+
+
+def _workdir_lock(ctx: typer.Context, directories: list[Path], wait: bool) -> None:
+    """Hold the locks of the working directories the command writes into until it ends.
+
+    Call it first, before anything is read or written and before a cluster starts. The locks
+    are a resource of the command's context, released when the command returns or fails, so
+    its body needs no ``with`` block of its own.
+    """
+    from tpgrid.lock import workdir_locks
+
+    def waiting(message: str) -> None:
+        console.print(f"[yellow]{message}[/]", highlight=False)
+
+    locks = workdir_locks(directories, wait=wait, on_wait=waiting)
+    ctx.with_resource(locks)
 
 
 @contextmanager
@@ -158,14 +182,17 @@ def synth(
 @app.command()
 @_user_errors
 def cube(
+    ctx: typer.Context,
     catalog: Annotated[Path, typer.Option(help="Covariate catalog YAML.")],
     grid: Annotated[Path, typer.Option(help="Grid YAML (CRS, resolution, bbox, chunk, mask).")],
     out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Build the covariate cube, or update it: only layers whose source changed are rewritten."""
+    _workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.cube import build_cube, open_sources
     from tpgrid.grid import TargetGrid, load_grid_spec
     from tpgrid.sources import load_catalog
@@ -192,6 +219,7 @@ def cube(
 @app.command()
 @_user_errors
 def demo(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("tpgrid-demo"),
     full: Annotated[
         bool, typer.Option("--full", help="The paper-scale run: whole plateau, 500 trees.")
@@ -200,6 +228,7 @@ def demo(
     cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Run the whole job on a built-in synthetic plateau: plateau, cube, fit, predict, publish.
 
@@ -209,12 +238,14 @@ def demo(
     from tpgrid.config import demo_config
 
     config = demo_config(out.resolve(), full=full, seed=seed)
+    _workdir_lock(ctx, [config.workdir], wait)
     _run_and_show(config, cluster, scheduler_address, workers)
 
 
 @app.command()
 @_user_errors
 def run(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML (see pipelines/).")],
     cluster: ClusterOption = None,
     dry_run: Annotated[
@@ -229,6 +260,7 @@ def run(
     ] = False,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Run a pipeline: cube → fit → predict → publish, recomputing only what changed.
 
@@ -239,6 +271,8 @@ def run(
     from tpgrid.runs import plan, plan_changes
 
     pipeline = load_pipeline(config)
+    if not dry_run:  # a dry run only reads; --if-changed plans under the lock, then runs
+        _workdir_lock(ctx, [pipeline.workdir], wait)
     if dry_run or if_changed:
         steps = plan(pipeline)
         if dry_run:
@@ -253,11 +287,13 @@ def run(
 @app.command()
 @_user_errors
 def runs(
+    ctx: typer.Context,
     config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")],
     prune: Annotated[
         int | None,
         typer.Option(help="Remove published versions but the newest N (never the current)."),
     ] = None,
+    wait: WaitOption = False,
 ) -> None:
     """List a pipeline's runs (what changed, what was recomputed, timings); prune versions."""
     from tpgrid.config import load_pipeline
@@ -265,6 +301,8 @@ def runs(
     from tpgrid.runs import list_runs
 
     pipeline = load_pipeline(config)
+    if prune is not None:  # listing only reads
+        _workdir_lock(ctx, [pipeline.workdir], wait)
     table = Table(title=f"runs of {pipeline.name} ({pipeline.runs_dir})", box=box.SIMPLE_HEAD)
     for column in ("run", "status", "changed", "recomputed", "seconds", "published"):
         table.add_column(column)
@@ -321,6 +359,7 @@ def _steps_table(title: str, steps: list[Step], *, timed: bool = True) -> Table:
 @app.command()
 @_user_errors
 def fit(
+    ctx: typer.Context,
     sites: Annotated[Path, typer.Option(help="Site table (CSV or Parquet), one row per sample.")],
     cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
     out: Annotated[Path, typer.Option(help="Directory for the models, one folder per element.")],
@@ -353,8 +392,10 @@ def fit(
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
+    _workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.model import fit_models, fit_settings
 
     given: dict[str, Any] = {
@@ -431,6 +472,7 @@ def _mg_per_kg(value: float) -> str:
 @app.command()
 @_user_errors
 def predict(
+    ctx: typer.Context,
     cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
     models: Annotated[
         Path, typer.Option(help="A model directory, or a directory of them (one per element).")
@@ -450,8 +492,12 @@ def predict(
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Predict mean, variance and sd maps of every element over the cube."""
+    _workdir_lock(
+        ctx, [out.resolve().parent, *([publish.resolve().parent] if publish else [])], wait
+    )
     from tpgrid.outputs import publish as publish_run
     from tpgrid.predict import load_models, predict_cube
 
@@ -490,6 +536,7 @@ def predict(
 @app.command()
 @_user_errors
 def report(
+    ctx: typer.Context,
     models: Annotated[
         Path, typer.Option(help="Directory of the fitted models (`tpgrid fit --out`).")
     ],
@@ -526,8 +573,10 @@ def report(
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
+    wait: WaitOption = False,
 ) -> None:
     """Write the science report: statistics, drivers, model checks, applicability, coverage."""
+    _workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.report import ReportSettings, find_elements, write_report
     from tpgrid.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 
