@@ -9,8 +9,9 @@ Every step is incremental on its own, keyed by content hashes:
   values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`);
 - **predict**: only element chunks whose inputs (model hash, cube chunk hashes) changed are
   predicted; a killed run resumes from its done markers (:func:`tpgrid.predict.predict_cube`);
-- **publish**: a new version is written only for a new prediction run, and made current
-  atomically (:mod:`tpgrid.publication`), with the report written into it first.
+- **publish**: a new version is written only for a new prediction run (or when a file of the
+  current one is damaged), complete with its report, and made current atomically
+  (:mod:`tpgrid.publication`).
 
 Records go to ``workdir/runs/<id>.json``: what changed, what was recomputed, timings, versions.
 """
@@ -34,8 +35,9 @@ from tpgrid.config import PipelineConfig
 from tpgrid.cube import build_cube, plan_cube
 from tpgrid.grid import TargetGrid
 from tpgrid.model import FitReport, fit_models
+from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
-from tpgrid.publication import current_version, publish_version
+from tpgrid.publication import Publication, current_version, publish_version, verify_version
 from tpgrid.report import ReportSettings, write_report
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
@@ -43,7 +45,6 @@ from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-REPORT_DIR = "report"
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,14 @@ def _publish_plan(config: PipelineConfig) -> Step:
     current = current_version(config.published_dir)
     if current is None:
         return Step("publish", "would update", "nothing published yet")
-    return Step("publish", "unchanged", f"current version {current.name}")
+    _, run = open_prediction(config.prediction_path)
+    if published_run(current) != run["run_id"]:  # e.g. a run killed while publishing
+        return Step("publish", "would update", "the current version is of an older prediction")
+    damage = verify_version(current)
+    if damage:
+        detail = f"{len(damage)} damaged file(s) in {current.name}, e.g. {damage[0]}"
+        return Step("publish", "would update", detail)
+    return Step("publish", "unchanged", f"current version {current.name}, every file intact")
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -237,28 +245,40 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
 
     with _timed(steps, "publish") as note:
 
-        def add_report(directory: Path) -> None:
-            if config.report.enabled:
-                write_report(
-                    config.models_dir,
-                    directory / REPORT_DIR,
-                    cube=config.cube_path,
-                    sites=config.sites_path,
-                    prediction=config.prediction_path,
-                    settings=_report_settings(config),
-                )
+        def add_report(folder: Path) -> None:
+            write_report(
+                config.models_dir,
+                folder,
+                cube=config.cube_path,
+                sites=config.sites_path,
+                prediction=config.prediction_path,
+                settings=_report_settings(config),
+            )
 
         publication = publish_version(
-            config.prediction_path, config.published_dir, before_current=add_report
+            config.prediction_path,
+            config.published_dir,
+            report=add_report if config.report.enabled else None,
+            progress=_labelled(progress, "publish"),
         )
-        note(
-            "new" if publication.new else "unchanged",
-            f"version {publication.version}"
-            + (" (now current)" if publication.new else "")
-            + (f"; maps of {list(publication.reused)} kept" if publication.reused else ""),
-            {"elements_kept": len(publication.reused)},
-        )
+        note("new" if publication.new else "unchanged", *_published(publication))
     return publication.version
+
+
+def _published(publication: Publication) -> tuple[str, dict[str, int]]:
+    """The publish step's detail and counts."""
+    detail = f"version {publication.version}" + (" (now current)" if publication.new else "")
+    counts = {"elements_kept": len(publication.reused)}
+    if publication.reused:
+        detail += f"; maps of {list(publication.reused)} kept"
+    if publication.damaged:
+        files = ", ".join(f"{d.path.name} ({d.problem})" for d in publication.damaged)
+        detail += f"; re-rendered {len(publication.damaged)} damaged file(s): {files}"
+        counts["files_repaired"] = len(publication.damaged)
+    if publication.removed:
+        detail += f"; removed {len(publication.removed)} unfinished version(s) of killed runs"
+        counts["unfinished_removed"] = len(publication.removed)
+    return detail, counts
 
 
 def _fit(config: PipelineConfig, **options: Any) -> FitReport:
