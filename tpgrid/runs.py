@@ -6,7 +6,9 @@ Every step is incremental on its own, keyed by content hashes:
 - **cube**: a layer whose source fingerprint is unchanged is carried over; a changed one is
   recomputed and only chunks whose content hash changed are rewritten (:mod:`tpgrid.cube`);
 - **fit**: an element is refitted only when its training table (site values and the cube
-  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`);
+  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`); one
+  that can no longer be fitted (too few sites) is dropped with its model, or with
+  ``fit_failures: fail`` fails the run;
 - **predict**: only element chunks whose inputs (model hash, cube chunk hashes) changed are
   predicted; a killed run resumes from its done markers (:func:`tpgrid.predict.predict_cube`);
 - **publish**: a new version is written only for a new prediction run (or when a file of the
@@ -21,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,8 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from tpgrid import __version__
+from tpgrid.artifact import MODEL_FILE
 from tpgrid.config import PipelineConfig
 from tpgrid.cube import build_cube, plan_cube
+from tpgrid.errors import FitError
 from tpgrid.grid import TargetGrid
 from tpgrid.model import FitReport, fit_models
 from tpgrid.outputs import open_prediction, published_run
@@ -103,9 +108,19 @@ def plan(config: PipelineConfig) -> list[Step]:
         return steps
     steps.append(Step("cube", "unchanged", "every source fingerprint matches the cube"))
     fit = _fit(config, dry_run=True)
-    if fit.pending:
-        detail = f"training table or settings changed: {', '.join(fit.pending)}"
-        steps.append(Step("fit", "would update", detail))
+    unfit = _unfit(config, fit)
+    present = {e: why for e, why in unfit.items() if (config.models_dir / e).exists()}
+    if fit.pending or present:
+        changes = []
+        if fit.pending:
+            changes.append(f"training table or settings changed: {', '.join(fit.pending)}")
+        if present:
+            failing = config.fit_failures == "fail" and any(
+                s.element in present for s in fit.skipped
+            )
+            verb = "would fail on" if failing else "would drop"
+            changes.append(_unfit_detail(present, verb))
+        steps.append(Step("fit", "would update", "; ".join(changes)))
         steps += _downstream_of_change("the models")[1:]
         return steps
     steps.append(Step("fit", "unchanged", "every element's training table and settings match"))
@@ -219,13 +234,25 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
 
     with _timed(steps, "fit") as note:
         fit = _fit(config, progress=_labelled(progress, "fit"))
+        unfit = _unfit(config, fit)
+        too_few = {s.element: s.reason for s in fit.skipped}
+        if too_few and config.fit_failures == "fail":
+            raise FitError(
+                _unfit_detail(too_few, "cannot fit")
+                + " (the pipeline's fit_failures is 'fail'; 'drop' publishes the others)"
+            )
+        # Their old models and maps are not science any more: removed, not published again.
+        dropped = _drop_models(config, unfit)
         refitted = [f.element for f in fit.fitted]
         kept = [f.element for f in fit.unchanged]
-        skipped = [s.element for s in fit.skipped]
         detail = f"refitted {refitted or 'none'}; kept {kept or 'none'}"
-        if skipped:
-            detail += f"; skipped {skipped} (too few sites)"
-        note("updated" if refitted else "unchanged", detail, {"refitted": len(refitted)})
+        if unfit:
+            detail += "; " + _unfit_detail(unfit, "dropped")
+        note(
+            "updated" if refitted or dropped else "unchanged",
+            detail,
+            {"refitted": len(refitted)} | ({"dropped": len(dropped)} if dropped else {}),
+        )
 
     with _timed(steps, "predict") as note:
         models = load_models(config.models_dir)
@@ -253,6 +280,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 sites=config.sites_path,
                 prediction=config.prediction_path,
                 settings=_report_settings(config),
+                not_mapped=unfit,
             )
 
         publication = publish_version(
@@ -263,6 +291,38 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
         )
         note("new" if publication.new else "unchanged", *_published(publication))
     return publication.version
+
+
+def _unfit(config: PipelineConfig, fit: FitReport) -> dict[str, str]:
+    """Elements that cannot be mapped now, with the reason: too few sites, or no longer in the
+    pipeline's elements while an old model of them is still there."""
+    unfit = {skipped.element: skipped.reason for skipped in fit.skipped}
+    if config.models_dir.is_dir():
+        for path in sorted(config.models_dir.glob(f"*/{MODEL_FILE}")):
+            element = path.parent.name
+            if element not in config.fit.elements and not element.startswith("."):
+                unfit[element] = "no longer in the pipeline's fit.elements"
+    return unfit
+
+
+def _unfit_detail(unfit: dict[str, str], verb: str) -> str:
+    return "; ".join(f"{verb} {element}: {reason}" for element, reason in unfit.items())
+
+
+def _drop_models(config: PipelineConfig, unfit: dict[str, str]) -> list[str]:
+    """Remove the model directories of ``unfit`` elements; the elements that had one."""
+    dropped = []
+    for element in unfit:
+        directory = config.models_dir / element
+        if not directory.exists():
+            continue
+        # The artifact first: from then on no model of the element is found, even if the run
+        # is killed before the rest of its directory is gone.
+        (directory / MODEL_FILE).unlink(missing_ok=True)
+        shutil.rmtree(directory)
+        log.warning("%s: model removed from %s (%s)", element, config.models_dir, unfit[element])
+        dropped.append(element)
+    return dropped
 
 
 def _published(publication: Publication) -> tuple[str, dict[str, int]]:
