@@ -463,6 +463,29 @@ def test_an_element_left_with_too_few_sites_is_dropped_with_its_model_and_maps(
     assert verify_version(new) == []
 
 
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="predict._reuse_chunks reads the previous run's record of every element, and a "
+    "returning element has none: a fix for predict.py's owner",
+)
+def test_a_dropped_element_comes_back_when_its_sites_do(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    sites = config.sites_path.read_bytes()
+    leave_fe_two_sites(config)
+    run_pipeline(config)
+    config.sites_path.write_bytes(sites)
+    record = run_pipeline(config)
+    assert step(record, "fit").detail == "refitted ['Fe']; kept ['Ni']"
+    assert step(record, "publish").counts == {"elements_kept": 1}
+    current = current_version(config.published_dir)
+    assert current is not None
+    assert (current / "Fe_mean.tif").is_file()
+
+
 def test_with_fit_failures_fail_too_few_sites_fail_the_run_and_keep_current(
     first_run: PipelineConfig, cluster: Client, tmp_path: Path
 ) -> None:
