@@ -15,8 +15,9 @@ unseen    uint8    255          1 where a categorical class was never seen in tr
 with CF attributes, a ``spatial_ref`` grid mapping and ACDD discovery attributes. Publishing
 turns the group into a directory that GIS users and catalogues can read without Zarr (GDAL
 cannot read Zarr v3): one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per
-element (mean and sd with colour bars) and a STAC item describing the run and its assets. The
-directory is assembled beside its final path and swapped in when complete. The COGs have the
+element (mean and sd with colour bars) and a STAC item describing the run and its assets, each
+with its size and checksum. The directory is assembled beside its final path and swapped in
+when complete. The COGs have the
 grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG.
 """
 
