@@ -54,3 +54,12 @@ def test_inputs_must_be_synthetic_or_all_three(tmp_path: Path) -> None:
 def test_a_missing_config_names_the_examples(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="pipelines/"):
         load_pipeline(tmp_path / "nope.yaml")
+
+
+def test_fit_failures_is_drop_or_fail(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text("name: x\nworkdir: w\nsynthetic: {size: small}\nfit_failures: fail\n")
+    assert load_pipeline(path).fit_failures == "fail"
+    path.write_text("name: x\nworkdir: w\nsynthetic: {size: small}\nfit_failures: skip\n")
+    with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*fit_failures"):
+        load_pipeline(path)

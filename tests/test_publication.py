@@ -1,19 +1,32 @@
-"""Published versions: a reader of `current` sees one complete version, never a mix."""
+"""Published versions: a reader of `current` sees one complete version, never a mix; every
+file of a version is listed with its checksum, and checked before it is carried over."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
+import rasterio
 
 from tests.conftest import SMALL_SPEC
-from tests.run_groups import write_run_group
+from tests.run_groups import known_layers, write_run_group
 from tpgrid.errors import OutputExistsError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import STAC_ITEM
-from tpgrid.publication import current_version, prune, publish_version, versions
+from tpgrid.publication import (
+    current_version,
+    prune,
+    publish_version,
+    verify_version,
+    versions,
+)
 
 ELEMENTS = ("Mo",)
 
@@ -103,3 +116,169 @@ def test_a_directory_that_is_not_a_publication_is_refused(
     with pytest.raises(OutputExistsError, match="not a tpgrid publication directory"):
         publish_version(runs["a1"], tmp_path)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def fake_report(folder: Path) -> None:
+    """A report writer: a page, a summary and a figure."""
+    (folder / "figures").mkdir(parents=True)
+    (folder / "report.html").write_text("<html>report</html>\n")
+    (folder / "report.json").write_text('{"elements": {}}\n')
+    (folder / "figures" / "map.png").write_bytes(b"\x89PNG" + bytes(range(200)))
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def inode(path: Path) -> int:
+    return path.stat().st_ino
+
+
+def test_every_asset_carries_its_files_size_and_checksum(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    item = json.loads((version / STAC_ITEM).read_text())
+    assert "https://stac-extensions.github.io/file/v2.1.0/schema.json" in item["stac_extensions"]
+    files = {p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file()} - {
+        STAC_ITEM
+    }
+    assert {a["href"].removeprefix("./") for a in item["assets"].values()} == files
+    assert {"report/report.html", "report/figures/map.png", "Mo_mean.tif"} <= files
+    for asset in item["assets"].values():
+        data = (version / asset["href"]).read_bytes()
+        assert asset["file:size"] == len(data)
+        assert asset["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
+    assert item["assets"]["report/report.html"]["roles"] == ["metadata"]
+    (link,) = item["links"]
+    assert (link["rel"], link["href"]) == ("describedby", "./report/report.html")
+    assert verify_version(version) == []
+
+
+def test_verify_finds_a_flipped_byte_a_deleted_quicklook_and_a_truncated_report_file(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    flip_byte(version / "Mo_sd.tif")
+    (version / "Mo_quicklook.png").unlink()
+    page = version / "report" / "report.html"
+    page.write_bytes(page.read_bytes()[:5])
+    found = {d.path.relative_to(version).as_posix(): d.problem for d in verify_version(version)}
+    assert found == {
+        "Mo_sd.tif": "content differs from its SHA-256 recorded when written",
+        "Mo_quicklook.png": "missing",
+        "report/report.html": f"5 bytes, {len('<html>report</html>') + 1} when written",
+    }
+    (version / STAC_ITEM).unlink()
+    (damage,) = verify_version(version)
+    assert damage.path == version / STAC_ITEM
+    assert damage.problem.startswith("missing or unreadable")
+
+
+def test_a_damaged_file_of_the_previous_version_is_rendered_afresh_not_linked(
+    runs: dict[str, Path], tmp_path: Path, small_grid: TargetGrid
+) -> None:
+    old = publish_version(runs["a1"], tmp_path).directory
+    flip_byte(old / "Mo_sd.tif")
+    new = publish_version(runs["b2"], tmp_path)  # same maps, another run: files are linked
+    assert [(d.path, d.problem) for d in new.damaged] == [
+        (old / "Mo_sd.tif", "content differs from its SHA-256 recorded when written")
+    ]
+    assert new.reused == ()  # not every file of Mo could be linked
+    assert inode(new.directory / "Mo_sd.tif") != inode(old / "Mo_sd.tif")
+    for name in ("Mo_mean.tif", "Mo_variance.tif", "Mo_unseen.tif", "Mo_quicklook.png"):
+        assert inode(new.directory / name) == inode(old / name)
+    with rasterio.open(new.directory / "Mo_sd.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), known_layers(small_grid, "Mo")["sd"])
+    assert verify_version(new.directory) == []
+
+
+def test_publishing_the_current_run_again_repairs_a_damaged_file(
+    runs: dict[str, Path], tmp_path: Path, small_grid: TargetGrid
+) -> None:
+    written: list[Path] = []
+
+    def report(folder: Path) -> None:
+        written.append(folder)
+        fake_report(folder)
+
+    old = publish_version(runs["a1"], tmp_path, report=report).directory
+    flip_byte(old / "Mo_mean.tif")
+    repaired = publish_version(runs["a1"], tmp_path, report=report)
+    assert repaired.new
+    assert current_version(tmp_path) == repaired.directory != old
+    assert [d.path for d in repaired.damaged] == [old / "Mo_mean.tif"]
+    assert inode(repaired.directory / "Mo_mean.tif") != inode(old / "Mo_mean.tif")
+    with rasterio.open(repaired.directory / "Mo_mean.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), known_layers(small_grid, "Mo")["mean"])
+    # Everything intact is linked, the report too: it was written once.
+    for name in ("Mo_sd.tif", "Mo_quicklook.png", "report/report.html", "report/figures/map.png"):
+        assert inode(repaired.directory / name) == inode(old / name)
+    assert len(written) == 1
+    assert verify_version(repaired.directory) == []
+    again = publish_version(runs["a1"], tmp_path, report=report)
+    assert (again.new, again.directory) == (False, repaired.directory)
+
+
+def test_a_damaged_report_of_the_current_run_is_written_again(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    old = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    (old / "report" / "figures" / "map.png").unlink()
+    repaired = publish_version(runs["a1"], tmp_path, report=fake_report)
+    assert [d.path for d in repaired.damaged] == [old / "report" / "figures" / "map.png"]
+    assert inode(repaired.directory / "report" / "report.html") != inode(
+        old / "report" / "report.html"
+    )
+    assert inode(repaired.directory / "Mo_mean.tif") == inode(old / "Mo_mean.tif")
+    assert verify_version(repaired.directory) == []
+
+
+#: Publishes a run and is SIGKILLed while its report is written (argv: prediction, root).
+KILLED_WHILE_PUBLISHING = """
+import os, signal, sys
+from pathlib import Path
+from tpgrid.publication import publish_version
+
+def report(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "report.html").write_text("half a page")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+publish_version(sys.argv[1], sys.argv[2], report=report)
+"""
+
+
+def test_a_publication_killed_midway_is_no_version_and_the_next_one_removes_it(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    first = publish_version(runs["a1"], tmp_path, report=fake_report)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_WHILE_PUBLISHING, str(runs["b2"]), str(tmp_path)],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (partial,) = (tmp_path / "versions").glob(".*.partial-*")
+    assert (partial / "Mo_mean.tif").is_file()  # the maps were there, no item
+    assert versions(tmp_path) == [first.directory]
+    assert current_version(tmp_path) == first.directory
+    assert verify_version(first.directory) == []
+    assert prune(tmp_path, keep=1) == []
+    assert partial.is_dir()
+
+    second = publish_version(runs["b2"], tmp_path, report=fake_report)
+    assert second.removed == (partial.name,)
+    assert not partial.exists()
+    assert versions(tmp_path) == [first.directory, second.directory]
+    assert current_version(tmp_path) == second.directory
+    assert verify_version(second.directory) == []
+
+
+def test_a_version_folder_without_its_item_is_not_a_version(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    first = publish_version(runs["a1"], tmp_path)
+    (tmp_path / "versions" / "20000101T000000.000000Z-unfinished").mkdir()
+    assert versions(tmp_path) == [first.directory]

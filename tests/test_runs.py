@@ -24,7 +24,9 @@ from tpgrid.cli import EXIT_UNCHANGED, app
 from tpgrid.config import PipelineConfig, load_pipeline
 from tpgrid.cube import chunk_hashes
 from tpgrid.grid import TargetGrid
-from tpgrid.publication import current_version
+from tpgrid.outputs import open_prediction
+from tpgrid.predict import load_models
+from tpgrid.publication import current_version, verify_version, versions
 from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
 
 pytestmark = pytest.mark.cluster
@@ -302,3 +304,208 @@ def test_run_records_are_json_with_timings(first_run: PipelineConfig) -> None:
     doc = json.loads(path.read_text())
     assert all(s["seconds"] >= 0 for s in doc["steps"])
     assert doc["versions"]["tpgrid"]
+
+
+def flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def change_a_ni_value(config: PipelineConfig) -> None:
+    table = pd.read_csv(config.sites_path)
+    table.loc[table.index[table["Ni"].notna()][0], "Ni"] *= 1.1
+    table.to_csv(config.sites_path, index=False)
+
+
+def leave_fe_two_sites(config: PipelineConfig) -> None:
+    """Fe values at two sites only: fewer than the 3 CV folds of the test pipeline (Fe, as it
+    is not calibrated: Ni's calibration would fail first)."""
+    table = pd.read_csv(config.sites_path)
+    kept = table.loc[table["Fe"].notna(), "site_id"].unique()[:2]
+    table.loc[~table["site_id"].isin(kept), "Fe"] = np.nan
+    table.to_csv(config.sites_path, index=False)
+
+
+def one_line(text: str) -> str:
+    """Terminal output with rich's line wrapping undone."""
+    return " ".join(text.split())
+
+
+TOO_FEW_FE = (
+    "Fe: 2 sites with usable Fe values, fewer than the 3 CV folds (every fold must test at "
+    "least one site): add sites or lower the number of folds"
+)
+
+
+@pytest.mark.slow
+def test_a_run_killed_while_publishing_leaves_the_versions_as_they_were(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    before, current = versions(config.published_dir), current_version(config.published_dir)
+    change_a_ni_value(config)
+    killed = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("run_then_die.py")),
+            str(write_config(config.workdir)),
+            cluster.scheduler.address,
+            "0",
+            "publish quicklooks",  # Ni's maps are in the new version's folder, no item yet
+        ],
+        check=False,
+    )
+    assert killed.returncode == -signal.SIGKILL
+    (partial,) = (config.published_dir / "versions").glob(".*.partial-*")
+    assert (partial / "Ni_mean.tif").is_file()
+    assert versions(config.published_dir) == before
+    assert current_version(config.published_dir) == current
+    assert current is not None
+    assert verify_version(current) == []
+
+    record = run_pipeline(config)
+    published = step(record, "publish")
+    assert published.action == "new"
+    assert "removed 1 unfinished version(s) of killed runs" in published.detail
+    assert published.counts == {"elements_kept": 1, "unfinished_removed": 1}
+    assert not partial.exists()
+    new = current_version(config.published_dir)
+    assert new is not None
+    assert versions(config.published_dir) == [*before, new]
+    assert verify_version(new) == []
+    assert list_runs(config)[-1]["steps"][-1]["detail"] == published.detail
+
+
+def test_a_damaged_file_of_the_current_version_is_rendered_again(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    old = current_version(config.published_dir)
+    assert old is not None
+    flip_byte(old / "Fe_mean.tif")
+    planned = plan(config)[-1]
+    assert (planned.name, planned.action) == ("publish", "would update")
+    assert "1 damaged file(s)" in planned.detail
+
+    record = run_pipeline(config)
+    published = step(record, "publish")
+    assert published.action == "new"
+    assert published.counts == {"elements_kept": 1, "files_repaired": 1}
+    assert "Fe_mean.tif (content differs from its SHA-256 recorded when written)" in (
+        published.detail
+    )
+    new = current_version(config.published_dir)
+    assert new is not None
+    assert new != old
+    assert (new / "Fe_mean.tif").stat().st_ino != (old / "Fe_mean.tif").stat().st_ino
+    for name in ("Fe_sd.tif", "Fe_quicklook.png", "Ni_mean.tif"):
+        assert (new / name).stat().st_ino == (old / name).stat().st_ino
+    maps, _ = open_prediction(config.prediction_path)
+    with rasterio.open(new / "Fe_mean.tif") as cog:
+        np.testing.assert_array_equal(cog.read(1), maps["Fe_mean"].to_numpy())
+    assert verify_version(new) == []
+    assert not plan_changes(plan(config))
+
+
+@pytest.mark.slow
+def test_an_element_left_with_too_few_sites_is_dropped_with_its_model_and_maps(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    path = write_config(
+        config.workdir, report={"enabled": True, "applicability": False, "cv_trees": 10}
+    )
+    config = load_pipeline(path)
+    old = current_version(config.published_dir)
+    assert old is not None
+    chunks = config.prediction_path / "Ni_mean" / "c"
+    ni_chunk = next(p for p in sorted(chunks.rglob("*")) if p.is_file())
+    ni_chunk_inode = ni_chunk.stat().st_ino
+    leave_fe_two_sites(config)
+    planned = step_of(plan(config), "fit")
+    assert planned.action == "would update"
+    assert f"would drop {TOO_FEW_FE}" in planned.detail
+
+    result = CliRunner().invoke(
+        app,
+        ["run", str(path), "--scheduler-address", cluster.scheduler.address],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 0, result.output
+    assert f"dropped {TOO_FEW_FE}" in one_line(result.output)
+    record = list_runs(config)[-1]
+    fit = next(s for s in record["steps"] if s["name"] == "fit")
+    assert fit["detail"] == f"refitted none; kept ['Ni']; dropped {TOO_FEW_FE}"
+    assert fit["counts"] == {"refitted": 0, "dropped": 1}
+    assert not (config.models_dir / "Fe").exists()
+    assert [model.element for model in load_models(config.models_dir)] == ["Ni"]
+    # Ni's chunks were carried over by link; the new prediction holds no Fe layer.
+    predicted = next(s for s in record["steps"] if s["name"] == "predict")
+    assert predicted["counts"] == {"chunks_computed": 0}
+    assert ni_chunk.stat().st_ino == ni_chunk_inode
+    maps, run = open_prediction(config.prediction_path)
+    assert list(run["models"]) == ["Ni"]
+    assert not [name for name in maps.data_vars if str(name).startswith("Fe")]
+
+    new = current_version(config.published_dir)
+    assert new is not None
+    assert new != old
+    assert not [p.name for p in new.iterdir() if p.name.startswith("Fe")]
+    for name in ("Ni_mean.tif", "Ni_quicklook.png"):
+        assert (new / name).stat().st_ino == (old / name).stat().st_ino
+    page = one_line((new / "report" / "report.html").read_text())
+    section = f"<h2>Elements not mapped</h2><ul class='not-mapped'><li><b>Fe</b>: {TOO_FEW_FE[4:]}"
+    assert section in page
+    summary = json.loads((new / "report" / "report.json").read_text())
+    assert summary["not_mapped"] == {"Fe": TOO_FEW_FE[4:]}
+    assert list(summary["elements"]) == ["Ni"]
+    assert verify_version(new) == []
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    raises=KeyError,
+    reason="predict._reuse_chunks reads the previous run's record of every element, and a "
+    "returning element has none: a fix for predict.py's owner",
+)
+def test_a_dropped_element_comes_back_when_its_sites_do(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    sites = config.sites_path.read_bytes()
+    leave_fe_two_sites(config)
+    run_pipeline(config)
+    config.sites_path.write_bytes(sites)
+    record = run_pipeline(config)
+    assert step(record, "fit").detail == "refitted ['Fe']; kept ['Ni']"
+    assert step(record, "publish").counts == {"elements_kept": 1}
+    current = current_version(config.published_dir)
+    assert current is not None
+    assert (current / "Fe_mean.tif").is_file()
+
+
+def test_with_fit_failures_fail_too_few_sites_fail_the_run_and_keep_current(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    config = copy_run(first_run, tmp_path)
+    path = write_config(config.workdir, fit_failures="fail")
+    before = current_version(config.published_dir)
+    leave_fe_two_sites(config)
+    result = CliRunner().invoke(
+        app,
+        ["run", str(path), "--scheduler-address", cluster.scheduler.address],
+        env={"COLUMNS": "400"},
+    )
+    assert result.exit_code == 2, result.output
+    assert f"error: cannot fit {TOO_FEW_FE} (the pipeline's fit_failures is 'fail'" in one_line(
+        result.output
+    )
+    assert current_version(config.published_dir) == before
+    assert (config.models_dir / "Fe").is_dir()
+    assert list_runs(config)[-1]["status"].startswith(f"failed: FitError: cannot fit {TOO_FEW_FE}")
+
+
+def step_of(steps: list[Any], name: str) -> Any:
+    return next(s for s in steps if s.name == name)

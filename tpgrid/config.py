@@ -79,6 +79,12 @@ class PipelineConfig(_Section):
     catalog: Path | None = None
     sites: Path | None = None
     fit: FitSettings = FitSettings()
+    # Here, not in FitSettings: those shape every model (and its hash); this shapes the run.
+    fit_failures: Literal["drop", "fail"] = Field(
+        "drop",
+        description="an element with fewer usable sites than CV folds: 'drop' it (its model "
+        "and maps are removed, the run record and report say why) or 'fail' the run",
+    )
     predict: PredictSettings = PredictSettings()
     publish: PublishSettings = PublishSettings()
     report: ReportSection = ReportSection()

@@ -15,8 +15,9 @@ unseen    uint8    255          1 where a categorical class was never seen in tr
 with CF attributes, a ``spatial_ref`` grid mapping and ACDD discovery attributes. Publishing
 turns the group into a directory that GIS users and catalogues can read without Zarr (GDAL
 cannot read Zarr v3): one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per
-element (mean and sd with colour bars) and a STAC item describing the run and its assets. The
-directory is assembled beside its final path and swapped in when complete. The COGs have the
+element (mean and sd with colour bars) and a STAC item describing the run and its assets, each
+with its size and checksum. The directory is assembled beside its final path and swapped in
+when complete. The COGs have the
 grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG.
 """
 
@@ -26,7 +27,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +46,7 @@ from rasterio.windows import Window
 from tpgrid import __version__
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
+from tpgrid.integrity import Damage, FileRecord, check_file, file_record
 from tpgrid.store import (
     ATTR_COMPLETE,
     VariableLayout,
@@ -75,7 +77,11 @@ COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
     "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    # file:size and file:checksum of every asset: anyone can verify a published version.
+    "https://stac-extensions.github.io/file/v2.1.0/schema.json",
 ]
+#: Multihash prefix of a SHA-256 digest (code 0x12, length 0x20), as in ``file:checksum``.
+SHA256_MULTIHASH = "1220"
 #: GDAL block cache of a COG-writing task, MB.
 COG_CACHE_MB = 128
 #: Longest side of a quicklook panel, in pixels of the map (read from the COG's overviews).
@@ -193,6 +199,25 @@ class PublishReport:
     stac_item: Path
     up_to_date: bool
     reused: tuple[str, ...] = ()  # elements whose files were linked from a previous publication
+    damaged: tuple[Damage, ...] = ()  # files of the previous publication rendered afresh
+
+
+@dataclass(frozen=True, eq=False)
+class MapFiles:
+    """The maps of a run written into ``directory`` by :func:`write_maps`, and what its STAC
+    item (:func:`write_item`) needs: the run, its elements and their digests, the COG shape,
+    and the records of files linked from a previous publication (checked, not hashed again)."""
+
+    directory: Path
+    attrs: Mapping[str, Any]
+    run: Mapping[str, Any]
+    grid: TargetGrid
+    elements: tuple[str, ...]
+    digests: Mapping[str, str]
+    cog_shape: tuple[int, int]
+    linked: Mapping[str, FileRecord]
+    reused: tuple[str, ...]  # elements all of whose files were linked
+    damaged: tuple[Damage, ...]  # files of the previous publication that failed their check
 
 
 def publish(
@@ -207,10 +232,11 @@ def publish(
     A directory already holding this run is left as it is; one holding anything else is only
     replaced when ``overwrite``. COGs are written by the current Dask client, if any. With
     ``previous`` (an earlier publication of the same product), the files of every element whose
-    maps are byte-identical to those published there are hard-linked from it, not written again.
+    maps are byte-identical to those published there are hard-linked from it, not written again,
+    once each has been checked against the size and checksum its STAC item records.
     """
     prediction, directory = Path(prediction), Path(directory)
-    ds, run = open_prediction(prediction)
+    _, run = open_prediction(prediction)
     elements = list(run["models"])
     if published_run(directory) == run["run_id"]:
         log.info("%s already holds run %s: nothing to publish", directory, run["run_id"][:12])
@@ -220,41 +246,173 @@ def publish(
             f"{directory} exists and does not hold run {run['run_id'][:12]}: choose another "
             "directory or pass --overwrite to replace it"
         )
-    grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
-    digests = {element: element_digest(prediction, element) for element in elements}
-    previous_dir = Path(previous) if previous is not None else None
-    reused = _reusable(previous_dir, digests) if previous_dir is not None else set()
     staging = staging_path(directory)
     staging.mkdir(parents=True)
     try:
-        if previous_dir is not None:
-            for element in sorted(reused):
-                for name in _element_files(element):
-                    link_file(previous_dir / name, staging / name)
-        fresh = [element for element in elements if element not in reused]
-        with task_runner(local_threads=1) as runner:
-            written = [
-                runner.submit(
-                    write_cog, prediction / variable_name(e, layer), staging / _cog(e, layer), grid
-                )
-                for e in fresh
-                for layer in LAYERS
-            ]
-            runner.gather(written)
-        for element in fresh:
-            quicklook_figure(staging, element).savefig(staging / _quicklook(element), dpi=100)
-        with rasterio.open(staging / _cog(elements[0], LAYERS[0])) as cog:
-            cog_shape = (cog.height, cog.width)
-        item = stac_item(ds.attrs, run, grid, elements, cog_shape)
-        item["properties"][ITEM_DIGESTS] = digests
-        (staging / STAC_ITEM).write_text(json.dumps(item, indent=2) + "\n")
+        maps = write_maps(prediction, staging, previous=previous)
+        write_item(maps)
         swap_in(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return _report(directory, elements, up_to_date=False, reused=maps.reused, damaged=maps.damaged)
+
+
+def write_maps(
+    prediction: str | Path,
+    directory: str | Path,
+    *,
+    previous: str | Path | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> MapFiles:
+    """Write the COGs and quicklooks of the run at ``prediction`` into the existing, empty
+    ``directory`` (no STAC item: :func:`write_item` writes it, last).
+
+    With ``previous``, a file of an element whose maps are unchanged is hard-linked from there
+    if it matches the size and checksum recorded in its STAC item; a file that does not is
+    rendered afresh and listed in ``damaged``. ``progress("maps" | "quicklooks", done, total)``
+    is called as files are written.
+    """
+    prediction, directory = Path(prediction), Path(directory)
+    ds, run = open_prediction(prediction)
+    elements = tuple(run["models"])
+    grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
+    digests = {element: element_digest(prediction, element) for element in elements}
+    linked: dict[str, FileRecord] = {}
+    damaged: list[Damage] = []
+    if previous is not None:
+        linked, damaged = _link_unchanged(Path(previous), directory, digests)
+    cogs = [(e, layer) for e in elements for layer in LAYERS if _cog(e, layer) not in linked]
+    with task_runner(local_threads=1) as runner:
+        written = [
+            runner.submit(
+                write_cog, prediction / variable_name(e, layer), directory / _cog(e, layer), grid
+            )
+            for e, layer in cogs
+        ]
+        runner.gather(written, _stage(progress, "maps"))
+    drawn = [e for e in elements if _quicklook(e) not in linked]
+    for done, element in enumerate(drawn, 1):
+        quicklook_figure(directory, element).savefig(directory / _quicklook(element), dpi=100)
+        if progress is not None:
+            progress("quicklooks", done, len(drawn))
+    with rasterio.open(directory / _cog(elements[0], LAYERS[0])) as cog:
+        cog_shape = (cog.height, cog.width)
+    reused = tuple(e for e in elements if all(n in linked for n in _element_files(e)))
     if reused:
-        log.info("%s: files of %s linked from %s", directory, sorted(reused), previous)
-    return _report(directory, elements, up_to_date=False, reused=reused)
+        log.info("%s: files of %s linked from %s", directory, list(reused), previous)
+    return MapFiles(
+        directory,
+        ds.attrs,
+        run,
+        grid,
+        elements,
+        digests,
+        cog_shape,
+        linked,
+        reused,
+        tuple(damaged),
+    )
+
+
+def write_item(
+    maps: MapFiles,
+    assets: Mapping[str, Mapping[str, Any]] | None = None,
+    links: Sequence[Mapping[str, Any]] = (),
+) -> Path:
+    """Write the STAC item of ``maps`` into their directory, with ``assets`` and ``links``
+    beside the maps' own; every asset gets the file extension's size and checksum."""
+    item = stac_item(maps.attrs, maps.run, maps.grid, maps.elements, maps.cog_shape)
+    item["properties"][ITEM_DIGESTS] = dict(maps.digests)
+    item["assets"].update({key: dict(value) for key, value in (assets or {}).items()})
+    item["links"].extend(dict(link) for link in links)
+    for asset in item["assets"].values():
+        name = _relative(asset["href"])
+        record = maps.linked.get(name) or file_record(maps.directory / name)
+        asset["file:size"] = record.size
+        asset["file:checksum"] = record.multihash
+    path = maps.directory / STAC_ITEM
+    path.write_text(json.dumps(item, indent=2) + "\n")
+    return path
+
+
+def asset_records(item: Mapping[str, Any]) -> dict[str, FileRecord | None]:
+    """Each asset's file (path relative to the item) and the size and SHA-256 the item records
+    for it; None where it records none (or not as a SHA-256 multihash)."""
+    records: dict[str, FileRecord | None] = {}
+    for asset in dict(item["assets"]).values():
+        size, checksum = asset.get("file:size"), asset.get("file:checksum")
+        valid = (
+            isinstance(size, int)
+            and isinstance(checksum, str)
+            and checksum.startswith(SHA256_MULTIHASH)
+            and len(checksum) == len(SHA256_MULTIHASH) + 64
+        )
+        records[_relative(str(asset["href"]))] = (
+            FileRecord(int(size), checksum[len(SHA256_MULTIHASH) :]) if valid else None
+        )
+    return records
+
+
+def read_item(directory: Path) -> dict[str, Any]:
+    """The STAC item in ``directory``; OSError or ValueError when it is missing or not one."""
+    item = json.loads((directory / STAC_ITEM).read_text())
+    if not isinstance(item, dict) or not isinstance(item.get("assets"), dict):
+        raise ValueError("not a STAC item with assets")
+    return item
+
+
+def _link_unchanged(
+    previous: Path, directory: Path, digests: Mapping[str, str]
+) -> tuple[dict[str, FileRecord], list[Damage]]:
+    """Hard-link into ``directory`` the files of every element whose maps equal those of the
+    publication at ``previous``, each only if it matches its record there; the linked files'
+    records, and the files that did not match."""
+    try:
+        item = read_item(previous)
+        published: dict[str, str] = dict(item["properties"].get(ITEM_DIGESTS, {}))
+        records = asset_records(item)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: no readable STAC item (%s): every file is rendered afresh", previous, exc)
+        return {}, [Damage(previous / STAC_ITEM, f"missing or unreadable: {exc}")]
+    linked: dict[str, FileRecord] = {}
+    damaged: list[Damage] = []
+    for element, digest in digests.items():
+        if published.get(element) != digest:
+            continue
+        for name in _element_files(element):
+            record = records.get(name)
+            if record is None:  # nothing to check it against (published without checksums)
+                continue
+            damage = check_readable(previous / name, record)
+            if damage is not None:
+                log.warning("%s: rendered afresh", damage)
+                damaged.append(damage)
+                continue
+            link_file(previous / name, directory / name)
+            linked[name] = record
+    return linked, damaged
+
+
+def check_readable(path: Path, record: FileRecord) -> Damage | None:
+    """:func:`check_file`, with a file that cannot be read reported as damage too."""
+    try:
+        return check_file(path, record)
+    except OSError as exc:
+        return Damage(path, f"unreadable: {exc.strerror or exc}")
+
+
+def _relative(href: str) -> str:
+    """An asset's href as a path relative to its item (hrefs here are ``./name``)."""
+    return href.removeprefix("./")
+
+
+def _stage(
+    progress: Callable[[str, int, int], None] | None, stage: str
+) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
 
 
 def element_digest(prediction: Path, element: str) -> str:
@@ -267,21 +425,6 @@ def element_digest(prediction: Path, element: str) -> str:
             digest.update(str(path.relative_to(prediction)).encode() + b"\0")
             digest.update(path.read_bytes())
     return digest.hexdigest()
-
-
-def _reusable(previous: Path, digests: Mapping[str, str]) -> set[str]:
-    """Elements whose maps equal those of the publication at ``previous`` (all its files there)."""
-    try:
-        item = json.loads((previous / STAC_ITEM).read_text())
-        published: dict[str, str] = item["properties"].get(ITEM_DIGESTS, {})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return set()
-    return {
-        element
-        for element, digest in digests.items()
-        if published.get(element) == digest
-        and all((previous / name).is_file() for name in _element_files(element))
-    }
 
 
 def _cog(element: str, layer: str) -> str:
@@ -310,11 +453,13 @@ def _report(
     directory: Path,
     elements: Sequence[str],
     up_to_date: bool,
-    reused: set[str] | frozenset[str] = frozenset(),
+    reused: Sequence[str] = (),
+    damaged: Sequence[Damage] = (),
 ) -> PublishReport:
     return PublishReport(
         directory=directory,
         reused=tuple(sorted(reused)),
+        damaged=tuple(damaged),
         cogs=tuple(directory / _cog(e, layer) for e in elements for layer in LAYERS),
         quicklooks=tuple(directory / _quicklook(e) for e in elements),
         stac_item=directory / STAC_ITEM,

@@ -371,8 +371,11 @@ def _previous_run(out: Path) -> dict[str, Any] | None:
 
 
 def _product(run: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What makes two runs versions of one product: format, grid, elements, unseen policy."""
-    return (run["format"], run["grid"], sorted(run["models"]), run["unseen"])
+    """What makes two runs versions of one product: format, grid, unseen policy.
+
+    Not the elements: chunk inputs are per element, so when the set changes (an element
+    dropped for too few sites) the others' unchanged chunks are still carried over."""
+    return (run["format"], run["grid"], run["unseen"])
 
 
 def _staging(

@@ -333,6 +333,7 @@ class _Contents:
     sources: dict[str, str]
     prediction: xr.Dataset | None = None
     run_id: str | None = None
+    not_mapped: dict[str, str] = field(default_factory=dict)  # element → why
 
 
 def write_report(
@@ -345,6 +346,7 @@ def write_report(
     settings: ReportSettings | None = None,
     overwrite: bool = False,
     progress: Progress | None = None,
+    not_mapped: Mapping[str, str] | None = None,
 ) -> ReportResult:
     """Analyse every element model under ``models`` and write the report directory ``out``:
     ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
@@ -354,6 +356,7 @@ def write_report(
     ``tpgrid predict`` output made with these models), the report maps each element's mean and
     the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
     only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
+    ``not_mapped`` (element → reason) lists elements without a model, e.g. too few sites.
     """
     settings = settings or ReportSettings()
     out = Path(out)
@@ -393,6 +396,7 @@ def write_report(
             sources={k: str(Path(v).resolve()) for k, v in sources.items() if v is not None},
             prediction=maps,
             run_id=run_id,
+            not_mapped=dict(not_mapped or {}),
         )
         figures_dir = staging / FIGURES_DIR
         figures_dir.mkdir()
@@ -805,6 +809,7 @@ def _summary(contents: _Contents) -> dict[str, Any]:
             "level": contents.settings.level,
             "applicability": APPLICABILITY_DIR if contents.shares else None,
             "elements": elements,
+            "not_mapped": contents.not_mapped,
         }
     )
     return summary
@@ -822,6 +827,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _not_mapped_html(not_mapped: Mapping[str, str]) -> str:
+    """A short section naming the elements without maps, and why; empty when there are none."""
+    if not not_mapped:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(element)}</b>: {html.escape(reason)}</li>"
+        for element, reason in not_mapped.items()
+    )
+    return f"<h2>Elements not mapped</h2><ul class='not-mapped'>{items}</ul>"
 
 
 _STYLE = """
@@ -911,7 +927,8 @@ def _html(
     run = f"<br>prediction run {contents.run_id}" if contents.run_id else ""
     sections = [
         f"<h1>tpgrid science report</h1><p class='note'>{sources}{run}"
-        f"<br>tpgrid {html.escape(summary['tpgrid_version'])}, {summary['created']}</p>",
+        f"<br>tpgrid {html.escape(summary['tpgrid_version'])}, {summary['created']}</p>"
+        + _not_mapped_html(contents.not_mapped),
         "<h2>1. Descriptive statistics</h2>"
         "<p class='note'>Samples measured and kept after screening (mean ± k SD); mean, SD, CV "
         "and median over site means of the kept samples, min/max over the samples, mg/kg as "

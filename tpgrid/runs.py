@@ -6,11 +6,14 @@ Every step is incremental on its own, keyed by content hashes:
 - **cube**: a layer whose source fingerprint is unchanged is carried over; a changed one is
   recomputed and only chunks whose content hash changed are rewritten (:mod:`tpgrid.cube`);
 - **fit**: an element is refitted only when its training table (site values and the cube
-  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`);
+  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`); one
+  that can no longer be fitted (too few sites) is dropped with its model, or with
+  ``fit_failures: fail`` fails the run;
 - **predict**: only element chunks whose inputs (model hash, cube chunk hashes) changed are
   predicted; a killed run resumes from its done markers (:func:`tpgrid.predict.predict_cube`);
-- **publish**: a new version is written only for a new prediction run, and made current
-  atomically (:mod:`tpgrid.publication`), with the report written into it first.
+- **publish**: a new version is written only for a new prediction run (or when a file of the
+  current one is damaged), complete with its report, and made current atomically
+  (:mod:`tpgrid.publication`).
 
 Records go to ``workdir/runs/<id>.json``: what changed, what was recomputed, timings, versions.
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,12 +34,15 @@ from pathlib import Path
 from typing import Any
 
 from tpgrid import __version__
+from tpgrid.artifact import MODEL_FILE
 from tpgrid.config import PipelineConfig
 from tpgrid.cube import build_cube, plan_cube
+from tpgrid.errors import FitError
 from tpgrid.grid import TargetGrid
 from tpgrid.model import FitReport, fit_models
+from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
-from tpgrid.publication import current_version, publish_version
+from tpgrid.publication import Publication, current_version, publish_version, verify_version
 from tpgrid.report import ReportSettings, write_report
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
@@ -43,7 +50,6 @@ from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
-REPORT_DIR = "report"
 
 
 @dataclass(frozen=True)
@@ -102,9 +108,19 @@ def plan(config: PipelineConfig) -> list[Step]:
         return steps
     steps.append(Step("cube", "unchanged", "every source fingerprint matches the cube"))
     fit = _fit(config, dry_run=True)
-    if fit.pending:
-        detail = f"training table or settings changed: {', '.join(fit.pending)}"
-        steps.append(Step("fit", "would update", detail))
+    unfit = _unfit(config, fit)
+    present = {e: why for e, why in unfit.items() if (config.models_dir / e).exists()}
+    if fit.pending or present:
+        changes = []
+        if fit.pending:
+            changes.append(f"training table or settings changed: {', '.join(fit.pending)}")
+        if present:
+            failing = config.fit_failures == "fail" and any(
+                s.element in present for s in fit.skipped
+            )
+            verb = "would fail on" if failing else "would drop"
+            changes.append(_unfit_detail(present, verb))
+        steps.append(Step("fit", "would update", "; ".join(changes)))
         steps += _downstream_of_change("the models")[1:]
         return steps
     steps.append(Step("fit", "unchanged", "every element's training table and settings match"))
@@ -153,7 +169,14 @@ def _publish_plan(config: PipelineConfig) -> Step:
     current = current_version(config.published_dir)
     if current is None:
         return Step("publish", "would update", "nothing published yet")
-    return Step("publish", "unchanged", f"current version {current.name}")
+    _, run = open_prediction(config.prediction_path)
+    if published_run(current) != run["run_id"]:  # e.g. a run killed while publishing
+        return Step("publish", "would update", "the current version is of an older prediction")
+    damage = verify_version(current)
+    if damage:
+        detail = f"{len(damage)} damaged file(s) in {current.name}, e.g. {damage[0]}"
+        return Step("publish", "would update", detail)
+    return Step("publish", "unchanged", f"current version {current.name}, every file intact")
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -211,13 +234,25 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
 
     with _timed(steps, "fit") as note:
         fit = _fit(config, progress=_labelled(progress, "fit"))
+        unfit = _unfit(config, fit)
+        too_few = {s.element: s.reason for s in fit.skipped}
+        if too_few and config.fit_failures == "fail":
+            raise FitError(
+                _unfit_detail(too_few, "cannot fit")
+                + " (the pipeline's fit_failures is 'fail'; 'drop' publishes the others)"
+            )
+        # Their old models and maps are not science any more: removed, not published again.
+        dropped = _drop_models(config, unfit)
         refitted = [f.element for f in fit.fitted]
         kept = [f.element for f in fit.unchanged]
-        skipped = [s.element for s in fit.skipped]
         detail = f"refitted {refitted or 'none'}; kept {kept or 'none'}"
-        if skipped:
-            detail += f"; skipped {skipped} (too few sites)"
-        note("updated" if refitted else "unchanged", detail, {"refitted": len(refitted)})
+        if unfit:
+            detail += "; " + _unfit_detail(unfit, "dropped")
+        note(
+            "updated" if refitted or dropped else "unchanged",
+            detail,
+            {"refitted": len(refitted)} | ({"dropped": len(dropped)} if dropped else {}),
+        )
 
     with _timed(steps, "predict") as note:
         models = load_models(config.models_dir)
@@ -237,28 +272,73 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
 
     with _timed(steps, "publish") as note:
 
-        def add_report(directory: Path) -> None:
-            if config.report.enabled:
-                write_report(
-                    config.models_dir,
-                    directory / REPORT_DIR,
-                    cube=config.cube_path,
-                    sites=config.sites_path,
-                    prediction=config.prediction_path,
-                    settings=_report_settings(config),
-                )
+        def add_report(folder: Path) -> None:
+            write_report(
+                config.models_dir,
+                folder,
+                cube=config.cube_path,
+                sites=config.sites_path,
+                prediction=config.prediction_path,
+                settings=_report_settings(config),
+                not_mapped=unfit,
+            )
 
         publication = publish_version(
-            config.prediction_path, config.published_dir, before_current=add_report
+            config.prediction_path,
+            config.published_dir,
+            report=add_report if config.report.enabled else None,
+            progress=_labelled(progress, "publish"),
         )
-        note(
-            "new" if publication.new else "unchanged",
-            f"version {publication.version}"
-            + (" (now current)" if publication.new else "")
-            + (f"; maps of {list(publication.reused)} kept" if publication.reused else ""),
-            {"elements_kept": len(publication.reused)},
-        )
+        note("new" if publication.new else "unchanged", *_published(publication))
     return publication.version
+
+
+def _unfit(config: PipelineConfig, fit: FitReport) -> dict[str, str]:
+    """Elements that cannot be mapped now, with the reason: too few sites, or no longer in the
+    pipeline's elements while an old model of them is still there."""
+    unfit = {skipped.element: skipped.reason for skipped in fit.skipped}
+    if config.models_dir.is_dir():
+        for path in sorted(config.models_dir.glob(f"*/{MODEL_FILE}")):
+            element = path.parent.name
+            if element not in config.fit.elements and not element.startswith("."):
+                unfit[element] = "no longer in the pipeline's fit.elements"
+    return unfit
+
+
+def _unfit_detail(unfit: dict[str, str], verb: str) -> str:
+    return "; ".join(f"{verb} {element}: {reason}" for element, reason in unfit.items())
+
+
+def _drop_models(config: PipelineConfig, unfit: dict[str, str]) -> list[str]:
+    """Remove the model directories of ``unfit`` elements; the elements that had one."""
+    dropped = []
+    for element in unfit:
+        directory = config.models_dir / element
+        if not directory.exists():
+            continue
+        # The artifact first: from then on no model of the element is found, even if the run
+        # is killed before the rest of its directory is gone.
+        (directory / MODEL_FILE).unlink(missing_ok=True)
+        shutil.rmtree(directory)
+        log.warning("%s: model removed from %s (%s)", element, config.models_dir, unfit[element])
+        dropped.append(element)
+    return dropped
+
+
+def _published(publication: Publication) -> tuple[str, dict[str, int]]:
+    """The publish step's detail and counts."""
+    detail = f"version {publication.version}" + (" (now current)" if publication.new else "")
+    counts = {"elements_kept": len(publication.reused)}
+    if publication.reused:
+        detail += f"; maps of {list(publication.reused)} kept"
+    if publication.damaged:
+        files = ", ".join(f"{d.path.name} ({d.problem})" for d in publication.damaged)
+        detail += f"; re-rendered {len(publication.damaged)} damaged file(s): {files}"
+        counts["files_repaired"] = len(publication.damaged)
+    if publication.removed:
+        detail += f"; removed {len(publication.removed)} unfinished version(s) of killed runs"
+        counts["unfinished_removed"] = len(publication.removed)
+    return detail, counts
 
 
 def _fit(config: PipelineConfig, **options: Any) -> FitReport:
