@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,8 @@ class Step:
     detail: str
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    #: what the step found damaged in what it carries over, and how it repaired it
+    repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -208,6 +210,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             else "no chunk changed"
         )
         note("updated" if written else "unchanged", detail, written)
+    steps[-1] = replace(steps[-1], repairs=tuple(str(damage) for damage in cube.repaired))
 
     with _timed(steps, "fit") as note:
         fit = _fit(config, progress=_labelled(progress, "fit"))
@@ -218,6 +221,10 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
         if skipped:
             detail += f"; skipped {skipped} (too few sites)"
         note("updated" if refitted else "unchanged", detail, {"refitted": len(refitted)})
+    steps[-1] = replace(
+        steps[-1],
+        repairs=tuple(f"model {element}: {why}; fitted again" for element, why in fit.repaired),
+    )
 
     with _timed(steps, "predict") as note:
         models = load_models(config.models_dir)
@@ -234,6 +241,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             detail,
             {"chunks_computed": prediction.chunks_computed},
         )
+    steps[-1] = replace(steps[-1], repairs=tuple(str(damage) for damage in prediction.repaired))
 
     with _timed(steps, "publish") as note:
 
