@@ -21,7 +21,7 @@ from tpgrid.cube import verify_cube
 from tpgrid.outputs import LAYERS
 from tpgrid.predict import verify_prediction
 from tpgrid.publication import current_version
-from tpgrid.runs import RunRecord, list_runs, run_pipeline
+from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
 
 pytestmark = pytest.mark.cluster
 
@@ -233,3 +233,17 @@ def test_tpgrid_run_prints_each_repair_after_the_steps(
     assert repaired == [f"cube: repaired {chunk}: missing; recomputed from its source"]
     steps_table = max(i for i, line in enumerate(lines) if line.strip().startswith("publish"))
     assert lines.index(repaired[0]) > steps_table
+
+
+def test_the_plan_sees_damage_so_a_run_if_changed_repairs_it(
+    clean_run: PipelineConfig, tmp_path: Path
+) -> None:
+    config = copy_run(clean_run, tmp_path)
+    assert not plan_changes(plan(config))
+    (config.prediction_path / "Ni_sd" / "c" / "0" / "0").unlink()
+    would = [(s.name, s.detail) for s in plan(config) if s.action != "unchanged"]
+    assert would[0] == ("predict", "1 of 18 element chunks")
+    flip_a_byte(config.cube_path / "slope" / "c" / "2" / "2")
+    (cube,) = [s for s in plan(config) if s.name == "cube"]
+    assert cube.action == "would update"
+    assert "slope" in cube.detail

@@ -229,7 +229,8 @@ def plan_cube(catalog: Catalog, grid: TargetGrid, path: str | Path) -> dict[str,
     differs: its chunks are recomputed and rewritten where their content changed),
     ``damaged`` (unchanged source, but chunk files that do not match their records, or no
     records to check them against: those chunks are recomputed) or ``unchanged``. Derived
-    terrain layers follow their DEM."""
+    terrain layers follow their DEM; they and ``valid`` are listed, as ``damaged``, only when
+    their own chunk files are."""
     attrs = read_attrs(Path(path)) or {}
     same_grid = attrs.get(ATTR_COMPLETE) and attrs.get(ATTR_GRID) == grid.spec.model_dump(
         mode="json"
@@ -246,6 +247,11 @@ def plan_cube(catalog: Catalog, grid: TargetGrid, path: str | Path) -> dict[str,
             plan[name] = "damaged"
         else:
             plan[name] = "unchanged"
+    # A run repairs them anyway when a layer changes; the check matters when nothing does.
+    derived = [name for name in records if name not in catalog.layers]
+    for name in derived if all(what == "unchanged" for what in plan.values()) else ():
+        if check_variable(Path(path), name, records[name]):
+            plan[name] = "damaged"
     return plan
 
 
