@@ -15,9 +15,11 @@ from tpgrid.artifact import (
     MODEL_FILE,
     SKLEARN_FILE,
     ModelArtifact,
+    check_model,
     load_estimator,
     load_model,
     save_model,
+    verify_models,
 )
 from tpgrid.errors import ArtifactError
 from tpgrid.features import CategoricalFeature, FeatureSpec
@@ -181,3 +183,64 @@ def test_saving_an_estimator_that_is_not_the_forest_is_refused(
     other = RandomForestRegressor(n_estimators=5, random_state=1).fit(X, X[:, 1])
     with pytest.raises(ValueError, match="not the one"):
         save_model(artifact, tmp_path, estimator=other)
+
+
+# --- verifying a directory of models -------------------------------------------------------
+
+
+@pytest.fixture
+def models_dir(artifact: ModelArtifact, estimator: RandomForestRegressor, tmp_path: Path) -> Path:
+    for element in ("Fe", "Mo", "Zn"):
+        save_model(artifact, tmp_path / "models" / element, estimator=estimator)
+    return tmp_path / "models"
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_verify_models_passes_intact_models(models_dir: Path) -> None:
+    assert verify_models(models_dir) == []
+    assert verify_models(models_dir / "Fe") == []  # one artifact's own directory
+
+
+def test_verify_models_names_each_damaged_file_and_why(models_dir: Path) -> None:
+    flip_a_byte(models_dir / "Fe" / FOREST_FILE)
+    (models_dir / "Mo" / FOREST_FILE).unlink()
+    text = (models_dir / "Zn" / MODEL_FILE).read_text()
+    (models_dir / "Zn" / MODEL_FILE).write_text(text[: len(text) // 2])
+    found = {str(d.path.relative_to(models_dir)): d.problem for d in verify_models(models_dir)}
+    assert set(found) == {f"Fe/{FOREST_FILE}", f"Mo/{FOREST_FILE}", f"Zn/{MODEL_FILE}"}
+    assert "damaged" in found[f"Fe/{FOREST_FILE}"]
+    assert "cannot be read" in found[f"Mo/{FOREST_FILE}"]
+    assert "not valid JSON" in found[f"Zn/{MODEL_FILE}"]
+
+
+def test_verify_models_checks_the_scikit_learn_trees_without_rebuilding_them(
+    models_dir: Path,
+) -> None:
+    arrays = dict(np.load(models_dir / "Fe" / SKLEARN_FILE))
+    arrays["threshold"] = arrays["threshold"] * 0.5
+    np.savez(models_dir / "Fe" / SKLEARN_FILE, **arrays)
+    (damage,) = verify_models(models_dir)
+    assert damage.path == models_dir / "Fe" / SKLEARN_FILE
+    assert "does not match the hash" in damage.problem
+    load_model(models_dir / "Fe")  # the forest itself is intact: only the stricter check fails
+    with pytest.raises(ArtifactError, match="does not match the hash"):
+        check_model(models_dir / "Fe")
+
+
+def test_verify_models_names_a_stray_forest_and_an_empty_directory(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    (models_dir / "Ni").mkdir()
+    (models_dir / "Ni" / FOREST_FILE).write_bytes((models_dir / "Fe" / FOREST_FILE).read_bytes())
+    (damage,) = verify_models(models_dir)
+    assert damage.path == models_dir / "Ni" / MODEL_FILE
+    assert "not a complete model artifact" in damage.problem
+    (tmp_path / "empty").mkdir()
+    (nothing,) = verify_models(tmp_path / "empty")
+    assert nothing.path == tmp_path / "empty"
+    assert "no model artifact" in nothing.problem

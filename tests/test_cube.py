@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,11 @@ from typer.testing import CliRunner
 
 from tests.conftest import SMALL_SPEC, linear_field, write_tif
 from tpgrid.cli import app
-from tpgrid.cube import VALID, build_cube, chunk_hashes, cube_grid, open_cube
+from tpgrid.cube import VALID, build_cube, chunk_hashes, cube_grid, open_cube, verify_cube
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError, SourceError
 from tpgrid.grid import GridSpec, TargetGrid
 from tpgrid.sources import load_catalog
+from tpgrid.store import ATTR_CHUNK_FILES, link_file
 
 BuildCube = Callable[..., Any]
 
@@ -301,3 +303,165 @@ def test_cli_reports_a_bad_catalog_without_a_traceback(
     assert "nowhere.tif" in result.output
     assert "Traceback" not in result.output
     assert "Dask dashboard" not in result.output  # refused before a cluster was started
+
+
+# --- damage in what a build carries over -------------------------------------------------
+
+
+def chunk_files(path: Path) -> dict[str, bytes]:
+    """Every chunk file of a group by relative path (metadata left out: it holds timestamps)."""
+    return {
+        str(p.relative_to(path)): p.read_bytes()
+        for p in sorted(path.rglob("*"))
+        if p.is_file() and p.name not in ("zarr.json",)
+    }
+
+
+def flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_every_stored_chunk_file_is_recorded_with_its_size_and_sha256(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = tmp_path / "cube.zarr"
+    records = zarr.open_group(cube, mode="r").attrs[ATTR_CHUNK_FILES]
+    assert set(records) == {"dem", "landcover", "slope", "northness", "eastness", VALID}
+    assert set(records["dem"]) == set(chunk_hashes(cube)["dem"])
+    size, sha256 = records["dem"]["1.1"]
+    data = (cube / "dem" / "c" / "1" / "1").read_bytes()
+    assert (size, sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    assert verify_cube(cube) == []
+
+
+def test_a_deleted_chunk_of_an_unchanged_layer_is_recomputed_alone(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = tmp_path / "cube.zarr"
+    before, hashes = chunk_files(cube), chunk_hashes(cube)
+    (cube / "dem" / "c" / "1" / "1").unlink()
+    assert [(d.path, d.problem) for d in verify_cube(cube)] == [
+        (cube / "dem" / "c" / "1" / "1", "missing")
+    ]
+    report = build(standard_sources, terrain="dem")
+    updates = {u.name: (u.action, u.chunks_written, u.chunks_repaired) for u in report.layers}
+    assert updates["dem"] == ("repaired", 1, 1)
+    assert {name: u for name, u in updates.items() if name != "dem"} == {
+        name: ("unchanged", 0, 0) for name in updates if name != "dem"
+    }
+    (damage,) = report.repaired
+    assert damage.path == cube / "dem" / "c" / "1" / "1"
+    assert damage.problem == "missing; recomputed from its source"
+    assert chunk_files(cube) == before
+    assert chunk_hashes(cube) == hashes
+    assert verify_cube(cube) == []
+
+
+def test_a_changed_chunk_is_recomputed_not_linked(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = tmp_path / "cube.zarr"
+    before = chunk_files(cube)
+    # A flipped byte in a layer carried over unread, and in `valid`, recomputed every build.
+    flip_a_byte(cube / "slope" / "c" / "0" / "2")
+    flip_a_byte(cube / VALID / "c" / "2" / "1")
+    report = build(standard_sources, terrain="dem")
+    written = {u.name: u.chunks_written for u in report.layers if u.chunks_written}
+    assert written == {"slope": 1, VALID: 1}
+    assert sorted(str(d.path.relative_to(cube)) for d in report.repaired) == [
+        "slope/c/0/2",
+        "valid/c/2/1",
+    ]
+    assert all("differs from its SHA-256" in d.problem for d in report.repaired)
+    assert chunk_files(cube) == before
+
+
+def test_a_layer_changed_by_its_source_relinks_only_intact_chunks(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = tmp_path / "cube.zarr"
+    (cube / "landcover" / "c" / "0" / "0").unlink()
+    # A new catalog entry (another description) changes the fingerprint, not the pixels:
+    # every chunk hash matches, so every chunk would be linked, but (0, 0) is gone.
+    described = standard_sources["landcover"] | {"description": "land cover, renamed"}
+    report = build(standard_sources | {"landcover": described}, terrain="dem")
+    landcover = next(u for u in report.layers if u.name == "landcover")
+    assert (landcover.action, landcover.chunks_written, landcover.chunks_repaired) == (
+        "repaired",
+        1,
+        1,
+    )
+    assert [d.path for d in report.repaired] == [cube / "landcover" / "c" / "0" / "0"]
+    assert verify_cube(cube) == []
+
+
+def test_a_cube_without_file_records_is_rebuilt_and_says_so_once(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources)
+    cube = tmp_path / "cube.zarr"
+    before = chunk_files(cube)
+    group = zarr.open_group(cube, mode="r+", zarr_format=3)
+    del group.attrs[ATTR_CHUNK_FILES]  # as an older tpgrid wrote it
+    zarr.consolidate_metadata(cube, zarr_format=3)
+    (damage,) = verify_cube(cube)
+    assert "cannot be verified" in damage.problem
+    report = build(standard_sources)
+    (said,) = report.repaired
+    assert said.path == cube
+    assert "every chunk recomputed" in said.problem
+    assert {u.name: u.chunks_written for u in report.layers} == {
+        name: len(chunk_hashes(cube)[name]) for name in ("dem", "landcover", VALID)
+    }
+    assert chunk_files(cube) == before
+    assert verify_cube(cube) == []
+
+
+def test_leftovers_of_killed_builds_are_removed_and_named(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources)
+    for name in (".cube.zarr.staging-0badc0de", ".cube.zarr.retired-0badc0de"):
+        (tmp_path / name / "dem").mkdir(parents=True)
+    report = build(standard_sources)
+    assert sorted(d.path.name for d in report.repaired) == [
+        ".cube.zarr.retired-0badc0de",
+        ".cube.zarr.staging-0badc0de",
+    ]
+    assert not list(tmp_path.glob(".cube.zarr.*"))
+
+
+def test_verify_cube_names_a_flipped_byte_a_deleted_file_and_a_stray_file(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources)
+    cube = tmp_path / "cube.zarr"
+    flip_a_byte(cube / "dem" / "c" / "0" / "1")
+    (cube / "landcover" / "c" / "2" / "2").unlink()
+    (cube / "dem" / "c" / "7").mkdir()
+    (cube / "dem" / "c" / "7" / "7").write_bytes(b"stray")
+    found = {str(d.path.relative_to(cube)): d.problem for d in verify_cube(cube)}
+    assert found == {
+        "dem/c/0/1": "content differs from its SHA-256 recorded when written",
+        "landcover/c/2/2": "missing",
+        "dem/c/7/7": "a file is here where none was written",
+    }
+
+
+def test_verify_cube_calls_an_incomplete_cube_damaged(tmp_path: Path) -> None:
+    zarr.open_group(tmp_path / "half.zarr", mode="w", zarr_format=3)
+    problems = [d.problem for d in verify_cube(tmp_path / "half.zarr")]
+    assert problems[0] == "not marked complete: the run writing it did not finish"
+    assert [d.path for d in verify_cube(tmp_path / "nothing.zarr")] == [tmp_path / "nothing.zarr"]
+
+
+def test_link_file_refuses_a_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="cannot be carried over"):
+        link_file(tmp_path / "gone", tmp_path / "target")
+    assert not (tmp_path / "target").exists()

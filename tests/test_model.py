@@ -4,6 +4,7 @@ distributed search, the artifacts written, and the errors of bad inputs."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -356,6 +357,42 @@ def test_reuse_refits_only_the_elements_whose_training_table_changed(
     assert [f.element for f in report.unchanged] == ["Mo"]
     assert load_model(models / "Mo").model_hash == hashes["Mo"]
     assert load_model(models / "Ni").model_hash != hashes["Ni"]
+
+
+def test_reuse_refits_a_damaged_model_with_a_warning_and_reports_it(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Mo")})
+    models = tmp_path / "models"
+    fit_models(plateau.sites, cube_path, models, settings, local_threads=2)
+    hashes = {e: load_model(models / e).model_hash for e in ("Ni", "Mo")}
+    arrays = dict(np.load(models / "Ni" / FOREST_FILE))
+    arrays["value"] = arrays["value"] + 1.0
+    np.savez(models / "Ni" / FOREST_FILE, **arrays)  # tampered: a valid file, other values
+    text = (models / "Mo" / MODEL_FILE).read_text()
+    (models / "Mo" / MODEL_FILE).write_text(text[:100])  # truncated
+    with caplog.at_level(logging.WARNING, logger="tpgrid.model"):
+        report = fit_models(
+            plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
+        )
+    assert [f.element for f in report.fitted] == ["Ni", "Mo"]
+    assert report.unchanged == ()
+    reasons = dict(report.repaired)
+    assert list(reasons) == ["Ni", "Mo"]
+    assert "does not match the hash" in reasons["Ni"]
+    assert "not valid JSON" in reasons["Mo"]
+    warned = [r.getMessage() for r in caplog.records if "damaged, fitted again" in r.getMessage()]
+    assert [message.split(":")[0] for message in warned] == ["Ni", "Mo"]
+    assert all(r.levelno == logging.WARNING for r in caplog.records)
+    # Fitting is deterministic: the repaired models are the ones first fitted.
+    assert {e: load_model(models / e).model_hash for e in ("Ni", "Mo")} == hashes
+    again = fit_models(
+        plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
+    )
+    assert (again.fitted, again.repaired) == ((), ())
 
 
 def test_a_cube_missing_a_catalogued_layer_is_refused(

@@ -34,7 +34,8 @@ from tpgrid.errors import (
 from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.forest import pack_forest, warm_up_kernels
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.outputs import ATTR_RUN, UNSEEN_NODATA, layer_layouts, open_prediction
+from tpgrid.integrity import file_record
+from tpgrid.outputs import ATTR_RUN, LAYERS, UNSEEN_NODATA, layer_layouts, open_prediction
 from tpgrid.predict import (
     ChunkJob,
     KernelWarmUp,
@@ -43,6 +44,7 @@ from tpgrid.predict import (
     predict_block,
     predict_chunk,
     predict_cube,
+    verify_prediction,
 )
 from tpgrid.sources import load_catalog
 from tpgrid.store import create_layout
@@ -297,7 +299,8 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
     create_layout(staging, plateau.grid, layouts)
     window = next(iter(plateau.grid.windows()))
     fe, mn = models[0], models[1]
-    _mark_done(staging, fe.element, window, (7, 1))
+    nothing_stored = dict.fromkeys(LAYERS)
+    _mark_done(staging, fe.element, window, (7, 1), nothing_stored)
     job = ChunkJob(
         plateau.cube,
         staging,
@@ -308,9 +311,11 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
     counts = predict_chunk(job, {fe.element: fe.forest, mn.element: mn.forest})
     key = f"{window.index[0]}.{window.index[1]}"
     predicted = int(plateau.valid[window.rows, window.cols].sum())
-    assert counts[0] == (fe.element, key, 7, 1)  # from the marker: not recomputed
+    assert counts[0] == (fe.element, key, 7, 1, nothing_stored)  # from the marker
     assert counts[1][:2] == (mn.element, key)
     assert 0 < counts[1][2] <= predicted
+    mn_file = staging / f"{mn.element}_mean" / "c" / "0" / "0"
+    assert counts[1][4]["mean"] == file_record(mn_file)  # recorded as written
     fe_mean = zarr.open_array(staging / f"{fe.element}_mean", mode="r")[window.rows, window.cols]
     assert np.isnan(fe_mean).all()  # never written
     mn_mean = zarr.open_array(staging / f"{mn.element}_mean", mode="r")[window.rows, window.cols]
@@ -397,6 +402,101 @@ def test_a_cube_change_in_one_chunk_repredicts_only_that_chunk(
     fresh = tmp_path / "fresh.zarr"
     predict_cube(cube, models[:2], fresh)
     assert tree_bytes(out) == tree_bytes(fresh)
+
+
+def chunk_bytes(root: Path) -> dict[str, bytes]:
+    """Every chunk file under ``root`` by relative path (metadata left out: it holds dates)."""
+    return {k: v for k, v in tree_bytes(root).items() if not k.endswith("zarr.json")}
+
+
+def test_a_deleted_or_changed_prediction_chunk_is_predicted_again_alone(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    first = predict_cube(plateau.cube, models[:2], out)
+    before = chunk_bytes(out)
+    fe, mn = models[0].element, models[1].element
+    (out / f"{fe}_mean" / "c" / "1" / "1").unlink()
+    data = bytearray((out / f"{mn}_sd" / "c" / "0" / "2").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (out / f"{mn}_sd" / "c" / "0" / "2").write_bytes(bytes(data))
+    assert {str(d.path.relative_to(out)) for d in verify_prediction(out)} == {
+        f"{fe}_mean/c/1/1",
+        f"{mn}_sd/c/0/2",
+    }
+    # The same inputs: "nothing to do" were it not for the damage.
+    report = predict_cube(plateau.cube, models[:2], out)
+    assert report.run_id == first.run_id
+    assert not report.up_to_date
+    assert report.chunks_computed == 2  # chunk (1, 1) of one element, (0, 2) of the other
+    assert {str(d.path.relative_to(out)): d.problem for d in report.repaired} == {
+        f"{fe}_mean/c/1/1": "missing; its element chunk predicted again",
+        f"{mn}_sd/c/0/2": "content differs from its SHA-256 recorded when written; its "
+        "element chunk predicted again",
+    }
+    assert chunk_bytes(out) == before
+    assert verify_prediction(out) == []
+    assert predict_cube(plateau.cube, models[:2], out).up_to_date
+
+
+def test_a_damaged_chunk_is_not_carried_over_into_a_new_run(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:2], out)
+    (out / f"{models[0].element}_unseen" / "c" / "2" / "0").unlink()
+    # A refitted second model: a new run, carrying the first element's chunks over.
+    refitted = fit_model(plateau, models[1].element, n_trees=N_TREES + 5)
+    report = predict_cube(plateau.cube, [models[0], refitted], out)
+    n_chunks = len(list(plateau.grid.windows()))
+    assert report.chunks_computed == n_chunks + 1
+    assert [d.path for d in report.repaired] == [
+        out / f"{models[0].element}_unseen" / "c" / "2" / "0"
+    ]
+    fresh = tmp_path / "fresh.zarr"
+    predict_cube(plateau.cube, [models[0], refitted], fresh)
+    assert chunk_bytes(out) == chunk_bytes(fresh)
+
+
+def test_leftovers_of_killed_runs_are_removed_and_named(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:1], out)
+    for name in (".maps.zarr.staging-0badc0de0badc0de", ".maps.zarr.retired-0badc0de"):
+        (tmp_path / name / "_tpgrid_done").mkdir(parents=True)
+    report = predict_cube(plateau.cube, models[:1], out)
+    assert report.up_to_date
+    assert sorted((d.path.name, d.problem) for d in report.repaired) == [
+        (".maps.zarr.retired-0badc0de", "left by an interrupted run; removed"),
+        (".maps.zarr.staging-0badc0de0badc0de", "left by an interrupted run; removed"),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.zarr"]
+
+
+def test_verify_prediction_names_a_stray_file_and_an_unrecorded_group(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:1], out)
+    stray = out / f"{models[0].element}_variance" / "c" / "9" / "9"
+    stray.parent.mkdir()
+    stray.write_bytes(b"stray")
+    assert [(d.path, d.problem) for d in verify_prediction(out)] == [
+        (stray, "a file is here where none was written")
+    ]
+    group = zarr.open_group(out, mode="r+", zarr_format=3)
+    del group.attrs["tpgrid:chunk_files"]  # as an older tpgrid wrote it
+    zarr.consolidate_metadata(out, zarr_format=3)
+    (damage,) = verify_prediction(out)
+    assert (damage.path, "cannot be verified" in damage.problem) == (out, True)
+    # Nothing can be verified, so every chunk is predicted again, and that is said once.
+    report = predict_cube(plateau.cube, models[:1], out)
+    assert report.chunks_computed == report.chunks_total
+    assert [(d.path, "every chunk predicted again" in d.problem) for d in report.repaired] == [
+        (out, True)
+    ]
+    assert verify_prediction(out) == []
 
 
 def tree_bytes(root: Path) -> dict[str, bytes]:

@@ -29,6 +29,7 @@ import numpy.typing as npt
 from tpgrid.errors import ArtifactError, ConfigError
 from tpgrid.features import FeatureSpec
 from tpgrid.forest import PackedForest, pack_forest
+from tpgrid.integrity import Damage
 
 FORMAT = "tpgrid-model/1"
 FOREST_FILE = "forest.npz"
@@ -143,6 +144,84 @@ def load_model(directory: str | Path) -> ModelArtifact:
             f"{model_json} has no usable feature list: fit the model again"
         ) from exc
     return ModelArtifact(element=element, forest=forest, features=features, record=record)
+
+
+def check_model(directory: str | Path) -> ModelArtifact:
+    """:func:`load_model`, and the scikit-learn tree arrays (when saved) checked against their
+    recorded hash, without rebuilding the estimator: an artifact fit to be reused as it is."""
+    directory = Path(directory)
+    artifact = load_model(directory)
+    entry = _read_model_json(directory).get("sklearn_trees")
+    if isinstance(entry, dict):
+        path = directory / SKLEARN_FILE
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                digest = _arrays_hash({name: data[name] for name in data.files})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            raise ArtifactError(
+                f"{path} cannot be read ({exc}): the artifact is damaged; fit the model again"
+            ) from exc
+        if digest != entry.get("sha256"):
+            raise ArtifactError(
+                f"{path} does not match the hash recorded in {directory / MODEL_FILE}: the "
+                "artifact was changed or damaged; fit the model again"
+            )
+    return artifact
+
+
+def verify_models(directory: str | Path) -> list[Damage]:
+    """Every model artifact under ``directory`` (it, or its subdirectories: one per element)
+    that fails :func:`check_model`, as the damaged file and the reason. A directory with no
+    artifact at all is damage too. Reads the files only, no Dask."""
+    directory = Path(directory)
+    found = _artifact_dirs(directory)
+    if not found:
+        return [Damage(directory, f"no model artifact ({MODEL_FILE}) in it or its subdirectories")]
+    damage = []
+    for path in found:
+        try:
+            check_model(path)
+        except ArtifactError as exc:
+            damage.append(Damage(path / _failing_file(path), str(exc)))
+    return damage
+
+
+def _artifact_dirs(directory: Path) -> list[Path]:
+    """``directory`` if it holds an artifact's files, else its (non-hidden) subdirectories that
+    do; a directory with either file counts, so one missing the other is found."""
+
+    def has_artifact(path: Path) -> bool:
+        return (path / MODEL_FILE).exists() or (path / FOREST_FILE).exists()
+
+    if has_artifact(directory):
+        return [directory]
+    if not directory.is_dir():
+        return []
+    return sorted(
+        path
+        for path in directory.iterdir()
+        if path.is_dir() and not path.name.startswith(".") and has_artifact(path)
+    )
+
+
+def _failing_file(directory: Path) -> str:
+    """The file a failing artifact's check is about: ``model.json`` when it cannot be read, the
+    tree arrays or forest when they do not load or match its hashes, else ``model.json``."""
+    try:
+        doc = _read_model_json(directory)
+    except ArtifactError:
+        return MODEL_FILE
+    try:
+        forest = PackedForest.load_npz(directory / FOREST_FILE)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError):
+        return FOREST_FILE
+    if forest.content_hash() != doc.get("forest_sha256"):
+        return FOREST_FILE
+    try:
+        load_model(directory)
+    except ArtifactError:
+        return MODEL_FILE
+    return SKLEARN_FILE
 
 
 def _read_model_json(directory: Path) -> dict[str, Any]:

@@ -337,6 +337,9 @@ def _run_and_show(
     with _cluster(address, workers, spec), _chunk_progress() as progress:
         record = run_pipeline(config, progress=progress)
     console.print(_steps_table(f"run {record.id} of {config.name}", list(record.steps)))
+    for step in record.steps:
+        for repair in step.repairs:
+            console.print(f"{step.name}: repaired {repair}", style="yellow", markup=False)
     current = current_version(config.published_dir)
     console.print(
         f"Done in {time.perf_counter() - started:.1f} s. Maps (COG), quicklooks (PNG), STAC item "

@@ -12,7 +12,11 @@ Updates are incremental and safe:
   without being read; a changed layer is recomputed, and only chunks whose content hash
   changed are written (the others are hard-linked from the previous cube);
 * the new cube is assembled beside the old one and swapped in only when complete, so a failed
-  build leaves any previous cube untouched.
+  build leaves any previous cube untouched;
+* nothing is carried over on trust: every chunk file's size and SHA-256 are recorded when it
+  is written (``tpgrid:chunk_files``) and checked before it is linked into the next cube. A
+  damaged chunk (missing, changed, or a file where none was written) is recomputed from its
+  source, the rest stays carried over; a cube without records is rebuilt.
 
 Per-chunk content hashes live in the group attributes (``tpgrid:chunk_hashes``); they are what
 later stages key incremental work on.
@@ -41,6 +45,7 @@ from odc.geo.xr import xr_reproject
 from tpgrid import __version__
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
 from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.sources import (
     CATEGORICAL_NODATA,
     Catalog,
@@ -53,14 +58,23 @@ from tpgrid.sources import (
     open_layer,
 )
 from tpgrid.store import (
+    ATTR_CHUNK_FILES,
     ATTR_COMPLETE,
+    ChunkFiles,
     VariableLayout,
+    check_variable,
+    chunk_locator,
     create_layout,
     finish,
     link_file,
     read_attrs,
+    records_from_json,
+    records_to_json,
+    remove_leftovers,
     staging_path,
+    stored_record,
     swap_in,
+    verify_group,
 )
 from tpgrid.terrain import terrain_layers
 
@@ -80,16 +94,21 @@ class LayerUpdate:
     """What a build did to one variable."""
 
     name: str
-    action: str  # "new", "unchanged" (carried over unread) or "updated"
+    action: str  # "new", "unchanged" (carried over unread), "updated" or "repaired"
     chunks_written: int
     chunks_total: int
+    chunks_repaired: int = 0  # of those written: damaged in the previous cube, recomputed
 
 
 @dataclass(frozen=True)
 class CubeReport:
+    """What :func:`build_cube` did; ``repaired``: what it found damaged (chunk files, leftovers
+    of killed builds, a previous cube it could not verify) and recomputed or removed."""
+
     path: Path
     layers: tuple[LayerUpdate, ...]
     shape: tuple[int, int]
+    repaired: tuple[Damage, ...] = ()
 
     @property
     def chunks_written(self) -> int:
@@ -131,67 +150,124 @@ def build_cube(
     """
     path = Path(path)
     previous = _previous_cube(path, grid, overwrite)
+    repaired = [
+        _said(Damage(p, "left by an interrupted build; removed")) for p in remove_leftovers(path)
+    ]
     old_hashes: dict[str, dict[ChunkKey, str]] = previous.get(ATTR_HASHES, {})
     old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
+    old_files = _previous_records(path, previous, repaired)
 
     variables = _plan_variables(catalog, grid)
     staging = staging_path(path)
     try:
         _create_layout(staging, grid, variables)
-        updates, hashes = [], {}
+        updates: list[LayerUpdate] = []
+        hashes: dict[str, dict[ChunkKey, str]] = {}
+        files: dict[str, ChunkFiles] = {}
         for var in variables:
-            carried = var.fingerprint == old_prints.get(var.name) and var.name in old_hashes
-            if carried:
-                _link_variable(path, staging, var.name)
-                hashes[var.name] = old_hashes[var.name]
-                updates.append(LayerUpdate(var.name, "unchanged", 0, len(old_hashes[var.name])))
-                log.info("%s: unchanged source, carried over", var.name)
-                continue
-            hashes[var.name], written = _write_variable(
-                staging, path, var, old_hashes.get(var.name, {}), progress
+            carried = (
+                var.fingerprint == old_prints.get(var.name)
+                and var.name in old_hashes
+                and var.name in old_files
             )
-            updates.append(_update(var.name, old_hashes, hashes[var.name], written))
+            if carried:
+                hashes[var.name] = dict(old_hashes[var.name])
+                files[var.name] = dict(old_files[var.name])
+                damaged = _carry_over(
+                    path, staging, var.name, old_hashes[var.name], old_files[var.name]
+                )
+                if not damaged:
+                    updates.append(LayerUpdate(var.name, "unchanged", 0, len(hashes[var.name])))
+                    log.info("%s: unchanged source, carried over", var.name)
+                    continue
+                # Only the damaged chunks are recomputed from the (unchanged) source.
+                new_hashes, new_files, written, _ = _write_variable(
+                    staging, path, var, {}, {}, progress, only=set(damaged)
+                )
+                hashes[var.name].update(new_hashes)
+                files[var.name].update(new_files)
+                repaired += [_said(_recomputed(damage)) for damage in damaged.values()]
+                updates.append(
+                    LayerUpdate(var.name, "repaired", written, len(hashes[var.name]), len(damaged))
+                )
+                continue
+            hashes[var.name], files[var.name], written, damage = _write_variable(
+                staging,
+                path,
+                var,
+                old_hashes.get(var.name, {}),
+                old_files.get(var.name, {}),
+                progress,
+            )
+            repaired += [_said(_recomputed(d)) for d in damage]
+            updates.append(_update(var.name, old_hashes, hashes[var.name], written, len(damage)))
 
         valid = _valid_variable(staging, grid, variables, hashes)
-        hashes[VALID], written = _write_variable(
-            staging, path, valid, old_hashes.get(VALID, {}), progress
+        hashes[VALID], files[VALID], written, damage = _write_variable(
+            staging, path, valid, old_hashes.get(VALID, {}), old_files.get(VALID, {}), progress
         )
-        updates.append(_update(VALID, old_hashes, hashes[VALID], written))
-        _finish(staging, grid, variables, hashes)
+        repaired += [_said(_recomputed(d)) for d in damage]
+        updates.append(_update(VALID, old_hashes, hashes[VALID], written, len(damage)))
+        _finish(staging, grid, variables, hashes, files)
         swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return CubeReport(path=path, layers=tuple(updates), shape=grid.shape)
+    return CubeReport(path=path, layers=tuple(updates), shape=grid.shape, repaired=tuple(repaired))
+
+
+def verify_cube(path: str | Path) -> list[Damage]:
+    """Every chunk file of every variable of the cube at ``path`` checked against its record
+    (missing, changed, or a file where none was written), and a cube not marked complete.
+    Reads the records and the files only: nothing is decoded, no Dask."""
+    return verify_group(Path(path), "cube")
 
 
 def plan_cube(catalog: Catalog, grid: TargetGrid, path: str | Path) -> dict[str, str]:
     """What :func:`build_cube` would do to each catalog layer, without reading any raster:
     ``new`` (no cube, or a cube of another grid), ``changed`` (the source's fingerprint
-    differs: its chunks are recomputed and rewritten where their content changed) or
-    ``unchanged``. Derived terrain layers follow their DEM."""
+    differs: its chunks are recomputed and rewritten where their content changed),
+    ``damaged`` (unchanged source, but chunk files that do not match their records, or no
+    records to check them against: those chunks are recomputed) or ``unchanged``. Derived
+    terrain layers follow their DEM; they and ``valid`` are listed, as ``damaged``, only when
+    their own chunk files are."""
     attrs = read_attrs(Path(path)) or {}
     same_grid = attrs.get(ATTR_COMPLETE) and attrs.get(ATTR_GRID) == grid.spec.model_dump(
         mode="json"
     )
     old_prints: dict[str, str] = attrs.get(ATTR_FINGERPRINTS, {}) if same_grid else {}
+    records = (records_from_json(attrs) or {}) if same_grid else {}
     plan = {}
     for name in catalog.layers:
         if name not in old_prints:
             plan[name] = "new"
+        elif fingerprint(catalog, name) != old_prints[name]:
+            plan[name] = "changed"
+        elif name not in records or check_variable(Path(path), name, records[name]):
+            plan[name] = "damaged"
         else:
-            plan[name] = (
-                "unchanged" if fingerprint(catalog, name) == old_prints[name] else "changed"
-            )
+            plan[name] = "unchanged"
+    # A run repairs them anyway when a layer changes; the check matters when nothing does.
+    derived = [name for name in records if name not in catalog.layers]
+    for name in derived if all(what == "unchanged" for what in plan.values()) else ():
+        if check_variable(Path(path), name, records[name]):
+            plan[name] = "damaged"
     return plan
 
 
 def _update(
-    name: str, old_hashes: dict[str, dict[ChunkKey, str]], hashes: dict[ChunkKey, str], written: int
+    name: str,
+    old_hashes: dict[str, dict[ChunkKey, str]],
+    hashes: dict[ChunkKey, str],
+    written: int,
+    repaired: int,
 ) -> LayerUpdate:
-    action = "new" if name not in old_hashes else "updated" if written else "unchanged"
+    if name not in old_hashes:
+        action = "new"
+    else:
+        action = "updated" if written > repaired else "repaired" if repaired else "unchanged"
     log.info("%s: %s, %d of %d chunks written", name, action, written, len(hashes))
-    return LayerUpdate(name, action, written, len(hashes))
+    return LayerUpdate(name, action, written, len(hashes), repaired)
 
 
 def open_cube(path: str | Path) -> xr.Dataset:
@@ -367,21 +443,47 @@ def _write_variable(
     previous: Path,
     var: _Variable,
     old_hashes: dict[ChunkKey, str],
+    old_files: ChunkFiles,
     progress: Callable[[str, int, int], None] | None,
-) -> tuple[dict[ChunkKey, str], int]:
-    """Compute, check, hash and store every chunk of one variable; returns hashes and the
-    number of chunks actually written (unchanged chunks are hard-linked from ``previous``)."""
+    only: set[ChunkKey] | None = None,
+) -> tuple[dict[ChunkKey, str], ChunkFiles, int, list[Damage]]:
+    """Compute, check, hash and store every chunk of one variable (or those in ``only``).
+
+    A chunk whose content hash is that of ``previous``, and whose file there matches its
+    record, is hard-linked from it; every other chunk is written. Returns hashes, file records,
+    the number of chunks written and the damaged files of ``previous`` written afresh.
+    """
     blocks = var.data.to_delayed()
+    indices = [(i, j) for i in range(blocks.shape[0]) for j in range(blocks.shape[1])]
     tasks = [
         delayed(_store_chunk)(
-            blocks[i, j], staging, previous, var.name, (i, j), var.check, old_hashes.get(f"{i}.{j}")
+            blocks[i, j],
+            staging,
+            previous,
+            var.name,
+            (i, j),
+            var.check,
+            _old(f"{i}.{j}", old_hashes, old_files),
         )
-        for i in range(blocks.shape[0])
-        for j in range(blocks.shape[1])
+        for i, j in indices
+        if only is None or f"{i}.{j}" in only
     ]
     results = _compute_with_progress(tasks, var.name, progress)
-    hashes = {key: digest for key, digest, _ in results}
-    return dict(sorted(hashes.items())), sum(written for _, _, written in results)
+    hashes = {key: digest for key, digest, _, _, _ in results}
+    files = {key: record for key, _, _, record, _ in results}
+    damaged = [damage for *_, damage in results if damage is not None]
+    written = sum(written for _, _, written, _, _ in results)
+    return dict(sorted(hashes.items())), dict(sorted(files.items())), written, damaged
+
+
+def _old(
+    key: ChunkKey, old_hashes: dict[ChunkKey, str], old_files: ChunkFiles
+) -> tuple[str, FileRecord | None] | None:
+    """A chunk's hash and file record in the previous cube; None when either is unknown (then
+    it cannot be verified, so it is written, not linked)."""
+    if key not in old_hashes or key not in old_files:
+        return None
+    return old_hashes[key], old_files[key]
 
 
 def _store_chunk(
@@ -391,19 +493,25 @@ def _store_chunk(
     name: str,
     index: tuple[int, int],
     check: Callable[[npt.NDArray[Any]], None],
-    old_hash: str | None,
-) -> tuple[ChunkKey, str, bool]:
+    old: tuple[str, FileRecord | None] | None,
+) -> tuple[ChunkKey, str, bool, FileRecord | None, Damage | None]:
+    """Store one chunk: (key, content hash, written?, file record, damage found in previous)."""
     check(block)
     digest = chunk_hash(block)
     array = zarr.open_array(staging / name, mode="r+", zarr_format=3)
-    if digest == old_hash:
-        relative = array.metadata.encode_chunk_key(index)
-        link_file(previous / name / relative, staging / name / relative)
-        return f"{index[0]}.{index[1]}", digest, False
-    rows, cols = array.chunks
+    relative = array.metadata.encode_chunk_key(index)
     i, j = index
+    damage = None
+    if old is not None and digest == old[0]:
+        source = previous / name / relative
+        damage = check_file(source, old[1])
+        if damage is None:
+            if old[1] is not None:  # else a fill-value chunk: no file to link
+                link_file(source, staging / name / relative)
+            return f"{i}.{j}", digest, False, old[1], None
+    rows, cols = array.chunks
     array[i * rows : i * rows + block.shape[0], j * cols : j * cols + block.shape[1]] = block
-    return f"{i}.{j}", digest, True
+    return f"{i}.{j}", digest, True, stored_record(staging / name / relative), damage
 
 
 def _compute_with_progress(
@@ -450,13 +558,15 @@ def _finish(
     grid: TargetGrid,
     variables: list[_Variable],
     hashes: dict[str, dict[ChunkKey, str]],
+    files: dict[str, ChunkFiles],
 ) -> None:
-    """Record hashes, fingerprints and grid, mark complete, consolidate metadata."""
+    """Record hashes, file records, fingerprints and grid, mark complete, consolidate."""
     finish(
         staging,
         {
             ATTR_GRID: grid.spec.model_dump(mode="json"),
             ATTR_HASHES: hashes,
+            ATTR_CHUNK_FILES: records_to_json(files),
             ATTR_FINGERPRINTS: {var.name: var.fingerprint for var in variables},
             ATTR_FEATURES: [var.name for var in variables],
             "tpgrid:version": __version__,
@@ -488,9 +598,56 @@ def _previous_cube(path: Path, grid: TargetGrid, overwrite: bool) -> dict[str, A
     )
 
 
-def _link_variable(previous: Path, staging: Path, name: str) -> None:
-    """Carry a variable's chunk files over by hard link (no copy, old cube untouched)."""
-    source_dir = previous / name / "c"
-    for source in source_dir.rglob("*") if source_dir.is_dir() else ():
-        if source.is_file():
-            link_file(source, staging / name / source.relative_to(previous / name))
+def _carry_over(
+    previous: Path,
+    staging: Path,
+    name: str,
+    hashes: dict[ChunkKey, str],
+    records: ChunkFiles,
+) -> dict[ChunkKey, Damage]:
+    """Carry a variable's chunk files over by hard link (no copy, old cube untouched), each
+    checked against its record first; the damaged ones are returned, not linked."""
+    locate = chunk_locator(staging, name)
+    damaged = {}
+    for key in hashes:
+        source = previous / name / locate(key)
+        if key not in records:
+            damaged[key] = Damage(source, "no record of this chunk file")
+            continue
+        damage = check_file(source, records[key])
+        if damage is not None:
+            damaged[key] = damage
+        elif records[key] is not None:  # else a fill-value chunk: no file to link
+            link_file(source, staging / name / locate(key))
+    return damaged
+
+
+def _previous_records(
+    path: Path, previous: dict[str, Any], repaired: list[Damage]
+) -> dict[str, ChunkFiles]:
+    """The chunk file records of the cube to update; {} (nothing can be carried over) when it
+    has none, which is said once."""
+    if not previous:
+        return {}
+    records = records_from_json(previous)
+    if records is None:
+        repaired.append(
+            _said(
+                Damage(
+                    path,
+                    "no chunk file records (built by an older tpgrid), so nothing in it can be "
+                    "verified: every chunk recomputed",
+                )
+            )
+        )
+        return {}
+    return records
+
+
+def _recomputed(damage: Damage) -> Damage:
+    return Damage(damage.path, f"{damage.problem}; recomputed from its source")
+
+
+def _said(damage: Damage) -> Damage:
+    log.warning("%s", damage)
+    return damage

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pyproj import Transformer
 
 from tpgrid import __version__
-from tpgrid.artifact import ModelArtifact, load_model, save_model
+from tpgrid.artifact import ModelArtifact, check_model, save_model
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
     ArtifactError,
@@ -470,13 +470,16 @@ class SkippedElement:
 
 @dataclass(frozen=True)
 class FitReport:
-    """Elements fitted now, kept as they were (``reuse_unchanged``), and skipped."""
+    """Elements fitted now, kept as they were (``reuse_unchanged``), and skipped; ``repaired``:
+    (element, reason) of each artifact that would have been kept but failed its checks, and
+    was fitted again."""
 
     fitted: tuple[FittedElement, ...]
     skipped: tuple[SkippedElement, ...]
     excluded_sites: dict[str, tuple[str, ...]]
     unchanged: tuple[FittedElement, ...] = ()
     pending: tuple[str, ...] = ()  # with dry_run: the elements a run would fit
+    repaired: tuple[tuple[str, str], ...] = ()
 
 
 def fit_models(
@@ -497,7 +500,8 @@ def fit_models(
     Elements with fewer sites than CV folds are skipped (logged, in the report); if none is
     left, :class:`FitError`. Existing element directories are replaced only when
     ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an element whose training
-    table and settings are those its artifact records is kept as it is, not refitted.
+    table and settings are those its artifact records is kept as it is, not refitted, if the
+    artifact passes its checks (a damaged one is fitted again, with a warning, and reported).
     ``dry_run`` fits nothing and lists the elements a run would fit in ``pending``.
     ``local_threads`` sets the CV parallelism when no Dask client is current.
     """
@@ -541,6 +545,7 @@ def fit_models(
         "versions": _versions(),
     }
     fitted, skipped, unchanged, pending = [], [], [], []
+    repaired: list[tuple[str, str]] = []
     for element, training in tables.items():
         if training.n_sites < settings.cv_folds:
             reason = (
@@ -553,7 +558,9 @@ def fit_models(
             continue
         directory = out / element
         design = _design(training, located, covariates, layers, settings)
-        kept = _unchanged_record(directory, design.inputs_sha256) if reuse_unchanged else None
+        kept, damage = (
+            _unchanged_record(directory, design.inputs_sha256) if reuse_unchanged else (None, None)
+        )
         if kept is not None:
             log.info("%s: training table and settings unchanged, model kept", element)
             unchanged.append(FittedElement(element, directory, kept))
@@ -561,6 +568,11 @@ def fit_models(
         if dry_run:
             pending.append(element)
             continue
+        if damage is not None:
+            log.warning(
+                "%s: the model in %s is damaged, fitted again: %s", element, directory, damage
+            )
+            repaired.append((element, damage))
         record = _fit_element(
             design,
             training,
@@ -579,7 +591,12 @@ def fit_models(
             + "\n".join(f"  {s.element}: {s.reason}" for s in skipped)
         )
     return FitReport(
-        tuple(fitted), tuple(skipped), dict(located.excluded), tuple(unchanged), tuple(pending)
+        tuple(fitted),
+        tuple(skipped),
+        dict(located.excluded),
+        tuple(unchanged),
+        tuple(pending),
+        tuple(repaired),
     )
 
 
@@ -691,13 +708,20 @@ def _design(
     return _Design(spec, X, y, table, site_index, inputs)
 
 
-def _unchanged_record(directory: Path, inputs_sha256: str) -> dict[str, Any] | None:
-    """The record of the artifact in ``directory`` if it was fitted from these inputs."""
+def _unchanged_record(
+    directory: Path, inputs_sha256: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of the artifact in ``directory`` if it was fitted from these inputs and
+    passes its checks, else None; and why the artifact there fails them (None: it passes, or
+    there is none)."""
+    if not directory.exists():
+        return None, None
     try:
-        artifact = load_model(directory)
-    except ArtifactError:
-        return None
-    return artifact.record if artifact.record.get("inputs_sha256") == inputs_sha256 else None
+        artifact = check_model(directory)
+    except ArtifactError as exc:
+        return None, str(exc)
+    kept = artifact.record.get("inputs_sha256") == inputs_sha256
+    return (artifact.record if kept else None), None
 
 
 def _fit_element(

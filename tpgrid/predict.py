@@ -19,6 +19,11 @@ A run is identified by its inputs: per element and chunk, the model hash, the un
 policy and the content hashes of the cube chunks read. The group records them
 (``tpgrid:run``), so re-running with the same inputs does nothing, and an output path holding
 another run is only replaced when asked.
+
+Nothing is carried over on trust: each chunk file's size and SHA-256 are recorded by the task
+that wrote it (``tpgrid:chunk_files``, and in the done markers a resumed run reads), and
+checked before the chunk is linked into the next run or the group is called up to date. An
+element chunk with a damaged file is predicted again; the rest stays carried over.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ from tpgrid.errors import (
 from tpgrid.features import FeatureSpec
 from tpgrid.forest import PackedForest, warm_up_kernels
 from tpgrid.grid import ChunkWindow, TargetGrid
+from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.outputs import (
     ATTR_RUN,
     LAYERS,
@@ -62,7 +68,21 @@ from tpgrid.outputs import (
     layer_layouts,
     variable_name,
 )
-from tpgrid.store import ATTR_COMPLETE, create_layout, finish, link_chunk, read_attrs, swap_in
+from tpgrid.store import (
+    ATTR_CHUNK_FILES,
+    ATTR_COMPLETE,
+    ChunkFiles,
+    chunk_locator,
+    create_layout,
+    finish,
+    link_file,
+    read_attrs,
+    records_from_json,
+    records_to_json,
+    remove_leftovers,
+    swap_in,
+    verify_group,
+)
 from tpgrid.store import write_window as store_window
 
 log = logging.getLogger(__name__)
@@ -154,8 +174,11 @@ class ChunkJob:
         return f"{self.window.index[0]}.{self.window.index[1]}"
 
 
-#: element, chunk key ("i.j"), pixels predicted, pixels with a class unseen in training
-ChunkCounts = tuple[str, str, int, int]
+#: Per layer of one element chunk: the record of its stored file (None: no file stored).
+LayerFiles = dict[str, FileRecord | None]
+#: element, chunk key ("i.j"), pixels predicted, pixels with a class unseen in training, and
+#: the records of the chunk's files
+ChunkCounts = tuple[str, str, int, int, LayerFiles]
 
 
 def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[ChunkCounts]:
@@ -170,20 +193,25 @@ def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[Ch
     wanted = sorted({name for _, features in job.elements for name in features.variables})
     values = {name: read_window(job.cube, name, job.window)[valid] for name in wanted}
     inputs: dict[FeatureSpec, tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]] = {}
-    results = []
+    results: list[ChunkCounts] = []
     for element, features in job.elements:
         done = _read_done(job.out, element, job.window)
         if done is None:
             if features not in inputs:
                 inputs[features] = model_input(features, values, job.unseen)
             block = _block(forests[element], *inputs[features], valid)
-            for layer in LAYERS:
-                store_window(
+            # Each file is hashed here, as it is written: it is still in the page cache.
+            files = {
+                layer: store_window(
                     job.out, variable_name(element, layer), job.window, getattr(block, layer)
                 )
-            done = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
-            _mark_done(job.out, element, job.window, done)
-        results.append((element, job.key, *done))
+                for layer in LAYERS
+            }
+            counts = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
+            _mark_done(job.out, element, job.window, counts, files)
+            done = counts, files
+        (predicted, unseen), files = done
+        results.append((element, job.key, predicted, unseen, files))
     return results
 
 
@@ -191,22 +219,44 @@ def _done_path(staging: Path, element: str, window: ChunkWindow) -> Path:
     return staging / DONE_DIR / element / f"{window.index[0]}.{window.index[1]}"
 
 
-def _mark_done(staging: Path, element: str, window: ChunkWindow, counts: tuple[int, int]) -> None:
-    """Record a chunk as complete, after its data: a killed run resumes from these markers.
-    Written to a temporary name and renamed, so a marker is never half there."""
+def _mark_done(
+    staging: Path,
+    element: str,
+    window: ChunkWindow,
+    counts: tuple[int, int],
+    files: LayerFiles,
+) -> None:
+    """Record a chunk as complete, after its data, with its pixel counts and file records: a
+    killed run resumes from these markers. Written to a temporary name and renamed, so a
+    marker is never half there."""
     marker = _done_path(staging, element, window)
     marker.parent.mkdir(parents=True, exist_ok=True)
     partial = marker.with_name(f".{marker.name}-{uuid.uuid4().hex[:8]}")
-    partial.write_text(json.dumps(list(counts)))
+    doc = {
+        "counts": list(counts),
+        "files": {layer: None if rec is None else rec.to_json() for layer, rec in files.items()},
+    }
+    partial.write_text(json.dumps(doc))
     partial.rename(marker)
 
 
-def _read_done(staging: Path, element: str, window: ChunkWindow) -> tuple[int, int] | None:
+def _read_done(
+    staging: Path, element: str, window: ChunkWindow
+) -> tuple[tuple[int, int], LayerFiles] | None:
+    """Pixel counts and file records of a chunk marked done; None when it is not (a marker
+    without records, from an older tpgrid, cannot be verified: the chunk is predicted again)."""
     try:
-        predicted, unseen = json.loads(_done_path(staging, element, window).read_text())
-    except (OSError, ValueError):
+        doc = json.loads(_done_path(staging, element, window).read_text())
+        predicted, unseen = doc["counts"]
+        files = {
+            layer: None
+            if doc["files"][layer] is None
+            else FileRecord.from_json(doc["files"][layer])
+            for layer in LAYERS
+        }
+    except (OSError, ValueError, KeyError, TypeError):
         return None
-    return int(predicted), int(unseen)
+    return (int(predicted), int(unseen)), files
 
 
 def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
@@ -248,6 +298,8 @@ class PredictionReport:
 
     ``chunks_computed`` counts the element chunks predicted by this call; the others were
     carried over unchanged from the previous run, or done before a resumed run was killed.
+    ``repaired``: chunk files found damaged (their element chunks were predicted again), the
+    leftovers of killed runs removed, a previous group that could not be verified.
     """
 
     path: Path
@@ -257,6 +309,7 @@ class PredictionReport:
     seconds: float
     chunks_computed: int = 0
     chunks_total: int = 0
+    repaired: tuple[Damage, ...] = ()
 
 
 def load_models(directory: str | Path) -> list[ModelArtifact]:
@@ -305,41 +358,70 @@ def predict_cube(
     check_models(cube, grid, models)
     run = _run_record(cube, grid, models, unseen)
     previous = _previous_run(out)
+    records = records_from_json(read_attrs(out) or {}) if previous is not None else None
+    total = len(models) * len(list(grid.windows()))
+    repaired: list[Damage] = []
+    if not dry_run:
+        repaired += [
+            _said(Damage(leftover, "left by an interrupted run; removed"))
+            for leftover in remove_leftovers(out, keep=_staging_path(out, run))
+        ]
+    damage: list[Damage] = []
     if previous is not None and previous["run_id"] == run["run_id"]:
-        log.info("%s already holds run %s: nothing to do", out, run["run_id"][:12])
-        total = len(models) * len(list(grid.windows()))
-        return _report(out, previous, True, time.perf_counter() - started, 0, total)
+        # Up to date only if every chunk file is as written; else the damaged chunks are
+        # predicted again below, the rest carried over.
+        damage = verify_group(out, "prediction")
+        if not damage:
+            log.info("%s already holds run %s: nothing to do", out, run["run_id"][:12])
+            seconds = time.perf_counter() - started
+            return _report(out, previous, True, seconds, 0, total, repaired)
+        log.warning("%s holds run %s, but damaged: repairing it", out, run["run_id"][:12])
     same_product = previous is not None and _product(previous) == _product(run)
     if out.exists() and not (same_product or overwrite):
         what = "another prediction run" if previous is not None else "something else"
         raise OutputExistsError(
             f"{out} holds {what}: choose another output path or pass --overwrite to replace it"
         )
+    old = previous if same_product else None
+    if old is not None and records is None:
+        repaired.append(
+            _said(
+                Damage(
+                    out,
+                    "no chunk file records (written by an older tpgrid), so nothing in it can be "
+                    "verified: every chunk predicted again",
+                )
+            )
+        )
 
     if dry_run:
-        old = previous["chunk_inputs"] if same_product and previous else {}
         stale = sum(
-            old.get(element, {}).get(key) != digest
-            for element, inputs in run["chunk_inputs"].items()
-            for key, digest in inputs.items()
+            len(_stale_chunks(out, model.element, grid, run, old, records)) for model in models
         )
-        total = len(models) * len(list(grid.windows()))
         return PredictionReport(out, run["run_id"], (), False, 0.0, stale, total)
     client = _client()
     client.register_plugin(KernelWarmUp())
     staging = _staging(out, run, grid, models, unseen)
     futures: list[Future[list[ChunkCounts]]] = []
     counts: dict[str, dict[str, list[int]]] = {model.element: {} for model in models}
+    files: dict[str, dict[str, LayerFiles]] = {model.element: {} for model in models}
     try:
         to_predict: dict[str, list[ChunkWindow]] = {}
         for model in models:
-            old = previous if same_product else None
-            counts[model.element], to_predict[model.element] = _reuse_chunks(
-                staging, out, model.element, grid, run, old
-            )
+            reused = _reuse_chunks(staging, out, model.element, grid, run, old, records)
+            counts[model.element], files[model.element], to_predict[model.element], damaged = reused
+            repaired += [_said(_repredicted(found)) for found in damaged]
+        # What the check of the whole group found besides chunk files (stray files): left out.
+        named = {found.path for found in repaired}
+        repaired += [
+            _said(Damage(found.path, f"{found.problem}; not carried over"))
+            for found in damage
+            if found.path not in named
+        ]
         futures = _submit(client, models, to_predict, cube, staging, unseen)
-        for element, key, predicted, flagged in _collect(futures, counts, grid, progress):
+        for element, key, predicted, flagged, written in _collect(futures, counts, grid, progress):
             counts[element][key] = [predicted, flagged]
+            files[element][key] = written
         for model in models:
             entry = run["models"][model.element]
             entry["chunk_counts"] = dict(sorted(counts[model.element].items()))
@@ -347,7 +429,7 @@ def predict_cube(
             entry["pixels_unseen"] = sum(c[1] for c in counts[model.element].values())
         shutil.rmtree(staging / DONE_DIR, ignore_errors=True)
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
-        finish(staging, attrs | {ATTR_RUN: run})
+        finish(staging, attrs | {ATTR_RUN: run, ATTR_CHUNK_FILES: _records(files)})
         swap_in(staging, out)
     except Exception:
         # A failed run leaves nothing; a killed one (no chance to get here) leaves its staging
@@ -356,9 +438,16 @@ def predict_cube(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     computed = sum(len(windows) for windows in to_predict.values())
-    total = len(models) * len(list(grid.windows()))
     log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)
-    return _report(out, run, False, time.perf_counter() - started, computed, total)
+    seconds = time.perf_counter() - started
+    return _report(out, run, False, seconds, computed, total, repaired)
+
+
+def verify_prediction(path: str | Path) -> list[Damage]:
+    """Every chunk file of every layer of the prediction group at ``path`` checked against its
+    record (missing, changed, or a file where none was written), and a group not marked
+    complete. Reads the records and the files only: nothing is decoded, no Dask."""
+    return verify_group(Path(path), "prediction")
 
 
 def _previous_run(out: Path) -> dict[str, Any] | None:
@@ -387,7 +476,7 @@ def _staging(
 ) -> Path:
     """The staging group of this run: named by the run id, so a killed run's group is found
     again and resumed; laid out afresh when there is none."""
-    staging = out.parent / f".{out.name}.staging-{run['run_id'][:16]}"
+    staging = _staging_path(out, run)
     if (staging / DONE_DIR).is_dir():
         log.info("resuming the interrupted run %s from %s", run["run_id"][:12], staging)
         return staging
@@ -402,6 +491,10 @@ def _staging(
     return staging
 
 
+def _staging_path(out: Path, run: Mapping[str, Any]) -> Path:
+    return out.parent / f".{out.name}.staging-{run['run_id'][:16]}"
+
+
 def _reuse_chunks(
     staging: Path,
     out: Path,
@@ -409,27 +502,106 @@ def _reuse_chunks(
     grid: TargetGrid,
     run: Mapping[str, Any],
     previous: Mapping[str, Any] | None,
-) -> tuple[dict[str, list[int]], list[ChunkWindow]]:
+    records: Mapping[str, ChunkFiles] | None,
+) -> tuple[dict[str, list[int]], dict[str, LayerFiles], list[ChunkWindow], list[Damage]]:
     """Chunks of ``element`` already done (by a killed run) or unchanged since ``previous``
-    (hard-linked from ``out``), with their pixel counts; and the windows left to predict."""
+    (hard-linked from ``out``), each with its files checked against their ``records``: their
+    pixel counts and file records; the windows left to predict; the damaged files found."""
     inputs = run["chunk_inputs"][element]
     old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
     old_counts = previous["models"][element].get("chunk_counts", {}) if previous else {}
+    # Every layer of a group is laid out alike: one chunk key encoding for all.
+    locate = chunk_locator(staging, variable_name(element, LAYERS[0]))
     counts: dict[str, list[int]] = {}
-    to_predict = []
+    files: dict[str, LayerFiles] = {}
+    to_predict: list[ChunkWindow] = []
+    damaged: list[Damage] = []
     for window in grid.windows():
         key = f"{window.index[0]}.{window.index[1]}"
         done = _read_done(staging, element, window)
         if done is not None:
-            counts[key] = list(done)
-        elif old_inputs.get(key) == inputs[key] and key in old_counts:
-            for layer in LAYERS:
-                link_chunk(out, staging, variable_name(element, layer), window)
-            counts[key] = list(old_counts[key])
-            _mark_done(staging, element, window, (counts[key][0], counts[key][1]))
-        else:
-            to_predict.append(window)
-    return counts, to_predict
+            found = _check_chunk(staging, element, locate(key), done[1])
+            if not found:
+                counts[key], files[key] = list(done[0]), done[1]
+                continue
+            damaged += found
+            _done_path(staging, element, window).unlink()
+        elif records is not None and old_inputs.get(key) == inputs[key] and key in old_counts:
+            recorded = _recorded(records, element, key)
+            found = _check_chunk(out, element, locate(key), recorded)
+            if recorded is not None and not found:
+                for layer, record in recorded.items():
+                    if record is not None:  # else a fill-value chunk: no file to link
+                        name = variable_name(element, layer)
+                        link_file(out / name / locate(key), staging / name / locate(key))
+                counts[key], files[key] = list(old_counts[key]), recorded
+                _mark_done(staging, element, window, (counts[key][0], counts[key][1]), recorded)
+                continue
+            damaged += found
+        to_predict.append(window)
+    return counts, files, to_predict, damaged
+
+
+def _stale_chunks(
+    out: Path,
+    element: str,
+    grid: TargetGrid,
+    run: Mapping[str, Any],
+    previous: Mapping[str, Any] | None,
+    records: Mapping[str, ChunkFiles] | None,
+) -> list[str]:
+    """Keys of the chunks of ``element`` a run would predict: inputs changed, or files damaged."""
+    inputs = run["chunk_inputs"][element]
+    old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
+    if records is None or not old_inputs:
+        return list(inputs)
+    locate = chunk_locator(out, variable_name(element, LAYERS[0]))
+    return [
+        key
+        for key in inputs
+        if old_inputs.get(key) != inputs[key]
+        or _check_chunk(out, element, locate(key), _recorded(records, element, key))
+    ]
+
+
+def _recorded(records: Mapping[str, ChunkFiles], element: str, key: str) -> LayerFiles | None:
+    """The file records of one element chunk; None when a layer has no record of it."""
+    names = {layer: variable_name(element, layer) for layer in LAYERS}
+    if any(key not in records.get(name, {}) for name in names.values()):
+        return None
+    return {layer: records[name][key] for layer, name in names.items()}
+
+
+def _check_chunk(
+    group: Path, element: str, relative: str, recorded: LayerFiles | None
+) -> list[Damage]:
+    """The files of one element chunk (``relative`` to each layer) that do not match their
+    records; every one of them when there are no records."""
+    paths = {layer: group / variable_name(element, layer) / relative for layer in LAYERS}
+    if recorded is None:
+        return [Damage(paths[LAYERS[0]], "no record of this chunk's files")]
+    found = (check_file(paths[layer], recorded[layer]) for layer in LAYERS)
+    return [damage for damage in found if damage is not None]
+
+
+def _records(files: Mapping[str, Mapping[str, LayerFiles]]) -> dict[str, Any]:
+    """Per element and chunk file records as the group attribute, per variable."""
+    return records_to_json(
+        {
+            variable_name(element, layer): {key: chunk[layer] for key, chunk in chunks.items()}
+            for element, chunks in files.items()
+            for layer in LAYERS
+        }
+    )
+
+
+def _repredicted(damage: Damage) -> Damage:
+    return Damage(damage.path, f"{damage.problem}; its element chunk predicted again")
+
+
+def _said(damage: Damage) -> Damage:
+    log.warning("%s", damage)
+    return damage
 
 
 def _client() -> Client:
@@ -512,11 +684,11 @@ def _collect(
         if progress:
             progress(element, done[element], total)
     for future in as_completed(futures):
-        for element, key, predicted, unseen in future.result():
+        for element, key, predicted, unseen, files in future.result():
             done[element] += 1
             if progress:
                 progress(element, done[element], total)
-            yield element, key, predicted, unseen
+            yield element, key, predicted, unseen, files
 
 
 def _report(
@@ -526,6 +698,7 @@ def _report(
     seconds: float,
     computed: int = 0,
     total: int = 0,
+    repaired: Sequence[Damage] = (),
 ) -> PredictionReport:
     return PredictionReport(
         path=path,
@@ -544,6 +717,7 @@ def _report(
         seconds=seconds,
         chunks_computed=computed,
         chunks_total=total,
+        repaired=tuple(repaired),
     )
 
 

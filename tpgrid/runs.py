@@ -26,7 +26,7 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +61,8 @@ class Step:
     detail: str
     seconds: float = 0.0
     counts: dict[str, int] = field(default_factory=dict)
+    #: what the step found damaged in what it carries over, and how it repaired it
+    repairs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,9 +103,14 @@ def plan(config: PipelineConfig) -> list[Step]:
         TargetGrid.from_spec(config.grid_spec()),
         config.cube_path,
     )
-    changed = sorted(name for name, what in cube_plan.items() if what != "unchanged")
-    if changed:
-        steps.append(Step("cube", "would update", f"sources changed: {', '.join(changed)}"))
+    by_action: dict[str, list[str]] = {}
+    for name, what in sorted(cube_plan.items()):
+        if what != "unchanged":
+            by_action.setdefault(what, []).append(name)
+    if by_action:
+        why = {"new": "new layers", "changed": "sources changed", "damaged": "chunk files damaged"}
+        detail = "; ".join(f"{why[what]}: {', '.join(names)}" for what, names in by_action.items())
+        steps.append(Step("cube", "would update", detail))
         steps += _downstream_of_change("the cube")
         return steps
     steps.append(Step("cube", "unchanged", "every source fingerprint matches the cube"))
@@ -230,7 +237,12 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             if written
             else "no chunk changed"
         )
-        note("updated" if written else "unchanged", detail, written)
+        note(
+            "updated" if written else "unchanged",
+            detail,
+            written,
+            repairs=[str(damage) for damage in cube.repaired],
+        )
 
     with _timed(steps, "fit") as note:
         fit = _fit(config, progress=_labelled(progress, "fit"))
@@ -252,6 +264,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             "updated" if refitted or dropped else "unchanged",
             detail,
             {"refitted": len(refitted)} | ({"dropped": len(dropped)} if dropped else {}),
+            repairs=[f"model {element}: {why}; fitted again" for element, why in fit.repaired],
         )
 
     with _timed(steps, "predict") as note:
@@ -268,6 +281,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             "unchanged" if prediction.up_to_date else "updated",
             detail,
             {"chunks_computed": prediction.chunks_computed},
+            repairs=[str(damage) for damage in prediction.repaired],
         )
 
     with _timed(steps, "publish") as note:
@@ -373,16 +387,24 @@ def _report_settings(config: PipelineConfig) -> ReportSettings:
 
 @contextmanager
 def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
-    """Time one step; the body calls ``note(action, detail, counts)`` once."""
+    """Time one step; the body calls ``note(action, detail, counts, repairs=...)`` once."""
     started = time.perf_counter()
     noted: dict[str, Any] = {}
 
-    def note(action: str, detail: str, counts: dict[str, int] | None = None) -> None:
-        noted.update(action=action, detail=detail, counts=counts or {})
+    def note(
+        action: str,
+        detail: str,
+        counts: dict[str, int] | None = None,
+        *,
+        repairs: Sequence[str] = (),
+    ) -> None:
+        noted.update(action=action, detail=detail, counts=counts or {}, repairs=tuple(repairs))
 
     yield note
     seconds = round(time.perf_counter() - started, 2)
-    steps.append(Step(name, noted["action"], noted["detail"], seconds, noted["counts"]))
+    steps.append(
+        Step(name, noted["action"], noted["detail"], seconds, noted["counts"], noted["repairs"])
+    )
     log.info("%s: %s (%s) in %.1f s", name, noted["action"], noted["detail"], seconds)
 
 

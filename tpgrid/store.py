@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,9 +23,16 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from tpgrid.grid import ChunkWindow, TargetGrid
+from tpgrid.integrity import Damage, FileRecord, check_file, file_record
 
 #: Group attribute set last, once every variable is written: the group is complete.
 ATTR_COMPLETE = "tpgrid:complete"
+#: Group attribute: per variable, per chunk ``"i.j"``, the record (size, SHA-256) of its stored
+#: file when it was written, or null where no file was stored (a chunk equal to the fill value).
+ATTR_CHUNK_FILES = "tpgrid:chunk_files"
+
+#: Per chunk ``"i.j"``: the record of its file, None where no file was stored.
+ChunkFiles = dict[str, FileRecord | None]
 
 
 @dataclass(frozen=True)
@@ -70,18 +77,44 @@ def create_layout(path: Path, grid: TargetGrid, variables: Mapping[str, Variable
     ds.to_zarr(path, mode="w-", compute=False, zarr_format=3, encoding=encoding, consolidated=False)
 
 
-def write_window(path: Path, name: str, window: ChunkWindow, block: npt.NDArray[Any]) -> None:
-    """Store ``block`` as the grid chunk ``window`` of variable ``name`` of the group at ``path``.
+def write_window(
+    path: Path, name: str, window: ChunkWindow, block: npt.NDArray[Any]
+) -> FileRecord | None:
+    """Store ``block`` as the grid chunk ``window`` of variable ``name`` of the group at ``path``;
+    returns the record of the stored file (None: equal to the fill value, no file stored).
 
     Windows are whole chunks, so concurrent writers never touch the same chunk file.
     """
     array = zarr.open_array(path / name, mode="r+", zarr_format=3)
     array[window.rows, window.cols] = block
+    return stored_record(path / name / array.metadata.encode_chunk_key(window.index))
 
 
-def link_chunk(previous: Path, path: Path, name: str, window: ChunkWindow) -> None:
+def stored_record(path: Path) -> FileRecord | None:
+    """The record of a chunk file just written, None when Zarr stored none (fill value).
+    Hashed where it was written: the file is still in the page cache."""
+    return file_record(path) if path.is_file() else None
+
+
+def chunk_locator(path: Path, name: str) -> Callable[[str], str]:
+    """Chunk key ``"i.j"`` → its file's path relative to variable ``name`` of the group at
+    ``path`` (Zarr v3 key encoding, e.g. ``c/i/j``)."""
+    metadata = zarr.open_array(path / name, mode="r", zarr_format=3).metadata
+
+    def locate(key: str) -> str:
+        return metadata.encode_chunk_key(tuple(int(part) for part in key.split(".")))
+
+    return locate
+
+
+def link_chunk(
+    previous: Path, path: Path, name: str, window: ChunkWindow, recorded: FileRecord | None
+) -> None:
     """Carry chunk ``window`` of variable ``name`` over from the group ``previous`` into the
-    group at ``path`` by hard link: no copy, and ``previous`` stays untouched."""
+    group at ``path`` by hard link: no copy, and ``previous`` stays untouched. ``recorded`` is
+    the file's record (check it first): None means no file was stored, so none is linked."""
+    if recorded is None:
+        return
     relative = zarr.open_array(path / name, mode="r", zarr_format=3).metadata.encode_chunk_key(
         window.index
     )
@@ -89,12 +122,71 @@ def link_chunk(previous: Path, path: Path, name: str, window: ChunkWindow) -> No
 
 
 def link_file(source: Path, target: Path) -> None:
-    """Hard-link ``source`` to ``target`` (replacing it); nothing when there is no source."""
-    # A chunk equal to the fill value is never stored; then there is nothing to link.
-    if source.is_file():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.unlink(missing_ok=True)
-        os.link(source, target)
+    """Hard-link ``source`` to ``target`` (replacing it); a missing source is an error
+    (FileNotFoundError), never skipped: callers know from records whether a file is expected."""
+    if not source.is_file():
+        raise FileNotFoundError(f"{source} is missing: it cannot be carried over")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.unlink(missing_ok=True)
+    os.link(source, target)
+
+
+def records_to_json(files: Mapping[str, Mapping[str, FileRecord | None]]) -> dict[str, Any]:
+    """Chunk file records as stored in :data:`ATTR_CHUNK_FILES`."""
+    return {
+        name: {key: None if rec is None else rec.to_json() for key, rec in sorted(chunks.items())}
+        for name, chunks in sorted(files.items())
+    }
+
+
+def records_from_json(attrs: Mapping[str, Any]) -> dict[str, ChunkFiles] | None:
+    """The chunk file records of a group's attributes; None when it has none (a group written
+    by a tpgrid that did not record them: it cannot be verified)."""
+    stored = attrs.get(ATTR_CHUNK_FILES)
+    if not isinstance(stored, Mapping):
+        return None
+    return {
+        name: {
+            key: None if rec is None else FileRecord.from_json(rec) for key, rec in chunks.items()
+        }
+        for name, chunks in stored.items()
+    }
+
+
+def check_variable(path: Path, name: str, records: Mapping[str, FileRecord | None]) -> list[Damage]:
+    """Every chunk file of variable ``name`` (group at ``path``) that does not match its record,
+    and every file under its chunk folder that no record names (put there by something else)."""
+    try:
+        locate = chunk_locator(path, name)
+    except (OSError, ValueError, KeyError) as exc:
+        return [Damage(path / name, f"cannot be opened as a Zarr array ({exc})")]
+    expected = {path / name / locate(key): rec for key, rec in records.items()}
+    found = [check_file(file, rec) for file, rec in expected.items()]
+    stray = sorted(
+        file
+        for file in (path / name).rglob("*")
+        if file.is_file() and file.name != "zarr.json" and file not in expected
+    )
+    return [damage for damage in found if damage is not None] + [
+        Damage(file, "a file is here where none was written") for file in stray
+    ]
+
+
+def remove_leftovers(path: Path, keep: Path | None = None) -> list[Path]:
+    """Remove the staging and retired siblings of ``path`` that killed runs left behind (all
+    but ``keep``); returns what was removed."""
+    found = sorted(
+        leftover
+        for pattern in (f".{path.name}.staging-*", f".{path.name}.retired-*")
+        for leftover in path.parent.glob(pattern)
+        if leftover != keep
+    )
+    for leftover in found:
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+    return found
 
 
 def finish(path: Path, attrs: Mapping[str, Any]) -> None:
@@ -124,3 +216,23 @@ def swap_in(staging: Path, path: Path) -> None:
         path.rename(retired)
     staging.rename(path)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def verify_group(path: Path, what: str) -> list[Damage]:
+    """Every chunk file of every variable of the group at ``path`` against its record, and a
+    group not marked complete; ``what`` names the kind of group in messages."""
+    attrs = read_attrs(path)
+    if attrs is None:
+        return [Damage(path, f"not a tpgrid {what} (no Zarr v3 group here)")]
+    damage = []
+    if not attrs.get(ATTR_COMPLETE):
+        damage.append(Damage(path, "not marked complete: the run writing it did not finish"))
+    records = records_from_json(attrs)
+    if records is None:
+        return [
+            *damage,
+            Damage(path, "no chunk file records (written by an older tpgrid): cannot be verified"),
+        ]
+    for name in sorted(records):
+        damage += check_variable(path, name, records[name])
+    return damage
