@@ -464,12 +464,6 @@ def test_an_element_left_with_too_few_sites_is_dropped_with_its_model_and_maps(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="predict._reuse_chunks reads the previous run's record of every element, and a "
-    "returning element has none: a fix for predict.py's owner",
-)
 def test_a_dropped_element_comes_back_when_its_sites_do(
     first_run: PipelineConfig, cluster: Client, tmp_path: Path
 ) -> None:

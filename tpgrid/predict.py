@@ -341,8 +341,9 @@ def predict_cube(
     Runs on the current Dask client, and computes only what changed:
 
     - ``out`` already holding this run (same models, cube chunks and policy): nothing to do;
-    - ``out`` holding an earlier run of the same product (same grid, elements and policy):
-      chunks whose inputs are unchanged are carried over by hard link, the others predicted;
+    - ``out`` holding an earlier run of the same product (same grid and policy; elements may
+      come and go): chunks whose inputs are unchanged are carried over by hard link, the
+      others predicted;
     - a run killed part-way resumes from its staging group: chunks marked done are kept.
 
     The new group is assembled beside ``out`` and swapped in when complete. ``out`` holding
@@ -509,7 +510,9 @@ def _reuse_chunks(
     pixel counts and file records; the windows left to predict; the damaged files found."""
     inputs = run["chunk_inputs"][element]
     old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
-    old_counts = previous["models"][element].get("chunk_counts", {}) if previous else {}
+    # An element new to this product (or back after being dropped) has no record there.
+    old_model = previous["models"].get(element, {}) if previous else {}
+    old_counts = old_model.get("chunk_counts", {})
     # Every layer of a group is laid out alike: one chunk key encoding for all.
     locate = chunk_locator(staging, variable_name(element, LAYERS[0]))
     counts: dict[str, list[int]] = {}
