@@ -247,3 +247,35 @@ def test_the_plan_sees_damage_so_a_run_if_changed_repairs_it(
     (cube,) = [s for s in plan(config) if s.name == "cube"]
     assert cube.action == "would update"
     assert cube.detail == "chunk files damaged: slope"
+
+
+def test_verify_names_each_damaged_file_and_a_run_repairs_them(
+    clean_run: PipelineConfig, tmp_path: Path
+) -> None:
+    config = copy_run(clean_run, tmp_path)
+    runner = CliRunner()
+    intact = runner.invoke(app, ["verify", str(config.workdir)])
+    assert intact.exit_code == 0, intact.output
+    assert "intact" in intact.output
+    current = current_version(config.published_dir)
+    assert current is not None
+    damaged = [
+        current / "Ni_sd.tif",
+        config.cube_path / "ph" / "c" / "1" / "1",
+        config.models_dir / "Fe" / FOREST_FILE,
+    ]
+    for path in damaged:
+        flip_a_byte(path)
+    result = runner.invoke(app, ["verify", str(config.workdir)])
+    assert result.exit_code == 4, result.output
+    named = [line for line in result.output.splitlines() if line.startswith("damaged:")]
+    assert len(named) == 3, result.output
+    for path in damaged:
+        assert sum(line.startswith(f"damaged: {path}: ") for line in named) == 1, path
+    assert "Traceback" not in result.output
+    run_pipeline(config)  # repairs the cube chunk and the model; publishes the map afresh
+    assert runner.invoke(app, ["verify", str(config.workdir)]).exit_code == 4  # the old version
+    (config.published_dir / "versions" / current.name).rename(tmp_path / "set-aside")
+    after = runner.invoke(app, ["verify", str(config.workdir)])
+    assert after.exit_code == 0, after.output
+    assert_maps_are_those_of_the_clean_run(config, clean_run)

@@ -17,6 +17,7 @@ from the config file's directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,33 @@ from tpgrid.predict import UnseenPolicy
 from tpgrid.synthetic import plateau_files
 from tpgrid.uncertainty import LEVEL
 from tpgrid.yamlfile import read_mapping, validated
+
+
+@dataclass(frozen=True)
+class WorkdirLayout:
+    """Where a pipeline keeps its outputs inside its working directory."""
+
+    workdir: Path
+
+    @property
+    def cube(self) -> Path:
+        return self.workdir / "cube.zarr"
+
+    @property
+    def models(self) -> Path:
+        return self.workdir / "models"
+
+    @property
+    def prediction(self) -> Path:
+        return self.workdir / "prediction.zarr"
+
+    @property
+    def published(self) -> Path:
+        return self.workdir / "published"
+
+    @property
+    def runs(self) -> Path:
+        return self.workdir / "runs"
 
 
 class _Section(BaseModel):
@@ -132,23 +160,23 @@ class PipelineConfig(_Section):
 
     @property
     def cube_path(self) -> Path:
-        return self.workdir / "cube.zarr"
+        return WorkdirLayout(self.workdir).cube
 
     @property
     def models_dir(self) -> Path:
-        return self.workdir / "models"
+        return WorkdirLayout(self.workdir).models
 
     @property
     def prediction_path(self) -> Path:
-        return self.workdir / "prediction.zarr"
+        return WorkdirLayout(self.workdir).prediction
 
     @property
     def published_dir(self) -> Path:
-        return self.workdir / "published"
+        return WorkdirLayout(self.workdir).published
 
     @property
     def runs_dir(self) -> Path:
-        return self.workdir / "runs"
+        return WorkdirLayout(self.workdir).runs
 
 
 def load_pipeline(path: str | Path) -> PipelineConfig:
