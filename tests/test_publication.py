@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import zarr
 
 from tests.conftest import SMALL_SPEC
 from tests.run_groups import known_layers, write_run_group
@@ -118,12 +119,27 @@ def test_a_directory_that_is_not_a_publication_is_refused(
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+#: The files of :func:`fake_report` listed in its SHA256SUMS: all but the page and summary.
+LISTED = (
+    "applicability.zarr/Mo/c/0/0",
+    "applicability.zarr/Mo/c/0/1",
+    "applicability.zarr/Mo/c/1/0",
+    "applicability.zarr/Mo/c/1/1",
+    "applicability.zarr/Mo/zarr.json",
+    "applicability.zarr/zarr.json",
+    "figures/map.png",
+)
+
+
 def fake_report(folder: Path) -> None:
-    """A report writer: a page, a summary and a figure."""
+    """A report writer: a page, a summary, a figure and an applicability layer of 4 chunks."""
     (folder / "figures").mkdir(parents=True)
     (folder / "report.html").write_text("<html>report</html>\n")
     (folder / "report.json").write_text('{"elements": {}}\n')
     (folder / "figures" / "map.png").write_bytes(b"\x89PNG" + bytes(range(200)))
+    group = zarr.open_group(folder / "applicability.zarr", mode="w", zarr_format=3)
+    layer = group.create_array("Mo", shape=(8, 8), chunks=(4, 4), dtype="float32")
+    layer[:] = np.arange(64, dtype="float32").reshape(8, 8)
 
 
 def flip_byte(path: Path) -> None:
@@ -142,16 +158,25 @@ def test_every_asset_carries_its_files_size_and_checksum(
     version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
     item = json.loads((version / STAC_ITEM).read_text())
     assert "https://stac-extensions.github.io/file/v2.1.0/schema.json" in item["stac_extensions"]
-    files = {p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file()} - {
-        STAC_ITEM
-    }
-    assert {a["href"].removeprefix("./") for a in item["assets"].values()} == files
-    assert {"report/report.html", "report/figures/map.png", "Mo_mean.tif"} <= files
+    maps = {p.name for p in version.iterdir() if p.is_file()} - {STAC_ITEM}
+    assert {"Mo_mean.tif", "Mo_quicklook.png"} <= maps
+    # The report is three assets, whatever its size: page, summary and their SHA256SUMS.
+    report = {"report/report.html", "report/report.json", "report/SHA256SUMS"}
+    hrefs = [a["href"].removeprefix("./") for a in item["assets"].values()]
+    assert sorted(hrefs) == sorted(maps | report)
+    assert len([h for h in hrefs if h.startswith("report/")]) == 3
     for asset in item["assets"].values():
         data = (version / asset["href"]).read_bytes()
         assert asset["file:size"] == len(data)
         assert asset["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
-    assert item["assets"]["report/report.html"]["roles"] == ["metadata"]
+    assets = item["assets"]
+    assert assets["report/report.html"]["roles"] == ["metadata"]
+    assert assets["report/report.html"]["type"] == "text/html"
+    assert assets["report/report.json"]["type"] == "application/json"
+    assert (assets["report/SHA256SUMS"]["type"], assets["report/SHA256SUMS"]["roles"]) == (
+        "text/plain",
+        ["metadata"],
+    )
     (link,) = item["links"]
     assert (link["rel"], link["href"]) == ("describedby", "./report/report.html")
     assert verify_version(version) == []
