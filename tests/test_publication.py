@@ -25,6 +25,7 @@ from tpgrid.publication import (
     current_version,
     prune,
     publish_version,
+    read_manifest,
     verify_version,
     versions,
 )
@@ -202,6 +203,128 @@ def test_verify_finds_a_flipped_byte_a_deleted_quicklook_and_a_truncated_report_
     assert damage.problem.startswith("missing or unreadable")
 
 
+CHUNK = "report/applicability.zarr/Mo/c/1/0"
+DIFFERS = "content differs from its SHA-256 recorded when written"
+
+
+def test_the_reports_manifest_lists_every_other_file_of_it_with_its_sha256(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    report = version / "report"
+    in_folder = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()}
+    assert in_folder == {*LISTED, "report.html", "report.json", "SHA256SUMS"}
+    expected = "".join(
+        f"{hashlib.sha256((report / name).read_bytes()).hexdigest()}  {name}\n" for name in LISTED
+    )
+    assert (report / "SHA256SUMS").read_text() == expected
+    assert list(read_manifest(report / "SHA256SUMS")) == list(LISTED)
+
+
+def test_sha256sum_checks_the_report_and_finds_a_flipped_byte(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    report = publish_version(runs["a1"], tmp_path, report=fake_report).directory / "report"
+
+    def sha256sum() -> subprocess.CompletedProcess[str]:
+        # coreutils' own program: the manifest is in the format it reads.
+        return subprocess.run(
+            ["sha256sum", "--check", "--strict", "SHA256SUMS"],
+            cwd=report,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    fresh = sha256sum()
+    assert (fresh.returncode, fresh.stderr) == (0, "")
+    assert fresh.stdout.splitlines() == [f"{name}: OK" for name in LISTED]
+    flip_byte(report / "figures" / "map.png")
+    flipped = sha256sum()
+    assert flipped.returncode == 1
+    assert "figures/map.png: FAILED" in flipped.stdout.splitlines()
+    assert "applicability.zarr/Mo/c/1/0: OK" in flipped.stdout.splitlines()
+
+
+def test_verify_finds_a_flipped_chunk_a_deleted_figure_and_a_stray_file_in_the_report(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    flip_byte(version / CHUNK)
+    (version / "report" / "figures" / "map.png").unlink()
+    (version / "report" / "figures" / "extra.png").write_bytes(b"not ours")
+    found = {d.path.relative_to(version).as_posix(): d.problem for d in verify_version(version)}
+    assert found == {
+        CHUNK: DIFFERS,
+        "report/figures/map.png": "missing",
+        "report/figures/extra.png": "listed neither in SHA256SUMS nor in the STAC item",
+    }
+
+
+def test_a_damaged_manifest_alone_is_named(runs: dict[str, Path], tmp_path: Path) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    flip_byte(version / CHUNK)
+    flip_byte(version / "report" / "SHA256SUMS")
+    found = {d.path.relative_to(version).as_posix(): d.problem for d in verify_version(version)}
+    # Its lines cannot be trusted to say which chunk is damaged: the report is, as a whole.
+    assert found == {"report/SHA256SUMS": DIFFERS}
+
+
+def rewrite_manifest(version: Path, text: str) -> None:
+    """Replace the report's SHA256SUMS and its record in the item, as if written so."""
+    path = version / "report" / "SHA256SUMS"
+    path.write_text(text)
+    item = json.loads((version / STAC_ITEM).read_text())
+    asset = item["assets"]["report/SHA256SUMS"]
+    asset["file:size"] = len(text.encode())
+    asset["file:checksum"] = "1220" + hashlib.sha256(text.encode()).hexdigest()
+    (version / STAC_ITEM).write_text(json.dumps(item))
+
+
+def test_a_malformed_line_of_the_manifest_is_damage(runs: dict[str, Path], tmp_path: Path) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    lines = (version / "report" / "SHA256SUMS").read_text().splitlines(keepends=True)
+    rewrite_manifest(version, "".join([lines[0], "not a checksum line\n", *lines[1:]]))
+    (damage,) = verify_version(version)
+    assert damage.path == version / "report" / "SHA256SUMS"
+    assert damage.problem == (
+        "malformed: line 2 is not '<sha256>  <relative path>': 'not a checksum line'"
+    )
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (f"{SHA} figures/map.png\n", "line 1 is not"),  # one space: neither text nor binary
+        (f"{SHA}  ../Mo_mean.tif\n", "line 1 is not"),  # outside the report
+        (f"{SHA}  /etc/passwd\n", "line 1 is not"),
+        (f"{SHA}  ./figures/map.png\n", "line 1 is not"),  # not as written: one name per file
+        (f"{SHA[:-2]}  figures/map.png\n", "line 1 is not"),
+        (f"{SHA}  a\n{SHA}  a\n", "line 2 lists a again"),
+        (f"{SHA}  a", "the last line does not end with a newline"),
+    ],
+)
+def test_read_manifest_refuses_what_it_did_not_write(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "SHA256SUMS"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="^" + problem):
+        read_manifest(path)
+
+
+def test_read_manifest_reads_text_and_binary_mode_lines(tmp_path: Path) -> None:
+    path = tmp_path / "SHA256SUMS"
+    path.write_text(f"{SHA}  figures/map.png\n{'cd' * 32} *applicability.zarr/zarr.json\n")
+    assert read_manifest(path) == {
+        "figures/map.png": SHA,
+        "applicability.zarr/zarr.json": "cd" * 32,
+    }
+
+
 def test_a_damaged_file_of_the_previous_version_is_rendered_afresh_not_linked(
     runs: dict[str, Path], tmp_path: Path, small_grid: TargetGrid
 ) -> None:
@@ -241,6 +364,7 @@ def test_publishing_the_current_run_again_repairs_a_damaged_file(
     # Everything intact is linked, the report too: it was written once.
     for name in ("Mo_sd.tif", "Mo_quicklook.png", "report/report.html", "report/figures/map.png"):
         assert inode(repaired.directory / name) == inode(old / name)
+    assert inode(repaired.directory / CHUNK) == inode(old / CHUNK)
     assert len(written) == 1
     assert verify_version(repaired.directory) == []
     again = publish_version(runs["a1"], tmp_path, report=report)
