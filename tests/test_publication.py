@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -367,22 +368,83 @@ def test_publishing_the_current_run_again_repairs_a_damaged_file(
     assert inode(repaired.directory / CHUNK) == inode(old / CHUNK)
     assert len(written) == 1
     assert verify_version(repaired.directory) == []
+    # The new version's manifest is a file of its own: the old one's was not written through.
+    assert [d.path for d in verify_version(old)] == [old / "Mo_mean.tif"]
     again = publish_version(runs["a1"], tmp_path, report=report)
     assert (again.new, again.directory) == (False, repaired.directory)
 
 
-def test_a_damaged_report_of_the_current_run_is_written_again(
-    runs: dict[str, Path], tmp_path: Path
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def add_stray(path: Path) -> None:
+    path.write_bytes(b"not ours")
+
+
+@pytest.mark.parametrize(
+    ("damage", "name"),
+    [
+        (delete, "report/figures/map.png"),
+        (flip_byte, CHUNK),
+        (add_stray, "report/figures/extra.png"),
+        (flip_byte, "report/SHA256SUMS"),
+    ],
+)
+def test_a_damaged_report_of_the_current_run_is_written_again_whole(
+    runs: dict[str, Path], tmp_path: Path, damage: Callable[[Path], None], name: str
 ) -> None:
     old = publish_version(runs["a1"], tmp_path, report=fake_report).directory
-    (old / "report" / "figures" / "map.png").unlink()
+    damage(old / name)
     repaired = publish_version(runs["a1"], tmp_path, report=fake_report)
-    assert [d.path for d in repaired.damaged] == [old / "report" / "figures" / "map.png"]
-    assert inode(repaired.directory / "report" / "report.html") != inode(
-        old / "report" / "report.html"
-    )
+    assert [d.path for d in repaired.damaged] == [old / name]
+    # Not one file of the report is linked: its intact files belong to it alone.
+    for listed in ("report.html", "report.json", *LISTED):
+        path = Path("report") / listed
+        assert (repaired.directory / path).is_file()
+        if (old / path).exists():
+            assert inode(repaired.directory / path) != inode(old / path)
+    assert not (repaired.directory / "report" / "figures" / "extra.png").exists()
     assert inode(repaired.directory / "Mo_mean.tif") == inode(old / "Mo_mean.tif")
     assert verify_version(repaired.directory) == []
+
+
+def test_a_version_listing_each_report_file_as_an_asset_is_checked_and_its_report_reused(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    written: list[Path] = []
+
+    def report(folder: Path) -> None:
+        written.append(folder)
+        fake_report(folder)
+
+    old = publish_version(runs["a1"], tmp_path, report=report).directory
+    # As versions were published before SHA256SUMS: every file of the report an asset.
+    item = json.loads((old / STAC_ITEM).read_text())
+    del item["assets"]["report/SHA256SUMS"]
+    (old / "report" / "SHA256SUMS").unlink()
+    for name in LISTED:
+        data = (old / "report" / name).read_bytes()
+        item["assets"][f"report/{name}"] = {
+            "href": f"./report/{name}",
+            "file:size": len(data),
+            "file:checksum": "1220" + hashlib.sha256(data).hexdigest(),
+        }
+    (old / STAC_ITEM).write_text(json.dumps(item))
+    assert verify_version(old) == []
+    flip_byte(old / CHUNK)
+    assert [(d.path, d.problem) for d in verify_version(old)] == [(old / CHUNK, DIFFERS)]
+    flip_byte(old / CHUNK)  # flipped back
+
+    flip_byte(old / "Mo_mean.tif")
+    repaired = publish_version(runs["a1"], tmp_path, report=report).directory
+    assert len(written) == 1
+    assert inode(repaired / CHUNK) == inode(old / CHUNK)
+    assert list(read_manifest(repaired / "report" / "SHA256SUMS")) == list(LISTED)
+    assets = json.loads((repaired / STAC_ITEM).read_text())["assets"]
+    assert len([name for name in assets if name.startswith("report/")]) == 3
+    assert not (old / "report" / "SHA256SUMS").exists()
+    assert verify_version(repaired) == []
 
 
 #: Publishes a run and is SIGKILLed while its report is written (argv: prediction, root).
