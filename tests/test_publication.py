@@ -9,11 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
+import zarr
 
 from tests.conftest import SMALL_SPEC
 from tests.run_groups import known_layers, write_run_group
@@ -24,6 +26,7 @@ from tpgrid.publication import (
     current_version,
     prune,
     publish_version,
+    read_manifest,
     verify_version,
     versions,
 )
@@ -118,12 +121,27 @@ def test_a_directory_that_is_not_a_publication_is_refused(
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+#: The files of :func:`fake_report` listed in its SHA256SUMS: all but the page and summary.
+LISTED = (
+    "applicability.zarr/Mo/c/0/0",
+    "applicability.zarr/Mo/c/0/1",
+    "applicability.zarr/Mo/c/1/0",
+    "applicability.zarr/Mo/c/1/1",
+    "applicability.zarr/Mo/zarr.json",
+    "applicability.zarr/zarr.json",
+    "figures/map.png",
+)
+
+
 def fake_report(folder: Path) -> None:
-    """A report writer: a page, a summary and a figure."""
+    """A report writer: a page, a summary, a figure and an applicability layer of 4 chunks."""
     (folder / "figures").mkdir(parents=True)
     (folder / "report.html").write_text("<html>report</html>\n")
     (folder / "report.json").write_text('{"elements": {}}\n')
     (folder / "figures" / "map.png").write_bytes(b"\x89PNG" + bytes(range(200)))
+    group = zarr.open_group(folder / "applicability.zarr", mode="w", zarr_format=3)
+    layer = group.create_array("Mo", shape=(8, 8), chunks=(4, 4), dtype="float32")
+    layer[:] = np.arange(64, dtype="float32").reshape(8, 8)
 
 
 def flip_byte(path: Path) -> None:
@@ -142,16 +160,25 @@ def test_every_asset_carries_its_files_size_and_checksum(
     version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
     item = json.loads((version / STAC_ITEM).read_text())
     assert "https://stac-extensions.github.io/file/v2.1.0/schema.json" in item["stac_extensions"]
-    files = {p.relative_to(version).as_posix() for p in version.rglob("*") if p.is_file()} - {
-        STAC_ITEM
-    }
-    assert {a["href"].removeprefix("./") for a in item["assets"].values()} == files
-    assert {"report/report.html", "report/figures/map.png", "Mo_mean.tif"} <= files
+    maps = {p.name for p in version.iterdir() if p.is_file()} - {STAC_ITEM}
+    assert {"Mo_mean.tif", "Mo_quicklook.png"} <= maps
+    # The report is three assets, whatever its size: page, summary and their SHA256SUMS.
+    report = {"report/report.html", "report/report.json", "report/SHA256SUMS"}
+    hrefs = [a["href"].removeprefix("./") for a in item["assets"].values()]
+    assert sorted(hrefs) == sorted(maps | report)
+    assert len([h for h in hrefs if h.startswith("report/")]) == 3
     for asset in item["assets"].values():
         data = (version / asset["href"]).read_bytes()
         assert asset["file:size"] == len(data)
         assert asset["file:checksum"] == "1220" + hashlib.sha256(data).hexdigest()
-    assert item["assets"]["report/report.html"]["roles"] == ["metadata"]
+    assets = item["assets"]
+    assert assets["report/report.html"]["roles"] == ["metadata"]
+    assert assets["report/report.html"]["type"] == "text/html"
+    assert assets["report/report.json"]["type"] == "application/json"
+    assert (assets["report/SHA256SUMS"]["type"], assets["report/SHA256SUMS"]["roles"]) == (
+        "text/plain",
+        ["metadata"],
+    )
     (link,) = item["links"]
     assert (link["rel"], link["href"]) == ("describedby", "./report/report.html")
     assert verify_version(version) == []
@@ -175,6 +202,128 @@ def test_verify_finds_a_flipped_byte_a_deleted_quicklook_and_a_truncated_report_
     (damage,) = verify_version(version)
     assert damage.path == version / STAC_ITEM
     assert damage.problem.startswith("missing or unreadable")
+
+
+CHUNK = "report/applicability.zarr/Mo/c/1/0"
+DIFFERS = "content differs from its SHA-256 recorded when written"
+
+
+def test_the_reports_manifest_lists_every_other_file_of_it_with_its_sha256(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    report = version / "report"
+    in_folder = {p.relative_to(report).as_posix() for p in report.rglob("*") if p.is_file()}
+    assert in_folder == {*LISTED, "report.html", "report.json", "SHA256SUMS"}
+    expected = "".join(
+        f"{hashlib.sha256((report / name).read_bytes()).hexdigest()}  {name}\n" for name in LISTED
+    )
+    assert (report / "SHA256SUMS").read_text() == expected
+    assert list(read_manifest(report / "SHA256SUMS")) == list(LISTED)
+
+
+def test_sha256sum_checks_the_report_and_finds_a_flipped_byte(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    report = publish_version(runs["a1"], tmp_path, report=fake_report).directory / "report"
+
+    def sha256sum() -> subprocess.CompletedProcess[str]:
+        # coreutils' own program: the manifest is in the format it reads.
+        return subprocess.run(
+            ["sha256sum", "--check", "--strict", "SHA256SUMS"],
+            cwd=report,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    fresh = sha256sum()
+    assert (fresh.returncode, fresh.stderr) == (0, "")
+    assert fresh.stdout.splitlines() == [f"{name}: OK" for name in LISTED]
+    flip_byte(report / "figures" / "map.png")
+    flipped = sha256sum()
+    assert flipped.returncode == 1
+    assert "figures/map.png: FAILED" in flipped.stdout.splitlines()
+    assert "applicability.zarr/Mo/c/1/0: OK" in flipped.stdout.splitlines()
+
+
+def test_verify_finds_a_flipped_chunk_a_deleted_figure_and_a_stray_file_in_the_report(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    flip_byte(version / CHUNK)
+    (version / "report" / "figures" / "map.png").unlink()
+    (version / "report" / "figures" / "extra.png").write_bytes(b"not ours")
+    found = {d.path.relative_to(version).as_posix(): d.problem for d in verify_version(version)}
+    assert found == {
+        CHUNK: DIFFERS,
+        "report/figures/map.png": "missing",
+        "report/figures/extra.png": "listed neither in SHA256SUMS nor in the STAC item",
+    }
+
+
+def test_a_damaged_manifest_alone_is_named(runs: dict[str, Path], tmp_path: Path) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    flip_byte(version / CHUNK)
+    flip_byte(version / "report" / "SHA256SUMS")
+    found = {d.path.relative_to(version).as_posix(): d.problem for d in verify_version(version)}
+    # Its lines cannot be trusted to say which chunk is damaged: the report is, as a whole.
+    assert found == {"report/SHA256SUMS": DIFFERS}
+
+
+def rewrite_manifest(version: Path, text: str) -> None:
+    """Replace the report's SHA256SUMS and its record in the item, as if written so."""
+    path = version / "report" / "SHA256SUMS"
+    path.write_text(text)
+    item = json.loads((version / STAC_ITEM).read_text())
+    asset = item["assets"]["report/SHA256SUMS"]
+    asset["file:size"] = len(text.encode())
+    asset["file:checksum"] = "1220" + hashlib.sha256(text.encode()).hexdigest()
+    (version / STAC_ITEM).write_text(json.dumps(item))
+
+
+def test_a_malformed_line_of_the_manifest_is_damage(runs: dict[str, Path], tmp_path: Path) -> None:
+    version = publish_version(runs["a1"], tmp_path, report=fake_report).directory
+    lines = (version / "report" / "SHA256SUMS").read_text().splitlines(keepends=True)
+    rewrite_manifest(version, "".join([lines[0], "not a checksum line\n", *lines[1:]]))
+    (damage,) = verify_version(version)
+    assert damage.path == version / "report" / "SHA256SUMS"
+    assert damage.problem == (
+        "malformed: line 2 is not '<sha256>  <relative path>': 'not a checksum line'"
+    )
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (f"{SHA} figures/map.png\n", "line 1 is not"),  # one space: neither text nor binary
+        (f"{SHA}  ../Mo_mean.tif\n", "line 1 is not"),  # outside the report
+        (f"{SHA}  /etc/passwd\n", "line 1 is not"),
+        (f"{SHA}  ./figures/map.png\n", "line 1 is not"),  # not as written: one name per file
+        (f"{SHA[:-2]}  figures/map.png\n", "line 1 is not"),
+        (f"{SHA}  a\n{SHA}  a\n", "line 2 lists a again"),
+        (f"{SHA}  a", "the last line does not end with a newline"),
+    ],
+)
+def test_read_manifest_refuses_what_it_did_not_write(
+    tmp_path: Path, text: str, problem: str
+) -> None:
+    path = tmp_path / "SHA256SUMS"
+    path.write_text(text)
+    with pytest.raises(ValueError, match="^" + problem):
+        read_manifest(path)
+
+
+def test_read_manifest_reads_text_and_binary_mode_lines(tmp_path: Path) -> None:
+    path = tmp_path / "SHA256SUMS"
+    path.write_text(f"{SHA}  figures/map.png\n{'cd' * 32} *applicability.zarr/zarr.json\n")
+    assert read_manifest(path) == {
+        "figures/map.png": SHA,
+        "applicability.zarr/zarr.json": "cd" * 32,
+    }
 
 
 def test_a_damaged_file_of_the_previous_version_is_rendered_afresh_not_linked(
@@ -216,24 +365,86 @@ def test_publishing_the_current_run_again_repairs_a_damaged_file(
     # Everything intact is linked, the report too: it was written once.
     for name in ("Mo_sd.tif", "Mo_quicklook.png", "report/report.html", "report/figures/map.png"):
         assert inode(repaired.directory / name) == inode(old / name)
+    assert inode(repaired.directory / CHUNK) == inode(old / CHUNK)
     assert len(written) == 1
     assert verify_version(repaired.directory) == []
+    # The new version's manifest is a file of its own: the old one's was not written through.
+    assert [d.path for d in verify_version(old)] == [old / "Mo_mean.tif"]
     again = publish_version(runs["a1"], tmp_path, report=report)
     assert (again.new, again.directory) == (False, repaired.directory)
 
 
-def test_a_damaged_report_of_the_current_run_is_written_again(
-    runs: dict[str, Path], tmp_path: Path
+def delete(path: Path) -> None:
+    path.unlink()
+
+
+def add_stray(path: Path) -> None:
+    path.write_bytes(b"not ours")
+
+
+@pytest.mark.parametrize(
+    ("damage", "name"),
+    [
+        (delete, "report/figures/map.png"),
+        (flip_byte, CHUNK),
+        (add_stray, "report/figures/extra.png"),
+        (flip_byte, "report/SHA256SUMS"),
+    ],
+)
+def test_a_damaged_report_of_the_current_run_is_written_again_whole(
+    runs: dict[str, Path], tmp_path: Path, damage: Callable[[Path], None], name: str
 ) -> None:
     old = publish_version(runs["a1"], tmp_path, report=fake_report).directory
-    (old / "report" / "figures" / "map.png").unlink()
+    damage(old / name)
     repaired = publish_version(runs["a1"], tmp_path, report=fake_report)
-    assert [d.path for d in repaired.damaged] == [old / "report" / "figures" / "map.png"]
-    assert inode(repaired.directory / "report" / "report.html") != inode(
-        old / "report" / "report.html"
-    )
+    assert [d.path for d in repaired.damaged] == [old / name]
+    # Not one file of the report is linked: its intact files belong to it alone.
+    for listed in ("report.html", "report.json", *LISTED):
+        path = Path("report") / listed
+        assert (repaired.directory / path).is_file()
+        if (old / path).exists():
+            assert inode(repaired.directory / path) != inode(old / path)
+    assert not (repaired.directory / "report" / "figures" / "extra.png").exists()
     assert inode(repaired.directory / "Mo_mean.tif") == inode(old / "Mo_mean.tif")
     assert verify_version(repaired.directory) == []
+
+
+def test_a_version_listing_each_report_file_as_an_asset_is_checked_and_its_report_reused(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    written: list[Path] = []
+
+    def report(folder: Path) -> None:
+        written.append(folder)
+        fake_report(folder)
+
+    old = publish_version(runs["a1"], tmp_path, report=report).directory
+    # As versions were published before SHA256SUMS: every file of the report an asset.
+    item = json.loads((old / STAC_ITEM).read_text())
+    del item["assets"]["report/SHA256SUMS"]
+    (old / "report" / "SHA256SUMS").unlink()
+    for name in LISTED:
+        data = (old / "report" / name).read_bytes()
+        item["assets"][f"report/{name}"] = {
+            "href": f"./report/{name}",
+            "file:size": len(data),
+            "file:checksum": "1220" + hashlib.sha256(data).hexdigest(),
+        }
+    (old / STAC_ITEM).write_text(json.dumps(item))
+    assert verify_version(old) == []
+    flip_byte(old / CHUNK)
+    assert [(d.path, d.problem) for d in verify_version(old)] == [(old / CHUNK, DIFFERS)]
+    flip_byte(old / CHUNK)  # flipped back
+
+    flip_byte(old / "Mo_mean.tif")
+    repaired = publish_version(runs["a1"], tmp_path, report=report).directory
+    assert len(written) == 1
+    assert inode(repaired / CHUNK) == inode(old / CHUNK)
+    assert list(read_manifest(repaired / "report" / "SHA256SUMS")) == list(LISTED)
+    assets = json.loads((repaired / STAC_ITEM).read_text())["assets"]
+    assert len([name for name in assets if name.startswith("report/")]) == 3
+    assert not (old / "report" / "SHA256SUMS").exists()
+    assert verify_version(repaired) == []
 
 
 #: Publishes a run and is SIGKILLed while its report is written (argv: prediction, root).
