@@ -10,7 +10,7 @@ Layout of a publication directory::
 A version is assembled in full in a hidden staging folder: maps, then the report, then the STAC
 item, which lists the maps, the report's page and summary, and the report's ``SHA256SUMS`` as
 assets with their size and SHA-256 (STAC file extension). ``SHA256SUMS`` (the format of
-``sha256sum``) lists every other file of the report (figures, the applicability layers' chunks),
+``sha256sum``) lists every file of the report (figures, the applicability layers' chunks),
 so the item stays small and ``cd report && sha256sum -c SHA256SUMS`` checks the report. The
 folder is then renamed to its final name and ``current`` replaced by a new symbolic link in one
 ``rename`` (atomic on POSIX), so a reader that resolves ``current`` once sees the old complete
@@ -28,7 +28,7 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -116,7 +116,7 @@ def publish_version(
 
     ``report(folder)`` writes the report into ``folder`` (which does not exist yet) inside the
     new version, before its STAC item; its page and summary become assets of the item, and
-    every other file a line of its ``SHA256SUMS``, an asset too. Files of unchanged elements
+    every file of it a line of its ``SHA256SUMS``, an asset too. Files of unchanged elements
     are linked from the current version after a check against its item; a damaged one is
     rendered afresh. When the current version holds this run but a file of it is damaged, a
     new version is published (damaged files rendered again, the rest linked, the report too
@@ -194,12 +194,12 @@ def verify_version(directory: str | Path) -> list[Damage]:
     return damage
 
 
-def write_manifest(folder: Path, exclude: Collection[str] = ()) -> Path:
+def write_manifest(folder: Path) -> Path:
     """Write ``folder/SHA256SUMS`` as ``sha256sum`` does: ``<sha256>  <path>`` for every file
-    under ``folder`` but itself and ``exclude`` (paths relative to ``folder``, sorted)."""
+    under ``folder`` but itself (paths relative to ``folder``, sorted)."""
     files = {p.relative_to(folder).as_posix(): p for p in folder.rglob("*") if p.is_file()}
     lines = []
-    for name in sorted(files.keys() - {MANIFEST, *exclude}):
+    for name in sorted(files.keys() - {MANIFEST}):
         if "\n" in name or "\\" in name:  # sha256sum would escape these; ours never hold them
             raise ValueError(f"{files[name]}: no name with a newline or backslash in {MANIFEST}")
         lines.append(f"{file_record(files[name]).sha256}  {name}\n")
@@ -296,11 +296,15 @@ def _check_report(directory: Path, records: Mapping[str, FileRecord | None]) -> 
             return [Damage(folder / MANIFEST, f"unreadable: {exc.strerror or exc}")]
         except ValueError as exc:
             return [Damage(folder / MANIFEST, f"malformed: {exc}")]
-    damage = [
-        found for name, sha256 in listed.items() if (found := _check_listed(folder / name, sha256))
-    ]
     prefix = f"{REPORT_DIR}/"
-    known = {*listed, *(name[len(prefix) :] for name in records if name.startswith(prefix))}
+    assets = {name[len(prefix) :] for name in records if name.startswith(prefix)}
+    # The page and the summary are assets too, checked with their size: named once, from there.
+    damage = [
+        found
+        for name, sha256 in listed.items()
+        if name not in assets and (found := _check_listed(folder / name, sha256))
+    ]
+    known = {*listed, *assets}
     for path in sorted(folder.rglob("*") if folder.is_dir() else ()):
         if path.is_file() and path.relative_to(folder).as_posix() not in known:
             damage.append(Damage(path, f"listed neither in {MANIFEST} nor in the STAC item"))
@@ -339,11 +343,12 @@ def _link_report(previous: Path | None, staging: Path) -> bool:
 
 def _report_assets(directory: Path) -> dict[str, dict[str, Any]]:
     """The report in ``directory`` as STAC assets (keyed by path): its page, its summary, and
-    the ``SHA256SUMS`` written here that lists every other file of it."""
+    the ``SHA256SUMS`` written here that lists every file of it, so that ``sha256sum -c``
+    alone checks the whole report."""
     folder = directory / REPORT_DIR
     if not folder.is_dir():
         return {}
-    write_manifest(folder, exclude={name[len(REPORT_DIR) + 1 :] for name in _REPORT_ASSETS})
+    write_manifest(folder)
     described = {
         REPORT_HTML: {"type": "text/html", "roles": ["metadata"], "title": "Science report"},
         REPORT_JSON: {
