@@ -352,6 +352,7 @@ def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
         "blockysize": 256,
         "BIGTIFF": "IF_SAFER",
     }
+    failed: StorageError | None = None
     # GDAL's block cache defaults to 5 % of the machine's memory per process: cap it.
     with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
         try:
@@ -373,9 +374,13 @@ def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
             )
         except (RasterioError, CPLE_BaseError) as exc:
             # Checked before the temporary file goes: it is part of what filled the disk.
-            raise _cog_write_error(path, exc) from exc
+            failed = _cog_write_error(path, exc)
         finally:
             tiled.unlink(missing_ok=True)
+    if failed is not None:
+        # Raised out here, without GDAL's exception as its context: that does not survive
+        # the pickling back from a Dask worker, which would then send a bare Exception.
+        raise failed
     return path
 
 
