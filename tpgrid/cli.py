@@ -6,8 +6,11 @@ command exits with its ``exit_code``.
 
 from __future__ import annotations
 
+import _thread
 import functools
 import logging
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -22,7 +25,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from tpgrid.errors import TpgridError
+from tpgrid.errors import StorageError, TpgridError
 
 if TYPE_CHECKING:
     from tpgrid.client import ClusterSpec
@@ -34,6 +37,8 @@ if TYPE_CHECKING:
 EXIT_UNCHANGED = 3
 #: `tpgrid verify` exit code when a stored file does not match its record.
 EXIT_DAMAGED = 4
+#: Exit code after Ctrl-C: 128 + SIGINT, as shells report a command stopped by it.
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     help="1 km soil micronutrient maps of the Tibetan Plateau, on Dask.",
@@ -78,15 +83,29 @@ WaitOption = Annotated[
 
 
 def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Show a TpgridError as one red message and exit non-zero, without a traceback."""
+    """Show a TpgridError, a file system error (also one raised in a Dask task) or Ctrl-C as
+    one red message and exit non-zero, without a traceback."""
 
     @functools.wraps(command)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
         except TpgridError as exc:
-            console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
-            raise typer.Exit(code=exc.exit_code) from None
+            error: TpgridError = exc
+        except OSError as exc:
+            if not StorageError.covers(exc):
+                raise  # e.g. a lost connection: not the user's file system, keep its traceback
+            error = StorageError.from_os_error(exc)
+        except KeyboardInterrupt:
+            # Publishing is atomic and prediction resumes from its done markers.
+            console.print(
+                "[bold red]interrupted:[/] nothing half-done was published; run the same "
+                "command again to resume",
+                highlight=False,
+            )
+            raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+        raise typer.Exit(code=error.exit_code) from None
 
     return wrapper
 
@@ -97,6 +116,7 @@ def main(
         bool, typer.Option("--verbose", "-v", help="Log what is skipped and why.")
     ] = False,
 ) -> None:
+    _rearm_lost_interrupts()
     # zarr warns on every consolidated v3 group; tpgrid writes and reads them on purpose.
     warnings.filterwarnings("ignore", message="Consolidated metadata is currently not part")
     level = logging.INFO if verbose else logging.WARNING
@@ -123,6 +143,44 @@ def _workdir_lock(ctx: typer.Context, directories: list[Path], wait: bool) -> No
 
     locks = workdir_locks(directories, wait=wait, on_wait=waiting)
     ctx.with_resource(locks)
+
+
+def _rearm_lost_interrupts() -> None:
+    """Make a Ctrl-C that Python drops raise again.
+
+    Python cannot raise an exception out of a destructor, weakref callback or finaliser: it
+    hands it to ``sys.unraisablehook`` and goes on. A KeyboardInterrupt landing there (the main
+    thread runs many while a run waits on Dask futures) would be lost and the run go on to
+    publish. This hook has the main thread interrupted again, from outside the finaliser.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "tpgrid_rearms", False):
+        return
+    rearm = _interrupter()
+
+    def hook(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            rearm.set()  # not interrupt_main() here: it would raise inside this hook, and be lost
+            return
+        previous(unraisable)
+
+    hook.tpgrid_rearms = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
+@functools.cache
+def _interrupter() -> threading.Event:
+    """An event that, once set, has a thread of its own interrupt the main thread."""
+    rearm = threading.Event()
+
+    def interrupt_main_when_set() -> None:
+        while True:
+            rearm.wait()
+            rearm.clear()
+            _thread.interrupt_main()
+
+    threading.Thread(target=interrupt_main_when_set, name="tpgrid-interrupts", daemon=True).start()
+    return rearm
 
 
 @contextmanager

@@ -19,12 +19,17 @@ passed in; the CLI opens one here and closes it when the command ends.
 from __future__ import annotations
 
 import importlib
+import logging
 import os
+import re
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import dask.config
 from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -143,12 +148,15 @@ def dask_client(spec: ClusterSpec | None = None, *, address: str | None = None) 
     A cluster this function starts is closed when the block ends; an existing scheduler is
     left running.
     """
-    address = address or os.environ.get(ADDRESS_ENV)
-    if address:
+    # Set but empty counts as given (and malformed): a blank variable silently starting a
+    # local cluster instead of using the intended scheduler would be worse than an error.
+    address = address if address is not None else os.environ.get(ADDRESS_ENV)
+    if address is not None:
         spec = AddressSpec(kind="address", address=address)
     spec = spec or LocalSpec()
     with ExitStack() as stack:
         if isinstance(spec, AddressSpec):
+            check_address(spec.address)
             client = _connect(spec.address, stack)
         elif isinstance(spec, SchedulerFileSpec):
             if not spec.scheduler_file.is_file():
@@ -161,6 +169,34 @@ def dask_client(spec: ClusterSpec | None = None, *, address: str | None = None) 
             cluster = stack.enter_context(_start_cluster(spec))
             client = stack.enter_context(Client(cluster))
         yield client
+
+
+#: ``[scheme://]host:port``: a host name, an IPv4 address or a bracketed IPv6 one.
+_ADDRESS = re.compile(
+    r"^(?:(?P<scheme>[a-z]+)://)?"
+    r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?|\[[0-9A-Fa-f:.]+\])"
+    r":(?P<port>[0-9]{1,5})$"
+)
+_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx")
+
+
+def check_address(address: str) -> None:
+    """Raise :class:`ClusterError` for a scheduler address that is not ``scheme://host:port``,
+    before anything tries to connect to it (distributed's own parser fails with a bare
+    ``ValueError``, or resolves nonsense as a host name)."""
+    match = _ADDRESS.match(address)
+    if (
+        match is not None
+        and (match["scheme"] or "tcp") in _SCHEMES
+        and 0 < int(match["port"]) < 65536
+    ):
+        return
+    raise ClusterError(
+        f"scheduler address {address!r} is not of the form tcp://HOST:PORT (e.g. "
+        f"tcp://10.0.0.5:8786; {', '.join(s + '://' for s in _SCHEMES[1:])} work too): fix "
+        f"--scheduler-address / ${ADDRESS_ENV} / the cluster spec's 'address', or unset "
+        f"${ADDRESS_ENV} to start a local cluster"
+    )
 
 
 def _connect(address: str, stack: ExitStack) -> Client:
@@ -181,6 +217,11 @@ def _start_cluster(
     """A new cluster object (a context manager) for ``spec``."""
     env = worker_environment()
     if isinstance(spec, LocalSpec):
+        # Local workers share the terminal's process group: Ctrl-C reaches them too. They
+        # ignore it (see dask_setup) and leave it to the client, which stops the run and closes
+        # the cluster in order; a worker killed by it would be restarted by its nanny and its
+        # tasks retried, so the run went on whenever the client missed the interrupt.
+        preload = [*dask.config.get("distributed.worker.preload", []), __name__]
         return LocalCluster(
             n_workers=spec.workers or max(1, os.cpu_count() or 1),
             threads_per_worker=spec.threads_per_worker,
@@ -189,6 +230,7 @@ def _start_cluster(
             dashboard_address="127.0.0.1:0",
             processes=True,
             env=env,
+            preload=preload,
         )
     backend = _import_backend(spec.kind)
     if isinstance(spec, JobqueueSpec):
@@ -225,6 +267,23 @@ def _start_cluster(
         software=spec.software,
         environ=env,
     )
+
+
+def dask_setup(worker: Any) -> None:
+    """Preload hook of local worker processes: ignore SIGINT (see :func:`_start_cluster`) and
+    keep out of the command's terminal what the client reports itself."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("distributed.worker", "distributed.worker.state_machine"):
+        logging.getLogger(name).addFilter(_said_by_the_client)
+
+
+def _said_by_the_client(record: logging.LogRecord) -> bool:
+    """False for a failed task's log (the client raises its error again, with the traceback
+    when it is not a user error) and for a closing worker's note of each task it stops (a failed
+    or interrupted run leaves some running when the cluster closes)."""
+    message = str(record.msg)
+    return not (message.startswith("Compute Failed") or message.endswith("with CancelledError"))
 
 
 def _import_backend(kind: str) -> Any:

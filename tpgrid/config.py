@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tpgrid.client import ClusterSpec
+from tpgrid.errors import StorageError
 from tpgrid.explain import DEFAULT_EFFECTS
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.model import FitSettings, SearchGrid
@@ -196,13 +197,29 @@ def parse_pipeline(
         for key in ("workdir", "grid", "catalog", "sites")
         if isinstance(value := getattr(config, key), Path)
     }
+    check_workdir(absolute["workdir"])
     return config.model_copy(update=absolute)
+
+
+def check_workdir(workdir: Path) -> None:
+    """Raise :class:`StorageError` when ``workdir``, or a folder it would be made in, is a file:
+    checked when a config is loaded, before a cluster is started or anything is written."""
+    for path in (workdir, *workdir.parents):
+        if path.exists() or path.is_symlink():
+            if not path.is_dir():
+                what = "it" if path == workdir else f"{path}, a folder of it,"
+                raise StorageError(
+                    f"workdir {workdir}: {what} is a file, not a directory: move the file "
+                    "away, or set 'workdir' to a directory"
+                )
+            return
 
 
 def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> PipelineConfig:
     """The demo pipeline (``tpgrid demo``): the small synthetic plateau with a light search,
     or with ``full`` the paper-scale run on the full plateau. Same as ``pipelines/demo.yaml``
     and ``pipelines/synthetic_1km.yaml``, with ``workdir`` and ``seed`` as given."""
+    check_workdir(workdir)
     if full:
         return PipelineConfig(
             name="synthetic_1km",

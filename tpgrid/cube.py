@@ -317,14 +317,20 @@ def _plan_variables(catalog: Catalog, grid: TargetGrid) -> list[_Variable]:
     for name, source in open_sources(catalog, grid).items():
         layer = catalog.layers[name]
         resampling = choose_resampling(layer, source, grid)
+        check = _value_check(name, catalog.location(name), layer)
+        # Class codes stored as floats are reprojected as they are and cast once checked to be
+        # whole numbers: a cast during the reprojection fails on 1.5 with a bare TypeError.
+        cast_later = layer.kind == "categorical" and source.dtype.kind == "f"
         on_grid = xr_reproject(
             source,
             grid.geobox,
             resampling=resampling,
-            dtype=cube_dtype(layer),
+            dtype=source.dtype if cast_later else cube_dtype(layer),
             dst_nodata=cube_fill_value(layer),
         )
         data = on_grid.data.rechunk(grid.chunks)
+        if cast_later:
+            data = data.map_blocks(_checked_cast, check, cube_dtype(layer), dtype=cube_dtype(layer))
         attrs = _layer_attrs(name, layer, resampling)
         variables.append(
             _Variable(
@@ -333,7 +339,7 @@ def _plan_variables(catalog: Catalog, grid: TargetGrid) -> list[_Variable]:
                 attrs,
                 cube_fill_value(layer),
                 fingerprint(catalog, name),
-                _value_check(name, layer),
+                check,
             )
         )
     if catalog.terrain is not None:
@@ -348,13 +354,23 @@ def _plan_variables(catalog: Catalog, grid: TargetGrid) -> list[_Variable]:
     return variables
 
 
-def _value_check(name: str, layer: Layer) -> Callable[[npt.NDArray[Any]], None]:
+def _value_check(name: str, location: str, layer: Layer) -> Callable[[npt.NDArray[Any]], None]:
     """A per-chunk check of values against the catalog entry, raising LayerValueError."""
     if layer.kind == "categorical":
         assert layer.classes is not None
         allowed = np.array(sorted({*layer.classes, CATEGORICAL_NODATA}), dtype="uint8")
 
         def check_classes(block: npt.NDArray[Any]) -> None:
+            if block.dtype.kind == "f":
+                fractional = block[~np.isfinite(block) | (block != np.round(block))]
+                if fractional.size:
+                    found = ", ".join(f"{v:g}" for v in np.unique(fractional)[:5])
+                    raise LayerValueError(
+                        f"layer {name!r} is categorical but {location} holds values that "
+                        f"are not whole class codes (e.g. {found}): write the codes as "
+                        "integers (e.g. gdal_translate -ot Byte), set 'nodata' if they mean no "
+                        "data, or make the layer 'continuous' in the catalog"
+                    )
             unknown = np.setdiff1d(np.unique(block), allowed)
             if unknown.size:
                 raise LayerValueError(
@@ -379,6 +395,13 @@ def _value_check(name: str, layer: Layer) -> Callable[[npt.NDArray[Any]], None]:
             )
 
     return check_range
+
+
+def _checked_cast(
+    block: npt.NDArray[Any], check: Callable[[npt.NDArray[Any]], None], dtype: np.dtype[Any]
+) -> npt.NDArray[Any]:
+    check(block)
+    return block.astype(dtype)
 
 
 def _layer_attrs(name: str, layer: Layer, resampling: str) -> dict[str, Any]:

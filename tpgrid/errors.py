@@ -6,6 +6,8 @@ prints the message without a traceback and exits with ``exit_code``.
 
 from __future__ import annotations
 
+import errno
+
 from pydantic import ValidationError
 
 
@@ -57,6 +59,74 @@ class PredictionError(TpgridError):
 
 class ClusterError(TpgridError):
     """A scheduler that cannot be reached or a cluster that cannot be started."""
+
+
+class StorageError(TpgridError):
+    """A file or directory that cannot be written or read: read-only, full, in the way, …"""
+
+    @staticmethod
+    def covers(exc: OSError) -> bool:
+        """Whether ``exc`` is about a file or directory (not, say, a lost connection)."""
+        if isinstance(exc, ConnectionError | TimeoutError):
+            return False
+        return exc.filename is not None or exc.errno in _STORAGE_CAUSES
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> StorageError:
+        """The error for ``exc``: its path (``path`` if the error names none), the cause in
+        words and the fix."""
+        where = exc.filename if exc.filename is not None else path
+        if exc.filename2 is not None:
+            where = f"{where} → {exc.filename2}"
+        cause, fix = _STORAGE_CAUSES.get(
+            exc.errno or 0,
+            (
+                (exc.strerror or str(exc) or type(exc).__name__).lower(),
+                "check the path and its file system",
+            ),
+        )
+        return cls(f"{where}: {cause}: {fix}" if where is not None else f"{cause}: {fix}")
+
+
+#: errno → (the cause in words, what to do about it).
+_STORAGE_CAUSES = {
+    errno.EROFS: (
+        "read-only file system",
+        "choose a directory on a writable file system, or remount it read-write",
+    ),
+    errno.EACCES: (
+        "permission denied",
+        "give this user write access to it, or choose another directory",
+    ),
+    errno.EPERM: (
+        "operation not permitted",
+        "give this user write access to it, or choose another directory",
+    ),
+    errno.ENOSPC: (
+        "no space left on device",
+        "free space on that file system (or choose one with more), then run the command again",
+    ),
+    errno.EDQUOT: (
+        "disk quota exceeded",
+        "free space within your quota (or raise it), then run the command again",
+    ),
+    errno.ENOTDIR: (
+        "not a directory (a file is in the way)",
+        "move that file away, or choose another directory",
+    ),
+    errno.EEXIST: (
+        "a file is in the way",
+        "move it away, or choose another directory",
+    ),
+    errno.EISDIR: ("it is a directory", "move it away, or choose another path"),
+    errno.ENOENT: (
+        "no such file or directory",
+        "check the path; a file may have been removed while the command ran",
+    ),
+    errno.EIO: ("input/output error", "check the disk or the network mount"),
+    errno.EMFILE: ("too many open files", "raise the limit (ulimit -n) and run again"),
+    errno.ENAMETOOLONG: ("file name too long", "choose a shorter path"),
+}
 
 
 class SiteTableError(TpgridError):

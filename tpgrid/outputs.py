@@ -23,6 +23,7 @@ grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -40,11 +41,13 @@ import rasterio.shutil
 import xarray as xr
 import zarr
 from pyproj import CRS
+from rasterio._err import CPLE_BaseError
 from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from tpgrid import __version__
-from tpgrid.errors import OutputExistsError, PredictionError
+from tpgrid.errors import OutputExistsError, PredictionError, StorageError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_file, file_record
 from tpgrid.store import (
@@ -494,6 +497,7 @@ def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
         "blockysize": 256,
         "BIGTIFF": "IF_SAFER",
     }
+    failed: StorageError | None = None
     # GDAL's block cache defaults to 5 % of the machine's memory per process: cap it.
     with rasterio.Env(GDAL_CACHEMAX=COG_CACHE_MB):
         try:
@@ -513,9 +517,36 @@ def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
                 STATISTICS="NO" if categorical else "YES",
                 BIGTIFF="IF_SAFER",
             )
+        except (RasterioError, CPLE_BaseError) as exc:
+            # Checked before the temporary file goes: it is part of what filled the disk.
+            failed = _cog_write_error(path, exc)
         finally:
             tiled.unlink(missing_ok=True)
+    if failed is not None:
+        # Raised out here, without GDAL's exception as its context: that does not survive
+        # the pickling back from a Dask worker, which would then send a bare Exception.
+        raise failed
     return path
+
+
+def _cog_write_error(path: Path, exc: Exception) -> StorageError:
+    """GDAL names the call that failed ("TIFFAppendToStrip:Seek error"), rarely the cause: a
+    full disk is told by the free space left on the COG's file system, or by GDAL's message."""
+    try:
+        full = shutil.disk_usage(path.parent).free < _FULL_BELOW
+    except OSError:
+        full = False
+    if full or "no space left" in str(exc).lower():
+        return StorageError.from_os_error(OSError(errno.ENOSPC, "no space", str(path)))
+    return StorageError(
+        f"{path}: GDAL could not write this COG ({exc}): check that its file system is writable "
+        "and has space, then run the command again"
+    )
+
+
+#: Less free space than this after a failed write: the disk is full (GDAL writes a tile, at
+#: most a few hundred KB, at a time).
+_FULL_BELOW = 1 << 20
 
 
 def _rasterio_window(window: ChunkWindow) -> Window:

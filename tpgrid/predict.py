@@ -432,11 +432,13 @@ def predict_cube(
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
         finish(staging, attrs | {ATTR_RUN: run, ATTR_CHUNK_FILES: _records(files)})
         swap_in(staging, out)
-    except Exception:
-        # A failed run leaves nothing; a killed one (no chance to get here) leaves its staging
-        # group and done markers for the next run with the same inputs to resume from.
+    except BaseException as exc:
+        # A failed run leaves nothing. An interrupted one (Ctrl-C) stops its tasks but, like a
+        # killed one (no chance to get here), leaves its staging group and done markers for
+        # the next run with the same inputs to resume from.
         client.cancel(futures)
-        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, Exception):
+            shutil.rmtree(staging, ignore_errors=True)
         raise
     computed = sum(len(windows) for windows in to_predict.values())
     log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)

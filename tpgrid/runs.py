@@ -27,7 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,9 +35,9 @@ from typing import Any
 
 from tpgrid import __version__
 from tpgrid.artifact import MODEL_FILE
-from tpgrid.config import PipelineConfig
+from tpgrid.config import PipelineConfig, check_workdir
 from tpgrid.cube import build_cube, plan_cube
-from tpgrid.errors import FitError
+from tpgrid.errors import FitError, StorageError
 from tpgrid.grid import TargetGrid
 from tpgrid.model import FitReport, fit_models
 from tpgrid.outputs import open_prediction, published_run
@@ -190,19 +190,23 @@ def _publish_plan(config: PipelineConfig) -> Step:
 
 
 def run_pipeline(config: PipelineConfig, *, progress: Progress | None = None) -> RunRecord:
-    """Run the pipeline on the current Dask client and record it (also when it fails)."""
+    """Run the pipeline on the current Dask client and record it (also when it fails).
+
+    A workdir that cannot hold the run (a file in the way, a read-only file system) is a
+    :class:`StorageError` before anything is done. A step's error is what a failed run raises,
+    even when its record cannot be written then (that is logged as a warning).
+    """
+    check_workdir(config.workdir)
+    try:
+        config.runs_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, config.runs_dir) from exc
     run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
     started = datetime.now(UTC).isoformat(timespec="seconds")
     steps: list[Step] = []
-    published: str | None = None
-    status = "ok"
-    try:
-        published = _run_steps(config, steps, progress)
-    except BaseException as exc:
-        status = f"failed: {type(exc).__name__}: {exc}"
-        raise
-    finally:
-        record = RunRecord(
+
+    def record(status: str, published: str | None = None) -> RunRecord:
+        return RunRecord(
             id=run_id,
             pipeline=config.name,
             started=started,
@@ -213,8 +217,20 @@ def run_pipeline(config: PipelineConfig, *, progress: Progress | None = None) ->
             published=published,
             versions={"tpgrid": __version__, "python": platform.python_version()},
         )
-        _write_record(config, record)
-    return record
+
+    try:
+        published = _run_steps(config, steps, progress)
+    except BaseException as exc:
+        interrupted = isinstance(exc, KeyboardInterrupt)
+        status = "interrupted" if interrupted else f"failed: {type(exc).__name__}: {exc}"
+        try:
+            _write_record(config, record(status))
+        except StorageError as failed:
+            log.warning("the run record was not written: %s", failed)
+        raise
+    done = record("ok", published)
+    _write_record(config, done)
+    return done
 
 
 def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | None) -> str:
@@ -412,11 +428,16 @@ def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
 
 
 def _write_record(config: PipelineConfig, record: RunRecord) -> None:
-    config.runs_dir.mkdir(parents=True, exist_ok=True)
     path = config.runs_dir / f"{record.id}.json"
     partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(json.dumps(record.to_json(), indent=2) + "\n")
-    partial.rename(path)
+    try:
+        config.runs_dir.mkdir(parents=True, exist_ok=True)
+        partial.write_text(json.dumps(record.to_json(), indent=2) + "\n")
+        partial.rename(path)
+    except OSError as exc:
+        with suppress(OSError):
+            partial.unlink(missing_ok=True)
+        raise StorageError.from_os_error(exc, path) from exc
 
 
 def list_runs(config: PipelineConfig) -> list[dict[str, Any]]:

@@ -16,7 +16,7 @@ from pathlib import Path
 from tpgrid.artifact import verify_models
 from tpgrid.config import WorkdirLayout
 from tpgrid.cube import verify_cube
-from tpgrid.errors import TpgridError
+from tpgrid.errors import StorageError, TpgridError
 from tpgrid.integrity import Damage
 from tpgrid.predict import verify_prediction
 from tpgrid.publication import CURRENT, current_version, verify_version, versions
@@ -39,7 +39,7 @@ def verify_workdir(workdir: str | Path) -> list[Checked]:
     """Check everything a pipeline wrote into ``workdir``; what is absent is not checked."""
     layout = WorkdirLayout(Path(workdir))
     if not layout.workdir.is_dir():
-        raise TpgridError(
+        raise StorageError(
             f"{layout.workdir} is not a directory: give a pipeline's working directory "
             "(the 'workdir' of its YAML)"
         )
