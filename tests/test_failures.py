@@ -246,7 +246,8 @@ def test_a_read_only_workdir_is_one_message_naming_the_path(
     result = tpgrid("run", str(config), "--workers", "1")
     assert result.returncode == 2
     message = the_message(result.stderr)
-    assert f"{read_only_dir / 'runs'}: read-only file system" in message
+    # The lock file is the first thing a run writes: it names that path.
+    assert f"{read_only_dir / '.tpgrid.lock'}: read-only file system" in message
     assert "remount it read-write" in message
     assert list(read_only_dir.iterdir()) == []
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import _thread
 import functools
 import logging
+import os
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, ParamSpec, TypeVar
 
 import typer
 from rich import box
@@ -50,11 +51,33 @@ console = Console(stderr=True)
 P = ParamSpec("P")
 R = TypeVar("R")
 
+
+def _exit_with(error: TpgridError) -> NoReturn:
+    console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    raise typer.Exit(code=error.exit_code)
+
+
+def _checked_address(address: str | None) -> str | None:
+    """Refuse a malformed scheduler address as the options are read: before the command takes
+    its lock, reads or writes anything, or starts a cluster."""
+    from tpgrid.client import ADDRESS_ENV, check_address
+
+    # click reads a set but empty variable as unset; the client counts it as given: check it.
+    given = address if address is not None else os.environ.get(ADDRESS_ENV)
+    if given is not None:
+        try:
+            check_address(given)
+        except TpgridError as exc:
+            _exit_with(exc)
+    return address
+
+
 SchedulerOption = Annotated[
     str | None,
     typer.Option(
         "--scheduler-address",
         envvar="DASK_SCHEDULER_ADDRESS",
+        callback=_checked_address,
         help="Use a running Dask scheduler instead of starting a local cluster.",
     ),
 ]
@@ -104,8 +127,7 @@ def _user_errors(command: Callable[P, R]) -> Callable[P, R]:
                 highlight=False,
             )
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
-        console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
-        raise typer.Exit(code=error.exit_code) from None
+        _exit_with(error)
 
     return wrapper
 

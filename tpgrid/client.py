@@ -184,6 +184,8 @@ def check_address(address: str) -> None:
     """Raise :class:`ClusterError` for a scheduler address that is not ``scheme://host:port``,
     before anything tries to connect to it (distributed's own parser fails with a bare
     ``ValueError``, or resolves nonsense as a host name)."""
+    if address.startswith("inproc://") and len(address) > len("inproc://"):
+        return  # a scheduler in this process (LocalCluster(processes=False)): no host or port
     match = _ADDRESS.match(address)
     if (
         match is not None

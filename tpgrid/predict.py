@@ -378,8 +378,12 @@ def predict_cube(
             return _report(out, previous, True, seconds, 0, total, repaired)
         log.warning("%s holds run %s, but damaged: repairing it", out, run["run_id"][:12])
     same_product = previous is not None and _product(previous) == _product(run)
-    if out.exists() and not (same_product or overwrite):
+    # Maps of elements this run lacks would be dropped with the old group: that is replacing.
+    dropped = sorted(set(previous["models"]) - set(run["models"])) if previous else []
+    if out.exists() and not ((same_product and not dropped) or overwrite):
         what = "another prediction run" if previous is not None else "something else"
+        if same_product:
+            what += f", with maps of {dropped} that this one has no model for"
         raise OutputExistsError(
             f"{out} holds {what}: choose another output path or pass --overwrite to replace it"
         )
@@ -438,6 +442,7 @@ def predict_cube(
         # the next run with the same inputs to resume from.
         client.cancel(futures)
         if isinstance(exc, Exception):
+            _wait_until_stopped(client, futures)
             shutil.rmtree(staging, ignore_errors=True)
         raise
     computed = sum(len(windows) for windows in to_predict.values())
@@ -607,6 +612,26 @@ def _repredicted(damage: Damage) -> Damage:
 def _said(damage: Damage) -> Damage:
     log.warning("%s", damage)
     return damage
+
+
+def _wait_until_stopped(client: Client, futures: Sequence[Future[Any]]) -> None:
+    """Wait (up to a minute) until no worker still runs one of ``futures``' tasks.
+
+    Cancelling a task that already runs does not stop it: it goes on to write its chunk, and
+    would bring back a staging group removed before it ends.
+    """
+    keys = {future.key for future in futures}
+    deadline = time.monotonic() + 60
+    while keys and time.monotonic() < deadline:
+        running: dict[str, list[Any]] = client.run(_running_keys)
+        if keys.isdisjoint(key for on_worker in running.values() for key in on_worker):
+            return
+        time.sleep(0.1)
+
+
+def _running_keys(dask_worker: Worker) -> list[Any]:
+    """Keys of the tasks ``dask_worker`` is executing (cancelled ones included)."""
+    return [task.key for task in dask_worker.state.executing]
 
 
 def _client() -> Client:

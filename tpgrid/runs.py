@@ -136,6 +136,7 @@ def plan(config: PipelineConfig) -> list[Step]:
         load_models(config.models_dir),
         config.prediction_path,
         unseen=config.predict.unseen,
+        overwrite=True,  # the pipeline's own: see _run_steps
         dry_run=True,
     )
     if prediction.chunks_computed:
@@ -290,6 +291,9 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             models,
             config.prediction_path,
             unseen=config.predict.unseen,
+            # The workdir's prediction is the pipeline's own, under its lock: elements it
+            # dropped go with it, and a changed grid replaces it.
+            overwrite=True,
             progress=_labelled(progress, "predict"),
         )
         detail = f"{prediction.chunks_computed} of {prediction.chunks_total} element chunks"
