@@ -1,15 +1,17 @@
-"""One process of a concurrent start-up on a shared numba cache (``NUMBA_CACHE_DIR``).
+"""One process of a concurrent start-up on a shared numba cache (``NUMBA_CACHE_DIR``), and
+`start_together`, which starts several.
 
 Usage: ``python kernel_cache_child.py``. The process imports tpgrid and fits a small forest,
 prints ``ready``, waits for a line on stdin (so that all processes of a round warm up at
 once), then runs `tpgrid.forest.warm_up_kernels`, predicts with both kernels and prints one
 JSON line: whether the results equal scikit-learn's, and numba's cache hits and misses.
 
-For ``benchmarks/kernel_cache_race.py``, two environment variables change what it does:
-``KERNEL_CACHE_CHILD_READONLY=1`` skips the warm-up and predicts a read-only ``X`` (another
-argument type, so another index key); ``KERNEL_CACHE_CHILD_WIDEN=<seconds>`` makes numba sleep a
-random time before writing an index or data file, widening the window between reading an
-index and writing it back.
+For `tests.kernel_cache_race`, two environment variables change what it does:
+
+- ``KERNEL_CACHE_CHILD_READONLY=1``: no explicit warm-up, and a read-only ``X`` (another
+  argument type, so another index key, until tpgrid copied such an ``X``);
+- ``KERNEL_CACHE_CHILD_WIDEN=<seconds>``: numba sleeps a random time up to that before it
+  writes an index or data file, widening the window between reading an index and writing it.
 """
 
 from __future__ import annotations

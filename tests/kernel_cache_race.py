@@ -3,11 +3,13 @@
 Run from the repository root: ``python -m tests.kernel_cache_race [--rounds R] [--processes N]
 [--readonly K] [--generic K] [--widen SECONDS]``. Each round starts N processes of
 `tests.kernel_cache_child` together on an empty ``NUMBA_CACHE_DIR``; K of them predict a
-read-only ``X`` without warming up (``--readonly``: a second signature), or compile for
-``NUMBA_CPU_NAME=generic`` (``--generic``: a second target machine). Per round it prints the
-processes that failed or got results other than scikit-learn's, how many compiled each kernel,
-and what the cache holds: per kernel, its index entries and whether each entry's data file
-holds the signature the entry is keyed on.
+read-only ``X`` without warming up first (``--readonly``: a second signature, until tpgrid
+copied such an ``X``), or compile for ``NUMBA_CPU_NAME=generic`` (``--generic``: a second
+target machine); ``--widen`` slows numba's cache writes by a random time up to SECONDS. Per
+round it prints the processes that failed or got results other than scikit-learn's, how many
+compiled each kernel, and what the cache holds: per kernel, its index entries and whether each
+entry's data file holds the signature the entry is keyed on (a data file does not say which
+CPU it is for).
 """
 
 from __future__ import annotations
