@@ -6,7 +6,9 @@ an ``.npz``, hashed, and shipped to Dask workers once.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid import _kernels
+from tpgrid.lock import workdir_lock
 
 #: Array fields of `PackedForest`, in hashing and saving order, with their dtypes.
 _ARRAY_DTYPES: dict[str, type[np.generic]] = {
@@ -131,6 +134,7 @@ class PackedForest:
         or "lockstep" forces one. The results are identical; only the speed changes.
         """
         X32 = self._as_input(X)
+        warm_up_kernels()
         return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
             X32,
             self.feature,
@@ -146,12 +150,15 @@ class PackedForest:
     def predict_trees(self, X: npt.ArrayLike) -> npt.NDArray[np.float64]:
         """Every tree's prediction, (n_pixels, n_trees) float64; NaN rows give NaN."""
         X32 = self._as_input(X)
+        warm_up_kernels()
         return _kernels.forest_tree_predictions(  # type: ignore[no-any-return]
             X32, self.feature, self.threshold, self.left, self.value, self.roots
         )
 
     def _as_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        X32 = np.ascontiguousarray(X, dtype=np.float32)
+        # Writable too: a read-only X is another argument type, which numba would compile (and
+        # write to its cache) again, outside `warm_up_kernels`'s lock.
+        X32 = np.require(X, dtype=np.float32, requirements=["C", "W"])
         if X32.ndim != 2:
             raise ValueError(f"X must be 2-D (n_pixels, n_features), got shape {X32.shape}")
         if X32.shape[1] != self.n_features:
@@ -205,9 +212,15 @@ class PackedForest:
         return digest.hexdigest()
 
 
+@functools.cache
 def warm_up_kernels() -> None:
-    """Compile the mean/variance kernel for `PackedForest`'s argument types, or load it from
-    numba's on-disk cache (~3 s cold, ~0.3 s cached), so the first real chunk does not wait."""
+    """Compile both kernels for `PackedForest`'s argument types, or load them from numba's
+    on-disk cache (~3 s cold, ~0.3 s cached), once per process: each Dask worker as it joins
+    (`tpgrid.predict.KernelWarmUp`), any other process at its first prediction.
+
+    Processes sharing numba's cache directory do this one at a time: the first compiles and
+    writes the cache, the others then load it (see docs/kernel-cache.md).
+    """
     stump = PackedForest(
         feature=np.zeros(3, dtype=np.int16),
         threshold=np.array([0.0, np.inf, np.inf], dtype=np.float32),
@@ -216,7 +229,24 @@ def warm_up_kernels() -> None:
         roots=np.zeros(1, dtype=np.int32),
         n_features=1,
     )
-    stump.predict_mean_variance(np.zeros((1, 1), dtype=np.float32))
+    X = np.zeros((1, 1), dtype=np.float32)
+    cache_path = _kernels.forest_mean_variance.stats.cache_path  # both kernels' directory
+    with ExitStack() as stack:
+        # numba rewrites its cache index unlocked, so concurrent writers can cross entries.
+        if cache_path is not None:
+            with suppress(OSError):  # a filesystem without locks: unlocked, as numba alone
+                stack.enter_context(workdir_lock(Path(cache_path), wait=True, on_wait=_quiet))
+        _kernels.forest_mean_variance(
+            X, stump.feature, stump.threshold, stump.left, stump.value, stump.roots,
+            stump.lockstep_levels, stump.child_feature, _kernels.AUTO,
+        )  # fmt: skip
+        _kernels.forest_tree_predictions(
+            X, stump.feature, stump.threshold, stump.left, stump.value, stump.roots
+        )
+
+
+def _quiet(message: str) -> None:
+    """Waiting for another process's warm-up is normal: nothing to say."""
 
 
 def _lockstep_levels(
