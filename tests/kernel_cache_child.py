@@ -3,7 +3,7 @@
 
 Usage: ``python kernel_cache_child.py``. The process imports tpgrid and fits a small forest,
 prints ``ready``, waits for a line on stdin (so that all processes of a round warm up at
-once), then runs `tpgrid.forest.warm_up_kernels`, predicts with both kernels and prints one
+once), then runs `tpgrid.core.forest.warm_up_kernels`, predicts with both kernels and prints one
 JSON line: whether the results equal scikit-learn's, and numba's cache hits and misses.
 
 For `tests.kernel_cache_race`, two environment variables change what it does:
@@ -29,8 +29,8 @@ from typing import Any
 import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 
-from tpgrid import _kernels
-from tpgrid.forest import pack_forest, warm_up_kernels
+from tpgrid.core import _kernels
+from tpgrid.core.forest import pack_forest, warm_up_kernels
 
 KERNELS = {
     "forest_mean_variance": _kernels.forest_mean_variance,

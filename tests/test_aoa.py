@@ -30,17 +30,17 @@ from tpgrid.aoa import (
     training_space,
 )
 from tpgrid.artifact import ModelArtifact
+from tpgrid.core.explain import HeldOut, permutation_importance
+from tpgrid.core.features import CategoricalFeature, FeatureSpec
+from tpgrid.core.forest import pack_forest
+from tpgrid.core.uncertainty import cross_fit
 from tpgrid.cube import build_cube, cube_grid, open_cube
 from tpgrid.errors import AnalysisError, FeatureMismatchError, OutputExistsError
-from tpgrid.explain import HeldOut, permutation_importance
-from tpgrid.features import CategoricalFeature, FeatureSpec
-from tpgrid.forest import pack_forest
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.model import cube_layers, feature_spec, group_folds
 from tpgrid.sites import extract_covariates, locate_sites, read_sites, training_table
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles
-from tpgrid.uncertainty import cross_fit
 
 #: lon_min, lat_min, lon_max, lat_max of the region made foreign to the training sites.
 BOX = (92.6, 31.2, 93.6, 32.2)

@@ -21,9 +21,9 @@ from tpgrid.artifact import (
     save_model,
     verify_models,
 )
+from tpgrid.core.features import CategoricalFeature, FeatureSpec
+from tpgrid.core.forest import pack_forest
 from tpgrid.errors import ArtifactError
-from tpgrid.features import CategoricalFeature, FeatureSpec
-from tpgrid.forest import pack_forest
 
 FEATURES = FeatureSpec(("dem", "map"), (CategoricalFeature("vegetation", (1, 2), ("a", "b")),))
 

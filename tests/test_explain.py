@@ -24,9 +24,7 @@ import rasterio
 from sklearn.ensemble import RandomForestRegressor
 
 from tests.plateau_fixtures import plateau  # noqa: F401  (fixture)
-from tpgrid.cube import build_cube, open_cube
-from tpgrid.errors import AnalysisError
-from tpgrid.explain import (
+from tpgrid.core.explain import (
     EffectCurve,
     HeldOut,
     accumulated_local_effects,
@@ -37,8 +35,10 @@ from tpgrid.explain import (
     permutation_importance,
     predictor_columns,
 )
-from tpgrid.features import FeatureSpec
-from tpgrid.forest import PackedForest, pack_forest
+from tpgrid.core.features import FeatureSpec
+from tpgrid.core.forest import PackedForest, pack_forest
+from tpgrid.cube import build_cube, open_cube
+from tpgrid.errors import AnalysisError
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.model import cube_layers, feature_spec
 from tpgrid.sources import load_catalog

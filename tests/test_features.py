@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.errors import ConfigError
-from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 
 SPEC = FeatureSpec(
     continuous=("dem", "map"),

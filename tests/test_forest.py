@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
-from tpgrid.forest import PackedForest, Walk, float32_at_or_below, pack_forest
+from tpgrid.core.forest import PackedForest, Walk, float32_at_or_below, pack_forest
 
 N_FEATURES = 5
 

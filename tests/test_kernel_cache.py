@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from tests.kernel_cache_child import KERNELS, start_together
-from tpgrid import _kernels, lock
-from tpgrid.forest import PackedForest, warm_up_kernels
+from tpgrid import lock
+from tpgrid.core import _kernels
+from tpgrid.core.forest import PackedForest, warm_up_kernels
 from tpgrid.lock import LOCK_NAME
 
 #: Every kernel numba compiles for a prediction: the two called, and the ones they call.
@@ -50,7 +51,7 @@ def test_workers_starting_at_once_compile_once_and_leave_one_consistent_cache(
         assert sum(result[name]["misses"] for _, result, _ in outcomes if result) == 1
         assert sum(result[name]["hits"] for _, result, _ in outcomes if result) == 3
 
-    (directory,) = cache.iterdir()  # the directory numba keeps tpgrid/_kernels.py's files in
+    (directory,) = cache.iterdir()  # the directory numba keeps tpgrid/core/_kernels.py's files in
     files = [path for path in directory.iterdir() if path.name != LOCK_NAME]
     assert not [path for path in files if ".tmp." in path.name]  # no write left half-done
     indexes = sorted(path for path in files if path.suffix == ".nbi")

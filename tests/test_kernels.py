@@ -9,8 +9,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import RandomForestRegressor
 
-from tpgrid import _kernels
-from tpgrid.forest import EXTRA_LOCKSTEP_LEVELS, PackedForest, pack_forest
+from tpgrid.core import _kernels
+from tpgrid.core.forest import EXTRA_LOCKSTEP_LEVELS, PackedForest, pack_forest
 
 N_FEATURES = 4
 

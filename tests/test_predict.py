@@ -20,9 +20,11 @@ from scipy.ndimage import distance_transform_edt
 from sklearn.ensemble import RandomForestRegressor
 from typer.testing import CliRunner
 
-from tpgrid import _kernels
 from tpgrid.artifact import ModelArtifact, save_model
 from tpgrid.cli import app
+from tpgrid.core import _kernels
+from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
+from tpgrid.core.forest import pack_forest, warm_up_kernels
 from tpgrid.cube import VALID, build_cube, open_cube
 from tpgrid.errors import (
     ArtifactError,
@@ -31,8 +33,6 @@ from tpgrid.errors import (
     FeatureMismatchError,
     OutputExistsError,
 )
-from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
-from tpgrid.forest import pack_forest, warm_up_kernels
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.integrity import file_record
 from tpgrid.outputs import ATTR_RUN, LAYERS, UNSEEN_NODATA, layer_layouts, open_prediction

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
 from tpgrid.cli import app
+from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 from tpgrid.errors import AnalysisError, OutputExistsError
 from tpgrid.model import FitSettings, SearchGrid, fit_models
 from tpgrid.outputs import ATTR_RUN, open_prediction
@@ -32,7 +33,6 @@ from tpgrid.report import (
     write_report,
 )
 from tpgrid.synthetic import PlateauFiles
-from tpgrid.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 
 ELEMENTS = ("Fe", "Ni")  # the most and the fewest sites of the small plateau
 SETTINGS = ReportSettings(cv_trees=30, importance_repeats=2)

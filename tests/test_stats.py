@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from tests.plateau_fixtures import plateau  # noqa: F401  (fixture)
-from tpgrid.errors import AnalysisError
-from tpgrid.stats import (
+from tpgrid.core.stats import (
     compact_letters,
     compare_groups,
     describe,
@@ -17,6 +16,7 @@ from tpgrid.stats import (
     pineiro_line,
     site_means,
 )
+from tpgrid.errors import AnalysisError
 from tpgrid.synthetic import LITHOLOGY_FACTORS, PAPER_MEAN_SD, VEGETATION_FACTORS, PlateauFiles
 
 

@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 from sklearn.ensemble import RandomForestRegressor
 
-from tpgrid.errors import AnalysisError
-from tpgrid.model import group_folds
-from tpgrid.uncertainty import (
+from tpgrid.core.uncertainty import (
     CrossFit,
     calibrated_k,
     calibration_scores,
@@ -22,6 +20,8 @@ from tpgrid.uncertainty import (
     quantile_interval,
     sd_interval,
 )
+from tpgrid.errors import AnalysisError
+from tpgrid.model import group_folds
 
 N_SITES, PER_SITE = 200, 3
 

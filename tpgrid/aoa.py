@@ -41,9 +41,9 @@ from scipy.spatial.distance import pdist
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact
+from tpgrid.core.features import FeatureSpec
 from tpgrid.cube import VALID, cube_grid
 from tpgrid.errors import AnalysisError, ClusterError, OutputExistsError
-from tpgrid.features import FeatureSpec
 from tpgrid.grid import ChunkWindow
 
 # The prediction's chunk reader and model checks, shared rather than written twice.

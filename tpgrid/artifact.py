@@ -1,7 +1,7 @@
 """Model artifacts on disk: one directory per element, no pickle anywhere.
 
-A directory holds ``forest.npz`` (the packed forest, :class:`tpgrid.forest.PackedForest`) and
-``model.json``: the element, the feature list (:class:`tpgrid.features.FeatureSpec`), the
+A directory holds ``forest.npz`` (the packed forest, :class:`tpgrid.core.forest.PackedForest`) and
+``model.json``: the element, the feature list (:class:`tpgrid.core.features.FeatureSpec`), the
 forest's SHA-256 and a free-form ``record`` (hyperparameters, CV results, screening and
 calibration, training-table hash, library versions) written by the fitting step. Loading reads
 arrays and JSON only, so it never runs code from the file, and checks the forest against the
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tpgrid.core.features import FeatureSpec
+from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.errors import ArtifactError, ConfigError
-from tpgrid.features import FeatureSpec
-from tpgrid.forest import PackedForest, pack_forest
 from tpgrid.integrity import Damage
 
 FORMAT = "tpgrid-model/1"

@@ -47,9 +47,9 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.artifact import ModelArtifact, load_estimator
+from tpgrid.core.forest import PackedForest, Walk, pack_forest
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
 from tpgrid.errors import ConfigError, EngineMismatchError
-from tpgrid.forest import PackedForest, Walk, pack_forest
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.model import FitSettings, fit_models
 from tpgrid.predict import load_models, model_input, predict_cube

@@ -704,8 +704,8 @@ def report(
 ) -> None:
     """Write the science report: statistics, drivers, model checks, applicability, coverage."""
     _workdir_lock(ctx, [out.resolve().parent], wait)
+    from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
     from tpgrid.report import ReportSettings, find_elements, write_report
-    from tpgrid.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 
     find_elements(models)  # a wrong directory fails before a cluster is started
 

@@ -24,13 +24,13 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tpgrid.client import ClusterSpec
+from tpgrid.core.explain import DEFAULT_EFFECTS
+from tpgrid.core.uncertainty import LEVEL
 from tpgrid.errors import StorageError
-from tpgrid.explain import DEFAULT_EFFECTS
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.model import FitSettings, SearchGrid
 from tpgrid.predict import UnseenPolicy
 from tpgrid.synthetic import plateau_files
-from tpgrid.uncertainty import LEVEL
 from tpgrid.yamlfile import read_mapping, validated
 
 

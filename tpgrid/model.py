@@ -35,6 +35,8 @@ from pyproj import Transformer
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact, check_model, save_model
+from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
+from tpgrid.core.forest import pack_forest
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
     ArtifactError,
@@ -42,8 +44,6 @@ from tpgrid.errors import (
     FitError,
     OutputExistsError,
 )
-from tpgrid.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
-from tpgrid.forest import pack_forest
 from tpgrid.grid import TargetGrid
 from tpgrid.sites import (
     ELEMENTS,

@@ -2,7 +2,7 @@
 
 One task per grid chunk reads that chunk of the variables its models need straight from the
 cube, once, builds ``X`` for the chunk's valid pixels with
-:meth:`tpgrid.features.FeatureSpec.matrix` once per distinct feature spec, walks every tree of
+:meth:`tpgrid.core.features.FeatureSpec.matrix` once per distinct feature spec, walks every tree of
 each element's forest with the numba kernel and writes mean, variance, sd and the unseen-class
 flag into the run's staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
 than per element and chunk, because reading and decoding the covariates cost as much as the
@@ -47,6 +47,8 @@ from distributed import Client, Future, Worker, as_completed, get_client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_model
+from tpgrid.core.features import FeatureSpec
+from tpgrid.core.forest import PackedForest, warm_up_kernels
 from tpgrid.cube import VALID, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
     ArtifactError,
@@ -56,8 +58,6 @@ from tpgrid.errors import (
     FeatureMismatchError,
     OutputExistsError,
 )
-from tpgrid.features import FeatureSpec
-from tpgrid.forest import PackedForest, warm_up_kernels
 from tpgrid.grid import ChunkWindow, TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.outputs import (

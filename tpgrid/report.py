@@ -14,7 +14,7 @@ fitted on. Per element it
 5. computes the dissimilarity index and area of applicability over the cube on the current
    Dask client (:mod:`tpgrid.aoa`) into ``applicability.zarr``;
 6. measures the coverage of 90 % intervals from the tree distribution on held-out sites, and
-   calibrates ``k`` of ``mean ± k·sd`` (:mod:`tpgrid.uncertainty`).
+   calibrates ``k`` of ``mean ± k·sd`` (:mod:`tpgrid.core.uncertainty`).
 
 Importance, coverage and the AOA's cross-validated DI use forests refitted on the *grouped*
 folds of the fit (``fold_grouped``), so every number about held-out sites comes from forests
@@ -54,9 +54,7 @@ from tpgrid.aoa import (
     training_space,
 )
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_estimator, load_model
-from tpgrid.cube import open_cube
-from tpgrid.errors import AnalysisError, ArtifactError, OutputExistsError
-from tpgrid.explain import (
+from tpgrid.core.explain import (
     DEFAULT_EFFECTS,
     EffectCurve,
     HeldOut,
@@ -67,27 +65,29 @@ from tpgrid.explain import (
     partial_dependence,
     permutation_importance,
 )
-from tpgrid.features import CategoricalFeature
-from tpgrid.forest import PackedForest
-from tpgrid.model import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE
-from tpgrid.outputs import open_prediction, variable_name
-from tpgrid.sites import read_sites
-from tpgrid.stats import (
+from tpgrid.core.features import CategoricalFeature
+from tpgrid.core.forest import PackedForest
+from tpgrid.core.stats import (
     GroupComparison,
     compare_groups,
     descriptive_table,
     pineiro_line,
     site_means,
 )
-from tpgrid.store import staging_path, swap_in
-from tpgrid.tasks import task_runner
-from tpgrid.uncertainty import (
+from tpgrid.core.uncertainty import (
     CALIBRATED_SD,
     LEVEL,
     TREE_QUANTILES,
     coverage_table,
     cross_fit,
 )
+from tpgrid.cube import open_cube
+from tpgrid.errors import AnalysisError, ArtifactError, OutputExistsError
+from tpgrid.model import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE
+from tpgrid.outputs import open_prediction, variable_name
+from tpgrid.sites import read_sites
+from tpgrid.store import staging_path, swap_in
+from tpgrid.tasks import task_runner
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Numba kernels that walk a packed forest (layout: `tpgrid.forest.PackedForest`).
+"""Numba kernels that walk a packed forest (layout: `tpgrid.core.forest.PackedForest`).
 
 `forest_mean_variance` copies the NaN-free rows, in their order, into a tile of `TILE_VALUES`
 covariate values stored feature-major (all rows' first covariate, then all rows' second, ...),

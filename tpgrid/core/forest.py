@@ -16,7 +16,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from tpgrid import _kernels
+from tpgrid.core import _kernels
 from tpgrid.lock import workdir_lock
 
 #: Array fields of `PackedForest`, in hashing and saving order, with their dtypes.
@@ -130,7 +130,7 @@ class PackedForest:
 
         ``X`` is (n_pixels, n_features); it is cast to float32 as scikit-learn does. Rows with
         any NaN covariate get NaN mean and NaN variance. ``walk`` picks how the kernel walks the
-        trees (see `tpgrid._kernels`): "auto" times both walks and keeps the faster; "packets"
+        trees (see `tpgrid.core._kernels`): "auto" times both walks and keeps the faster; "packets"
         or "lockstep" forces one. The results are identical; only the speed changes.
         """
         X32 = self._as_input(X)

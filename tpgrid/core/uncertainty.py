@@ -24,8 +24,8 @@ import pandas as pd
 from scipy import stats
 from sklearn.base import clone
 
+from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.errors import AnalysisError
-from tpgrid.forest import PackedForest, pack_forest
 
 F64 = npt.NDArray[np.float64]
 #: Nominal level of the intervals the report shows.
