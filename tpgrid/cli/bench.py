@@ -1,0 +1,89 @@
+"""The ``tpgrid bench`` command: prediction throughput against the engines users would pick instead.
+
+The benchmark itself is :mod:`tpgrid.bench`; this command gathers its settings, runs it, writes
+its report and prints the targets with whether each is met.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from tpgrid.cli.common import console, user_errors
+
+
+@user_errors
+def bench(
+    out: Annotated[
+        Path, typer.Option(help="Directory for bench.json, bench.md, bench.png.")
+    ] = Path("tpgrid-bench"),
+    workdir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Plateau, cubes and models, kept for later runs [~/.cache/tpgrid/bench]."
+        ),
+    ] = None,
+    size: Annotated[str, typer.Option(help="Synthetic plateau: 'full' or 'small'.")] = "full",
+    seed: Annotated[int, typer.Option(help="Seed of the plateau, the models and the rows.")] = 0,
+    forest: Annotated[
+        str, typer.Option(help="'plateau' (fitted by tpgrid) or 'reference' (PERF.md's forest).")
+    ] = "plateau",
+    element: Annotated[str, typer.Option(help="Element whose forest the kernel section times.")] = (
+        "Fe"
+    ),
+    rows: Annotated[int, typer.Option(help="Rows of each kind in the kernel section.")] = 100_000,
+    threads: Annotated[
+        int, typer.Option(help="Threads of every engine in the kernel section.")
+    ] = 2,
+    repeats: Annotated[int, typer.Option(help="Timed repeats of every engine.")] = 5,
+    section: Annotated[
+        list[str] | None,
+        typer.Option(help="kernel, scaling or end_to_end (repeat it); default: all three."),
+    ] = None,
+    chunk: Annotated[
+        list[int] | None,
+        typer.Option(help="Cube chunk edges of the scaling runs, px (repeat it) [256 … 2048]."),
+    ] = None,
+    workers: Annotated[
+        list[int] | None, typer.Option(help="Worker counts of the scaling runs (repeat it) [1, 2].")
+    ] = None,
+) -> None:
+    """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite."""
+    from tpgrid.bench import SECTIONS, BenchSettings, run_benchmark, targets, write_report
+
+    settings = BenchSettings(
+        workdir=(workdir or Path.home() / ".cache" / "tpgrid" / "bench").resolve(),
+        size=size,
+        seed=seed,
+        forest=forest,
+        element=element,
+        rows=rows,
+        threads=threads,
+        repeats=repeats,
+        sections=tuple(section) if section else SECTIONS,
+        chunks=tuple(chunk) if chunk else None,
+        workers=tuple(workers) if workers else (1, 2),
+    )
+    started = time.perf_counter()
+    result = run_benchmark(
+        settings, log=lambda message: console.print(f"[dim]{message}[/]", highlight=False)
+    )
+    files = write_report(result, out)
+    table = Table(title="targets", box=box.SIMPLE_HEAD)
+    for column in ("target", "rows", "goal", "measured", "met"):
+        table.add_column(column)
+    for target in targets(result):
+        goal = f"{'≥' if target.higher_is_better else '≤'} {target.goal:g}"
+        met = "yes" if target.met else "[bold red]no[/]"
+        table.add_row(target.name, target.rows, goal, f"{target.measured:.3g}", met)
+    console.print(table)
+    console.print(
+        f"Benchmark done in {time.perf_counter() - started:.0f} s: {files.markdown}, "
+        f"{files.json}, {files.plot}",
+        highlight=False,
+    )

@@ -1,0 +1,215 @@
+"""The commands that run, inspect and check a whole pipeline: demo, run, verify, runs.
+
+A pipeline recomputes only what changed since its last run; these commands plan it, run it, list
+its runs and check its stored files against their records. The library is imported inside each
+command, so that `tpgrid --help` starts without Dask, Zarr or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich import box
+from rich.table import Table
+
+from tpgrid.cli.common import (
+    EXIT_DAMAGED,
+    EXIT_UNCHANGED,
+    ClusterOption,
+    SchedulerOption,
+    WaitOption,
+    WorkersOption,
+    chunk_progress,
+    command_cluster,
+    console,
+    user_errors,
+    workdir_lock,
+)
+
+if TYPE_CHECKING:
+    from tpgrid.config import PipelineConfig
+    from tpgrid.runs import Step
+
+
+@user_errors
+def demo(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("tpgrid-demo"),
+    full: Annotated[
+        bool, typer.Option("--full", help="The paper-scale run: whole plateau, 500 trees.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic plateau.")] = 0,
+    cluster: ClusterOption = None,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Run the whole job on a built-in synthetic plateau: plateau, cube, fit, predict, publish.
+
+    The same as `tpgrid run pipelines/demo.yaml` (or synthetic_1km.yaml with --full). Running it
+    again recomputes only what changed: nothing, unless its files were edited.
+    """
+    from tpgrid.config import demo_config
+
+    config = demo_config(out.resolve(), full=full, seed=seed)
+    workdir_lock(ctx, [config.workdir], wait)
+    _run_and_show(config, cluster, scheduler_address, workers)
+
+
+@user_errors
+def run(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML (see pipelines/).")],
+    cluster: ClusterOption = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what would be recomputed and why; run nothing.")
+    ] = False,
+    if_changed: Annotated[
+        bool,
+        typer.Option(
+            "--if-changed",
+            help=f"Run only if an input changed; else exit {EXIT_UNCHANGED} without running.",
+        ),
+    ] = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Run a pipeline: cube → fit → predict → publish, recomputing only what changed.
+
+    Exit codes: 0 done; 2 bad input or config (the message says what to fix); 1 unexpected
+    failure; with --if-changed, 3 when no input changed and nothing was run.
+    """
+    from tpgrid.config import load_pipeline
+    from tpgrid.runs import plan, plan_changes
+
+    pipeline = load_pipeline(config)
+    if not dry_run:  # a dry run only reads; --if-changed plans under the lock, then runs
+        workdir_lock(ctx, [pipeline.workdir], wait)
+    if dry_run or if_changed:
+        steps = plan(pipeline)
+        if dry_run:
+            console.print(_steps_table(f"plan of {pipeline.name}", steps, timed=False))
+            return
+        if not plan_changes(steps):
+            console.print(f"{pipeline.name}: no input changed; nothing to do.", highlight=False)
+            raise typer.Exit(code=EXIT_UNCHANGED)
+    _run_and_show(pipeline, cluster, scheduler_address, workers)
+
+
+@user_errors
+def verify(
+    ctx: typer.Context,
+    target: Annotated[
+        Path, typer.Argument(help="A pipeline's working directory, or its pipeline YAML.")
+    ],
+    wait: WaitOption = False,
+) -> None:
+    """Check the cube, models, prediction and every published version of a working directory
+    against the sizes and checksums recorded when they were written.
+
+    Exit codes: 0 everything intact; 4 something damaged (each file is named); 2 bad input.
+    """
+    from tpgrid.config import load_pipeline
+    from tpgrid.verify import verify_workdir
+
+    workdir = load_pipeline(target).workdir if target.is_file() else target.resolve()
+    # A run swapping a store in would look like damage: check between runs, not during one.
+    workdir_lock(ctx, [workdir], wait)
+    checked = verify_workdir(workdir)
+    table = Table(title=f"verify {workdir}", box=box.SIMPLE_HEAD)
+    for column in ("what", "path", "result"):
+        table.add_column(column)
+    for item in checked:
+        result = "intact" if item.intact else f"[bold red]{len(item.damage)} damaged[/]"
+        table.add_row(item.what, str(item.path), result)
+    console.print(table)
+    damage = [d for item in checked for d in item.damage]
+    for found in damage:
+        # soft_wrap: a path broken across lines could not be copied or grepped.
+        console.print(f"[red]damaged:[/] {found}", highlight=False, soft_wrap=True)
+    if damage:
+        console.print(
+            f"{len(damage)} file(s) do not match their records. `tpgrid run` on the pipeline "
+            "recomputes them; a published version is published again if it is current.",
+            highlight=False,
+        )
+        raise typer.Exit(code=EXIT_DAMAGED)
+    console.print(f"All {len(checked)} checked: intact.", highlight=False)
+
+
+@user_errors
+def runs(
+    ctx: typer.Context,
+    config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")],
+    prune: Annotated[
+        int | None,
+        typer.Option(help="Remove published versions but the newest N (never the current)."),
+    ] = None,
+    wait: WaitOption = False,
+) -> None:
+    """List a pipeline's runs (what changed, what was recomputed, timings); prune versions."""
+    from tpgrid.config import load_pipeline
+    from tpgrid.publication import prune as prune_versions
+    from tpgrid.runs import list_runs
+
+    pipeline = load_pipeline(config)
+    if prune is not None:  # listing only reads
+        workdir_lock(ctx, [pipeline.workdir], wait)
+    table = Table(title=f"runs of {pipeline.name} ({pipeline.runs_dir})", box=box.SIMPLE_HEAD)
+    for column in ("run", "status", "changed", "recomputed", "seconds", "published"):
+        table.add_column(column)
+    for record in list_runs(pipeline):
+        recomputed = "; ".join(
+            f"{s['name']}: {s['detail']}" for s in record["steps"] if s["action"] != "unchanged"
+        )
+        seconds = sum(s["seconds"] for s in record["steps"])
+        table.add_row(
+            record["id"],
+            record["status"],
+            "yes" if record["changed"] else "no",
+            recomputed or "nothing",
+            f"{seconds:.1f}",
+            record["published"] or "",
+        )
+    console.print(table)
+    if prune is not None:
+        for removed in prune_versions(pipeline.published_dir, prune):
+            console.print(f"removed {removed}", highlight=False)
+
+
+def _run_and_show(
+    config: PipelineConfig, cluster: Path | None, address: str | None, workers: int | None
+) -> None:
+    from tpgrid.client import load_cluster_spec
+    from tpgrid.publication import current_version
+    from tpgrid.runs import run_pipeline
+
+    spec = load_cluster_spec(cluster) if cluster else config.cluster
+    started = time.perf_counter()
+    with command_cluster(address, workers, spec), chunk_progress() as progress:
+        record = run_pipeline(config, progress=progress)
+    console.print(_steps_table(f"run {record.id} of {config.name}", list(record.steps)))
+    for step in record.steps:
+        for repair in step.repairs:
+            console.print(f"{step.name}: repaired {repair}", style="yellow", markup=False)
+    current = current_version(config.published_dir)
+    console.print(
+        f"Done in {time.perf_counter() - started:.1f} s. Maps (COG), quicklooks (PNG), STAC item "
+        f"and report: {current}",
+        highlight=False,
+    )
+
+
+def _steps_table(title: str, steps: list[Step], *, timed: bool = True) -> Table:
+    table = Table(title=title, box=box.SIMPLE_HEAD)
+    for column in ("step", "action", "why / what", *(["seconds"] if timed else [])):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.name, step.action, step.detail, *([f"{step.seconds:.1f}"] if timed else [])
+        )
+    return table

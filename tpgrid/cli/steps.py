@@ -1,0 +1,347 @@
+"""The commands that run one step of the job by hand: synth, cube, fit, predict, report.
+
+Each parses its options, takes the locks of the directories it writes into, opens a Dask client,
+calls the library and prints what it did. The library is imported inside each command, so that
+`tpgrid --help` starts without Dask, Zarr or scikit-learn.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+import typer
+from rich import box
+from rich.table import Table
+
+from tpgrid.cli.common import (
+    OverwriteOption,
+    SchedulerOption,
+    WaitOption,
+    WorkersOption,
+    chunk_progress,
+    command_cluster,
+    console,
+    user_errors,
+    workdir_lock,
+)
+
+if TYPE_CHECKING:
+    from tpgrid.model import FitReport
+
+
+@user_errors
+def synth(
+    out: Annotated[Path, typer.Argument(help="Directory to write the synthetic plateau into.")],
+    size: Annotated[
+        str, typer.Option(help="'small' (tests) or 'full' (whole plateau, 1 km).")
+    ] = "small",
+    seed: Annotated[int, typer.Option(help="Random seed; same seed, same files.")] = 0,
+    overwrite: OverwriteOption = False,
+) -> None:
+    """Write a synthetic plateau: covariate GeoTIFFs, catalog, grid, sites and truth rasters."""
+    from tpgrid.synthetic import write_plateau
+
+    started = time.perf_counter()
+    files = write_plateau(out, size=size, seed=seed, overwrite=overwrite)
+    console.print(
+        f"Synthetic plateau ({size}, seed {seed}) written to {files.root} "
+        f"in {time.perf_counter() - started:.1f} s\n  catalog: {files.catalog}\n"
+        f"  grid:    {files.grid}\n  sites:   {files.sites}",
+        highlight=False,
+    )
+
+
+@user_errors
+def cube(
+    ctx: typer.Context,
+    catalog: Annotated[Path, typer.Option(help="Covariate catalog YAML.")],
+    grid: Annotated[Path, typer.Option(help="Grid YAML (CRS, resolution, bbox, chunk, mask).")],
+    out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Build the covariate cube, or update it: only layers whose source changed are rewritten."""
+    workdir_lock(ctx, [out.resolve().parent], wait)
+    from tpgrid.cube import build_cube, open_sources
+    from tpgrid.grid import TargetGrid, load_grid_spec
+    from tpgrid.sources import load_catalog
+
+    layers = load_catalog(catalog)
+    target = TargetGrid.from_spec(load_grid_spec(grid))
+    open_sources(layers, target)  # bad sources fail before a cluster is started
+    started = time.perf_counter()
+    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+        report = build_cube(layers, target, out, overwrite=overwrite, progress=progress)
+    table = Table(title=f"cube {report.path} ({report.shape[0]} × {report.shape[1]} px)")
+    for column in ("variable", "action", "chunks written"):
+        table.add_column(column)
+    for update in report.layers:
+        table.add_row(
+            update.name, update.action, f"{update.chunks_written} / {update.chunks_total}"
+        )
+    console.print(table)
+    console.print(
+        f"Cube ready in {time.perf_counter() - started:.1f} s: {report.path}", highlight=False
+    )
+
+
+@user_errors
+def fit(
+    ctx: typer.Context,
+    sites: Annotated[Path, typer.Option(help="Site table (CSV or Parquet), one row per sample.")],
+    cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
+    out: Annotated[Path, typer.Option(help="Directory for the models, one folder per element.")],
+    settings: Annotated[
+        Path | None, typer.Option(help="Fit settings YAML; the options below override it.")
+    ] = None,
+    element: Annotated[
+        list[str] | None,
+        typer.Option("--element", "-e", help="Element to fit (repeat it); default: all seven."),
+    ] = None,
+    trees: Annotated[int | None, typer.Option(help="Trees of each final forest [500].")] = None,
+    search_trees: Annotated[
+        int | None, typer.Option(help="Trees of each CV forest in search and assessment [100].")
+    ] = None,
+    folds: Annotated[int | None, typer.Option(help="CV folds [10].")] = None,
+    block_km: Annotated[
+        float | None, typer.Option(help="Edge of the spatial CV blocks, km [100].")
+    ] = None,
+    screen_sd: Annotated[
+        float | None, typer.Option(help="Remove values beyond mean ± this many SD [3]; 0: off.")
+    ] = None,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated elements calibrated XRF → ICP-MS [Zn,Ni]; '': none."),
+    ] = None,
+    train_on: Annotated[
+        str | None, typer.Option(help="'samples' (default) or 'site_means'.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
+    workdir_lock(ctx, [out.resolve().parent], wait)
+    from tpgrid.model import fit_models, fit_settings
+
+    given: dict[str, Any] = {
+        "elements": tuple(element) if element else None,
+        "n_trees": trees,
+        "search_trees": search_trees,
+        "cv_folds": folds,
+        "spatial_block_km": block_km,
+        "screening_sd": screen_sd,
+        "calibrate": None if calibrate is None else tuple(filter(None, calibrate.split(","))),
+        "train_on": train_on,
+        "seed": seed,
+    }
+    overrides = {key: value for key, value in given.items() if value is not None}
+    if screen_sd == 0:
+        overrides["screening_sd"] = None  # 0 SD would remove everything: it means "off"
+    chosen = fit_settings(settings, overrides)
+    started = time.perf_counter()
+    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+        report = fit_models(sites, cube, out, chosen, overwrite=overwrite, progress=progress)
+    console.print(
+        _fit_table(report, f"models in {out} (CV forests of {chosen.search_trees} trees)")
+    )
+    for skipped in report.skipped:
+        console.print(f"[yellow]{skipped.element} skipped:[/] {skipped.reason}", highlight=False)
+    for reason, ids in report.excluded_sites.items():
+        console.print(
+            f"[yellow]{len(ids)} site(s) not used ({reason.replace('_', ' ')}):[/] "
+            + ", ".join(ids),
+            highlight=False,
+        )
+    console.print(f"Fitted in {time.perf_counter() - started:.1f} s: {out}", highlight=False)
+
+
+def _fit_table(report: FitReport, title: str) -> Table:
+    """Per element: sites, fit and OOB R², then one line per CV scheme with its metrics."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for column in (
+        "element",
+        "sites",
+        "fit R²",
+        "OOB R²",
+        "CV",
+        "R²",
+        "RMSE",
+        "MAE",
+        "bias",
+        "CCC",
+    ):
+        table.add_column(column, justify="left" if column in ("element", "CV") else "right")
+    for fitted in report.fitted:
+        record = fitted.record
+        head = [
+            fitted.element,
+            str(record["training"]["n_sites"]),
+            f"{record['fit']['r2']:.2f}",
+            f"{record['fit']['oob_r2']:.2f}",
+        ]
+        for i, scheme in enumerate(("grouped", "random", "spatial")):
+            cv = record["cv"][scheme]
+            scores = ["skipped", "", "", "", ""]
+            if "r2" in cv:
+                errors = (_mg_per_kg(cv[key]) for key in ("rmse", "mae", "bias"))
+                scores = [f"{cv['r2']:.2f}", *errors, f"{cv['ccc']:.2f}"]
+            table.add_row(*(head if i == 0 else [""] * 4), scheme, *scores, end_section=i == 2)
+    return table
+
+
+def _mg_per_kg(value: float) -> str:
+    """Three significant digits, without exponents for the thousands of mg/kg of Fe."""
+    return f"{value:.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+@user_errors
+def predict(
+    ctx: typer.Context,
+    cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
+    models: Annotated[
+        Path, typer.Option(help="A model directory, or a directory of them (one per element).")
+    ],
+    out: Annotated[Path, typer.Option(help="Zarr group to write the maps into.")],
+    publish: Annotated[
+        Path | None,
+        typer.Option(help="Also write COGs, quicklook PNGs and a STAC item into this directory."),
+    ] = None,
+    unseen: Annotated[
+        Literal["nan", "predict"],
+        typer.Option(
+            help="Pixels whose categorical class the model never saw: 'nan' (no prediction) "
+            "or 'predict' (predict with every class indicator off)."
+        ),
+    ] = "nan",
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Predict mean, variance and sd maps of every element over the cube."""
+    workdir_lock(
+        ctx, [out.resolve().parent, *([publish.resolve().parent] if publish else [])], wait
+    )
+    from tpgrid.outputs import publish as publish_run
+    from tpgrid.predict import load_models, predict_cube
+
+    artifacts = load_models(models)
+    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+        report = predict_cube(
+            cube,
+            artifacts,
+            out,
+            unseen=unseen,
+            overwrite=overwrite,
+            progress=progress,
+        )
+        published = publish_run(out, publish, overwrite=overwrite) if publish else None
+    table = Table(title=f"prediction {report.path}", box=box.SIMPLE_HEAD)
+    for column in ("element", "trees", "pixels predicted", "unseen class"):
+        table.add_column(column, justify="left" if column == "element" else "right")
+    for summary in report.elements:
+        table.add_row(
+            summary.element,
+            str(summary.n_trees),
+            f"{summary.pixels_predicted:,}",
+            f"{summary.pixels_unseen:,}",
+        )
+    console.print(table)
+    state = "already up to date" if report.up_to_date else f"written in {report.seconds:.1f} s"
+    console.print(f"Maps {state}: {report.path}", highlight=False)
+    if published:
+        console.print(
+            f"Published to {published.directory}: {len(published.cogs)} COGs, "
+            f"{len(published.quicklooks)} quicklooks, STAC item {published.stac_item}",
+            highlight=False,
+        )
+
+
+@user_errors
+def report(
+    ctx: typer.Context,
+    models: Annotated[
+        Path, typer.Option(help="Directory of the fitted models (`tpgrid fit --out`).")
+    ],
+    out: Annotated[Path, typer.Option(help="Directory to write the report into.")],
+    cube: Annotated[
+        Path | None,
+        typer.Option(help="Cube the models were fitted on (default: as recorded by the fit)."),
+    ] = None,
+    sites: Annotated[
+        Path | None, typer.Option(help="Site table (default: as recorded by the fit).")
+    ] = None,
+    prediction: Annotated[
+        Path | None,
+        typer.Option(help="Output of `tpgrid predict` with these models, to map with the report."),
+    ] = None,
+    effect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--effect",
+            help="Predictor for PDP and ALE (repeat it); default: cia, clay, slope, ai, map.",
+        ),
+    ] = None,
+    level: Annotated[float, typer.Option(help="Nominal level of the intervals.")] = 0.9,
+    cv_trees: Annotated[
+        int | None,
+        typer.Option(
+            help="Trees of each refitted CV forest (default: as many as the final forest)."
+        ),
+    ] = None,
+    applicability: Annotated[
+        bool,
+        typer.Option(help="Compute the dissimilarity index and area of applicability maps."),
+    ] = True,
+    overwrite: OverwriteOption = False,
+    scheduler_address: SchedulerOption = None,
+    workers: WorkersOption = None,
+    wait: WaitOption = False,
+) -> None:
+    """Write the science report: statistics, drivers, model checks, applicability, coverage."""
+    workdir_lock(ctx, [out.resolve().parent], wait)
+    from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+    from tpgrid.report import ReportSettings, find_elements, write_report
+
+    find_elements(models)  # a wrong directory fails before a cluster is started
+
+    chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
+    settings = ReportSettings(level=level, cv_trees=cv_trees, applicability=applicability, **chosen)
+    started = time.perf_counter()
+    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+        result = write_report(
+            models,
+            out,
+            cube=cube,
+            sites=sites,
+            prediction=prediction,
+            settings=settings,
+            overwrite=overwrite,
+            progress=progress,
+        )
+    table = Table(title=f"report {result.html}", box=box.SIMPLE_HEAD)
+    for column in ("element", TREE_QUANTILES, CALIBRATED_SD, "k", "inside AOA"):
+        table.add_column(column, justify="left" if column == "element" else "right")
+    for element, summary in result.summary["elements"].items():
+        achieved = {row["method"]: row["achieved"] for row in summary["coverage"]}
+        share = summary["applicability"]["share_inside"]
+        table.add_row(
+            element,
+            f"{achieved[TREE_QUANTILES]:.0%}",
+            f"{achieved[CALIBRATED_SD]:.0%}",
+            f"{summary['interval_k']:.2f}",
+            "–" if share is None else f"{share:.0%}",
+        )
+    console.print(table)
+    console.print(
+        f"Report written in {time.perf_counter() - started:.1f} s: {result.html} "
+        f"({len(result.figures)} figures in {result.directory / 'figures'})",
+        highlight=False,
+    )
