@@ -1,0 +1,65 @@
+"""Prediction-throughput benchmark: tpgrid against the engines users would pick instead.
+
+Three sections, each returning plain data (:func:`run_benchmark` runs them in turn and
+:func:`write_report` writes a JSON result, a markdown table and a PNG plot):
+
+1. **Kernel** (:mod:`~tpgrid.bench.kernel`): one forest, the same float32 rows and the same
+   number of threads for every engine (:mod:`~tpgrid.bench.engines`) — tpgrid (mean +
+   variance), scikit-learn ``predict`` (mean), a loop over scikit-learn's trees (mean +
+   variance), ONNX Runtime via skl2onnx (mean), treelite's GTIL (mean, and per tree). Every
+   engine's output is checked against numpy's mean and variance of scikit-learn's per-tree
+   predictions before it is timed; an engine that disagrees is refused
+   (:class:`~tpgrid.errors.EngineMismatchError`). Engines whose package is missing are skipped
+   and named. Rows come in two kinds: whole cube chunks in raster order (spatially coherent, as
+   the prediction sees them) and valid pixels drawn at random over the plateau (worst case).
+2. **Scaling** (:mod:`~tpgrid.bench.scaling`): the whole prediction
+   (:func:`tpgrid.predict.predict_cube`) on a LocalCluster of 1 and 2 single-threaded workers,
+   for cubes chunked from 256² to 2048², with each run's peak worker memory.
+3. **End to end** (:mod:`~tpgrid.bench.end_to_end`): every element over the full plateau, with
+   the task time and the bare kernel time (same chunks, same parallelism, no Dask, no I/O)
+   beside the wall time, so the cluster's overhead shows apart from the kernel.
+
+The forests are those :func:`tpgrid.model.fit_models` fits on the synthetic plateau (500 trees
+per element, hyperparameters as its search picks them), so tree depth is what users get.
+Everything derives from one seed; the plateau, cubes and models are kept in a work directory
+and reused by later runs (:mod:`~tpgrid.bench.inputs`). ``forest="reference"`` times a fixed
+reference forest on synthetic rows instead (kernel only). Timings are best-of-``repeats`` wall
+times, engines taking turns within each repeat so that other work on the machine hits them
+alike; the spread is reported. :mod:`~tpgrid.bench.result` derives the targets and whether each
+is met; :mod:`~tpgrid.bench.report` writes them out.
+"""
+
+from tpgrid.bench.end_to_end import EndToEndResult, end_to_end_benchmark
+from tpgrid.bench.engines import EXACT, FLOAT32, Engine, check_engine, reference_prediction
+from tpgrid.bench.kernel import EngineTiming, KernelResult, RowsResult, kernel_benchmark
+from tpgrid.bench.report import ReportFiles, markdown, write_report
+from tpgrid.bench.result import BenchResult, Target, kernel_rows, targets
+from tpgrid.bench.run import run_benchmark
+from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
+from tpgrid.bench.settings import SECTIONS, BenchSettings
+
+__all__ = [
+    "EXACT",
+    "FLOAT32",
+    "SECTIONS",
+    "BenchResult",
+    "BenchSettings",
+    "EndToEndResult",
+    "Engine",
+    "EngineTiming",
+    "KernelResult",
+    "ReportFiles",
+    "RowsResult",
+    "ScalingRun",
+    "Target",
+    "check_engine",
+    "end_to_end_benchmark",
+    "kernel_benchmark",
+    "kernel_rows",
+    "markdown",
+    "reference_prediction",
+    "run_benchmark",
+    "scaling_benchmark",
+    "targets",
+    "write_report",
+]

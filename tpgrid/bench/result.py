@@ -1,0 +1,116 @@
+"""A benchmark's result as data: its sections, the tables derived from them, and its targets.
+
+A target is a goal (a speed-up over a peer, a scaling ratio, an overhead or a wall time) and
+whether the measured value meets it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tpgrid.bench.end_to_end import EndToEndResult
+from tpgrid.bench.kernel import KernelResult
+from tpgrid.bench.scaling import ScalingRun
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    settings: dict[str, Any]
+    machine: dict[str, Any]
+    kernel: KernelResult | None = None
+    scaling: list[ScalingRun] = field(default_factory=list)
+    end_to_end: EndToEndResult | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything measured, plus the derived tables and the targets with their verdicts."""
+        doc = asdict(self)
+        doc["targets"] = [asdict(t) | {"met": t.met} for t in targets(self)]
+        if self.kernel is not None:
+            doc["kernel"]["table"] = kernel_rows(self.kernel)
+        for entry, run in zip(doc["scaling"], self.scaling, strict=True):
+            entry["pixel_trees_per_s"] = run.pixel_trees_per_s
+        return doc
+
+
+@dataclass(frozen=True)
+class Target:
+    """One goal of the benchmark: ``measured`` against ``goal`` (a ratio or seconds)."""
+
+    name: str
+    rows: str
+    measured: float
+    goal: float
+    higher_is_better: bool = True
+
+    @property
+    def met(self) -> bool:
+        if self.higher_is_better:
+            return self.measured >= self.goal
+        return self.measured <= self.goal
+
+
+#: tpgrid's speed-up over each peer that the benchmark aims for.
+SPEED_UP_GOALS = {
+    "scikit-learn, loop over trees": 5.0,
+    "scikit-learn predict": 2.0,
+    "ONNX Runtime (skl2onnx)": 1.0,
+    "treelite GTIL": 1.0,
+}
+
+
+def targets(result: BenchResult) -> list[Target]:
+    """Every goal that the measured sections speak to."""
+    found = []
+    if result.kernel is not None:
+        for rows in result.kernel.rows:
+            ours = rows.ns_per_pixel_tree("tpgrid")
+            names = {t.engine for t in rows.timings}
+            for peer, goal in SPEED_UP_GOALS.items():
+                if peer in names:
+                    ratio = rows.ns_per_pixel_tree(peer) / ours
+                    found.append(Target(f"tpgrid vs {peer}", rows.kind, ratio, goal))
+    by_chunk: dict[int, dict[int, ScalingRun]] = {}
+    for run in result.scaling:
+        by_chunk.setdefault(run.chunk, {})[run.workers] = run
+    for chunk, runs in sorted(by_chunk.items()):
+        if 1 in runs and 2 in runs:
+            ratio = runs[2].pixel_trees_per_s / runs[1].pixel_trees_per_s
+            found.append(Target("2 workers vs 1", f"chunks {chunk}²", ratio, 1.8))
+    e2e = result.end_to_end
+    if e2e is not None:
+        overhead = e2e.seconds / e2e.kernel_seconds - 1
+        found.append(
+            Target("Dask layer over the bare kernel", "full plateau", overhead, 0.10, False)
+        )
+        found.append(
+            Target("full plateau, wall seconds", "full plateau", e2e.seconds, 300.0, False)
+        )
+    return found
+
+
+def kernel_rows(kernel: KernelResult) -> list[dict[str, Any]]:
+    """The kernel section as table rows: one per engine and kind of rows."""
+    table = []
+    for rows in kernel.rows:
+        ours = rows.ns_per_pixel_tree("tpgrid")
+        for timing in rows.timings:
+            ns = rows.ns_per_pixel_tree(timing.engine)
+            spread = np.array(timing.seconds) * 1e9 / (rows.n_pixels * rows.n_trees)
+            table.append(
+                {
+                    "rows": rows.kind,
+                    "engine": timing.engine,
+                    "output": timing.output,
+                    "ns_per_pixel_tree": round(ns, 3),
+                    "ns_median": round(float(np.median(spread)), 3),
+                    "ns_worst": round(float(spread.max()), 3),
+                    "mpixel_trees_per_s": round(1e3 / ns, 1),
+                    "ns_per_node_visit": round(ns / rows.visits_per_pixel_tree, 3),
+                    "tpgrid_speed_up": round(ns / ours, 2),
+                    "max_error": timing.error,
+                }
+            )
+    return table

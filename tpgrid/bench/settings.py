@@ -1,0 +1,50 @@
+"""What a benchmark run measures and where it keeps its inputs, and the types every section shares.
+
+A bad choice (an unknown section, a forest that is neither kind) is refused as the settings are
+made, before anything is built or timed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from tpgrid.errors import ConfigError
+
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+Log = Callable[[str], None]
+
+SECTIONS = ("kernel", "scaling", "end_to_end")
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What :func:`run_benchmark` measures, and where it keeps its inputs."""
+
+    workdir: Path
+    size: str = "full"
+    seed: int = 0
+    forest: str = "plateau"  # or "reference": a fixed forest on synthetic rows
+    element: str = "Fe"
+    rows: int = 100_000
+    threads: int = 2
+    repeats: int = 5
+    sections: tuple[str, ...] = SECTIONS
+    chunks: tuple[int, ...] | None = None  # default: the grid's chunk / 2, x1, x2, x4
+    workers: tuple[int, ...] = (1, 2)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.sections) - set(SECTIONS)
+        if unknown:
+            raise ConfigError(
+                f"unknown benchmark sections {sorted(unknown)}: choose from {SECTIONS}"
+            )
+        if self.forest not in ("plateau", "reference"):
+            raise ConfigError(f"forest {self.forest!r} is not 'plateau' or 'reference'")
+        if self.forest == "reference" and set(self.sections) - {"kernel"}:
+            raise ConfigError("the reference forest has no plateau: run only the kernel section")
