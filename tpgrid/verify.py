@@ -52,7 +52,7 @@ def verify_workdir(workdir: str | Path) -> list[Checked]:
         Checked(what, path, tuple(verify(path))) for what, path, verify in stores if path.exists()
     ]
     checked += [
-        Checked(f"version {version.name}", version, tuple(verify_version(version)))
+        Checked("version", version, tuple(verify_version(version)))
         for version in versions(layout.published)
     ]
     link = layout.published / CURRENT

@@ -121,11 +121,12 @@ def verify(
     workdir_lock(ctx, [workdir], wait)
     checked = verify_workdir(workdir)
     table = Table(title=f"verify {workdir}", box=box.SIMPLE_HEAD)
-    for column in ("what", "path", "result"):
-        table.add_column(column)
+    table.add_column("what")
+    table.add_column(f"path in {workdir.name}", overflow="fold")
+    table.add_column("result")
     for item in checked:
         result = "intact" if item.intact else f"[bold red]{len(item.damage)} damaged[/]"
-        table.add_row(item.what, str(item.path), result)
+        table.add_row(item.what, str(item.path.relative_to(workdir)), result)
     console.print(table)
     damage = [d for item in checked for d in item.damage]
     for found in damage:
