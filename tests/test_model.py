@@ -1,4 +1,4 @@
-"""Fitting: metrics, folds that never split a site, the grouped/random/spatial CVs, the
+"""Fitting: folds that never split a site, the grouped/random/spatial CVs, the
 distributed search, the artifacts written, and the errors of bad inputs."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
 from tpgrid.artifact import FOREST_FILE, MODEL_FILE, SKLEARN_FILE, load_estimator, load_model
 from tpgrid.cli import app
+from tpgrid.core.metrics import lins_ccc, r2_score
 from tpgrid.errors import ArtifactError, ConfigError, CubeError, FitError, OutputExistsError
 from tpgrid.grid import GridSpec, TargetGrid
 from tpgrid.model import (
@@ -27,16 +28,11 @@ from tpgrid.model import (
     FitReport,
     FitSettings,
     SearchGrid,
-    bias,
     fit_forest,
     fit_models,
     fit_settings,
     group_folds,
-    lins_ccc,
-    mae,
     projected_xy,
-    r2_score,
-    rmse,
     spatial_blocks,
     training_hash,
 )
@@ -71,36 +67,6 @@ def record(fitted: FitReport, element: str) -> dict[str, Any]:
 
 def predictions(fitted: FitReport, element: str) -> pd.DataFrame:
     return pd.read_parquet(model_dir(fitted, element) / CV_PREDICTIONS_FILE)
-
-
-# --- metrics by hand ------------------------------------------------------------------------
-
-OBSERVED = [1.0, 2.0, 3.0, 4.0]
-PREDICTED = [2.0, 2.0, 3.0, 5.0]  # errors +1, 0, 0, +1
-
-
-def test_r2_rmse_mae_and_bias_by_hand() -> None:
-    assert r2_score(OBSERVED, PREDICTED) == pytest.approx(1 - 2 / 5)  # SS_res 2, SS_tot 5
-    assert rmse(OBSERVED, PREDICTED) == pytest.approx(np.sqrt(0.5))
-    assert mae(OBSERVED, PREDICTED) == pytest.approx(0.5)
-    assert bias(OBSERVED, PREDICTED) == pytest.approx(0.5)  # over-prediction is positive
-
-
-def test_lins_ccc_by_hand() -> None:
-    # means 2.5 and 3; population variances 1.25 and 1.5; covariance 1.25
-    assert lins_ccc(OBSERVED, PREDICTED) == pytest.approx(2 * 1.25 / (1.25 + 1.5 + 0.25))
-
-
-def test_ccc_penalises_departures_from_the_one_to_one_line_that_correlation_ignores() -> None:
-    x = np.arange(10.0)
-    assert lins_ccc(x, x) == pytest.approx(1.0)
-    assert np.corrcoef(x, 2 * x + 3)[0, 1] == pytest.approx(1.0)
-    assert lins_ccc(x, 2 * x + 3) < 0.5
-
-
-def test_metrics_refuse_unpaired_arrays() -> None:
-    with pytest.raises(ValueError, match="equal length"):
-        rmse([1.0, 2.0, 3.0], [1.0, 2.0])
 
 
 # --- folds ----------------------------------------------------------------------------------

@@ -37,6 +37,7 @@ from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact, check_model, save_model
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest
+from tpgrid.core.metrics import cv_metrics, r2_score
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import (
     ArtifactError,
@@ -158,62 +159,6 @@ def fit_settings(path: str | Path | None, overrides: Mapping[str, Any]) -> FitSe
     return validated(
         FitSettings.model_validate, base.model_dump() | dict(overrides), "fit settings"
     )
-
-
-# --- metrics (observed and predicted in mg/kg) ---------------------------------------------
-
-
-def r2_score(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
-    """Coefficient of determination ``1 − SS_res / SS_tot`` (can be negative)."""
-    obs, pred = _pair(observed, predicted)
-    return 1.0 - float(np.sum((obs - pred) ** 2)) / float(np.sum((obs - obs.mean()) ** 2))
-
-
-def rmse(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
-    """Root mean squared error, in the units of the data."""
-    obs, pred = _pair(observed, predicted)
-    return float(np.sqrt(np.mean((pred - obs) ** 2)))
-
-
-def mae(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
-    """Mean absolute error, in the units of the data."""
-    obs, pred = _pair(observed, predicted)
-    return float(np.mean(np.abs(pred - obs)))
-
-
-def bias(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
-    """Mean of ``predicted − observed``: positive when the model over-predicts."""
-    obs, pred = _pair(observed, predicted)
-    return float(np.mean(pred - obs))
-
-
-def lins_ccc(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> float:
-    """Lin's concordance correlation coefficient (agreement with the 1:1 line):
-    ``2·cov / (var_obs + var_pred + (mean_obs − mean_pred)²)``, population moments."""
-    obs, pred = _pair(observed, predicted)
-    covariance = float(np.mean((obs - obs.mean()) * (pred - pred.mean())))
-    spread = float(obs.var() + pred.var() + (obs.mean() - pred.mean()) ** 2)
-    return 2.0 * covariance / spread
-
-
-def cv_metrics(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> dict[str, float]:
-    """R², RMSE, MAE, bias and Lin's CCC of pooled out-of-fold predictions."""
-    return {
-        "r2": r2_score(observed, predicted),
-        "rmse": rmse(observed, predicted),
-        "mae": mae(observed, predicted),
-        "bias": bias(observed, predicted),
-        "ccc": lins_ccc(observed, predicted),
-        "n": int(np.size(observed)),
-    }
-
-
-def _pair(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> tuple[F64, F64]:
-    obs = np.asarray(observed, dtype=np.float64)
-    pred = np.asarray(predicted, dtype=np.float64)
-    if obs.shape != pred.shape or obs.ndim != 1 or obs.size < 2:
-        raise ValueError(f"need two 1-D arrays of equal length ≥ 2, got {obs.shape}, {pred.shape}")
-    return obs, pred
 
 
 # --- folds ---------------------------------------------------------------------------------

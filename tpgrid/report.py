@@ -67,11 +67,11 @@ from tpgrid.core.explain import (
 )
 from tpgrid.core.features import CategoricalFeature
 from tpgrid.core.forest import PackedForest
+from tpgrid.core.metrics import pineiro_line
 from tpgrid.core.stats import (
     GroupComparison,
     compare_groups,
     descriptive_table,
-    pineiro_line,
     site_means,
 )
 from tpgrid.core.uncertainty import (
