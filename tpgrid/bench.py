@@ -18,7 +18,7 @@ Three measurements, each returning plain data (:func:`run_benchmark` runs them i
    task time and the bare kernel time (same chunks, same parallelism, no Dask, no I/O) beside
    the wall time, so the cluster's overhead shows apart from the kernel.
 
-The forests are those :func:`tpgrid.model.fit_models` fits on the synthetic plateau (500 trees
+The forests are those :func:`tpgrid.fit.fit_models` fits on the synthetic plateau (500 trees
 per element, hyperparameters as its search picks them), so tree depth is what users get.
 Everything derives from one seed; the plateau, cubes and models are kept in a work directory
 and reused by later runs. ``forest="reference"`` times PERF.md's reference forest on synthetic
@@ -50,8 +50,8 @@ from tpgrid.artifact import ModelArtifact, load_estimator
 from tpgrid.core.forest import PackedForest, Walk, pack_forest
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
 from tpgrid.errors import ConfigError, EngineMismatchError
+from tpgrid.fit import FitSettings, fit_models
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.model import FitSettings, fit_models
 from tpgrid.predict import load_models, model_input, predict_cube
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, reuse_or_write_plateau
@@ -362,7 +362,7 @@ def prepare_plateau(workdir: Path, size: str, seed: int, log: Log) -> PlateauInp
     files = reuse_or_write_plateau(workdir / "plateau", size=size, seed=seed)
     cube = cube_with_chunk(workdir, files, None, log)
     model_dir = workdir / "models"
-    log(f"models (tpgrid.model.fit_models, 500 trees, seed {seed}) in {model_dir}")
+    log(f"models (tpgrid.fit.fit_models, 500 trees, seed {seed}) in {model_dir}")
     fit_models(
         files.sites, cube, model_dir, FitSettings(n_trees=500, seed=seed), reuse_unchanged=True
     )

@@ -31,7 +31,7 @@ from tpgrid.errors import StorageError, TpgridError
 if TYPE_CHECKING:
     from tpgrid.client import ClusterSpec
     from tpgrid.config import PipelineConfig
-    from tpgrid.model import FitReport
+    from tpgrid.fit import FitReport
     from tpgrid.runs import Step
 
 #: `tpgrid run --if-changed` exit code when no input changed (a scheduler can branch on it).
@@ -523,7 +523,7 @@ def fit(
 ) -> None:
     """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
     _workdir_lock(ctx, [out.resolve().parent], wait)
-    from tpgrid.model import fit_models, fit_settings
+    from tpgrid.fit import fit_models, fit_settings
 
     given: dict[str, Any] = {
         "elements": tuple(element) if element else None,
