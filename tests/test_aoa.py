@@ -36,9 +36,10 @@ from tpgrid.core.forest import pack_forest
 from tpgrid.core.uncertainty import cross_fit
 from tpgrid.cube import build_cube, cube_grid, open_cube
 from tpgrid.errors import AnalysisError, FeatureMismatchError, OutputExistsError
+from tpgrid.fit.design import cube_layers, feature_spec, training_table
+from tpgrid.fit.search import group_folds
+from tpgrid.fit.sites import extract_covariates, locate_sites, read_sites
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.model import cube_layers, feature_spec, group_folds
-from tpgrid.sites import extract_covariates, locate_sites, read_sites, training_table
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles
 

@@ -39,8 +39,8 @@ from tpgrid.core.features import FeatureSpec
 from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.cube import build_cube, open_cube
 from tpgrid.errors import AnalysisError
+from tpgrid.fit.design import cube_layers, feature_spec
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.model import cube_layers, feature_spec
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, log_truth_without_intercept
 

@@ -21,7 +21,7 @@ from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
 from tpgrid.cli import app
 from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 from tpgrid.errors import AnalysisError, OutputExistsError
-from tpgrid.model import FitSettings, SearchGrid, fit_models
+from tpgrid.fit import FitSettings, SearchGrid, fit_models
 from tpgrid.outputs import ATTR_RUN, open_prediction
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.report import (

@@ -1,4 +1,4 @@
-"""Descriptive statistics, ANOVA + Tukey HSD letters and the Piñeiro line, checked against
+"""Descriptive statistics and ANOVA + Tukey HSD letters, checked against
 hand-worked cases and against the group effects built into the synthetic plateau."""
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from tpgrid.core.stats import (
     compare_groups,
     describe,
     descriptive_table,
-    pineiro_line,
     site_means,
 )
 from tpgrid.errors import AnalysisError
@@ -148,13 +147,3 @@ def test_compare_groups_refuses_a_single_class() -> None:
     groups = pd.Series(["x", "x", "x"], index=["a", "b", "c"])
     with pytest.raises(AnalysisError, match="fewer than two classes"):
         compare_groups(values, groups, "vegetation")
-
-
-# --- Piñeiro line ---------------------------------------------------------------------------------
-
-
-def test_pineiro_line_regresses_observed_on_predicted() -> None:
-    predicted = np.array([1.0, 2.0, 3.0, 4.0, np.nan])
-    observed = 2.0 * predicted + 1.0
-    slope, intercept = pineiro_line(observed, predicted)
-    assert (slope, intercept) == (pytest.approx(2.0), pytest.approx(1.0))

@@ -21,7 +21,7 @@ from tpgrid.core.uncertainty import (
     sd_interval,
 )
 from tpgrid.errors import AnalysisError
-from tpgrid.model import group_folds
+from tpgrid.fit.search import group_folds
 
 N_SITES, PER_SITE = 200, 3
 

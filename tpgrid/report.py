@@ -67,11 +67,11 @@ from tpgrid.core.explain import (
 )
 from tpgrid.core.features import CategoricalFeature
 from tpgrid.core.forest import PackedForest
+from tpgrid.core.metrics import pineiro_line
 from tpgrid.core.stats import (
     GroupComparison,
     compare_groups,
     descriptive_table,
-    pineiro_line,
     site_means,
 )
 from tpgrid.core.uncertainty import (
@@ -83,9 +83,8 @@ from tpgrid.core.uncertainty import (
 )
 from tpgrid.cube import open_cube
 from tpgrid.errors import AnalysisError, ArtifactError, OutputExistsError
-from tpgrid.model import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE
+from tpgrid.fit import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE, read_sites
 from tpgrid.outputs import open_prediction, variable_name
-from tpgrid.sites import read_sites
 from tpgrid.store import staging_path, swap_in
 from tpgrid.tasks import task_runner
 

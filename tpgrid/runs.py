@@ -6,7 +6,7 @@ Every step is incremental on its own, keyed by content hashes:
 - **cube**: a layer whose source fingerprint is unchanged is carried over; a changed one is
   recomputed and only chunks whose content hash changed are rewritten (:mod:`tpgrid.cube`);
 - **fit**: an element is refitted only when its training table (site values and the cube
-  values at the sites) or the fit settings changed (:func:`tpgrid.model.fit_models`); one
+  values at the sites) or the fit settings changed (:func:`tpgrid.fit.fit_models`); one
   that can no longer be fitted (too few sites) is dropped with its model, or with
   ``fit_failures: fail`` fails the run;
 - **predict**: only element chunks whose inputs (model hash, cube chunk hashes) changed are
@@ -38,8 +38,8 @@ from tpgrid.artifact import MODEL_FILE
 from tpgrid.config import PipelineConfig, check_workdir
 from tpgrid.cube import build_cube, plan_cube
 from tpgrid.errors import FitError, StorageError
+from tpgrid.fit import FitReport, fit_models
 from tpgrid.grid import TargetGrid
-from tpgrid.model import FitReport, fit_models
 from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import Publication, current_version, publish_version, verify_version

@@ -19,7 +19,7 @@ Three sections, each returning plain data (:func:`run_benchmark` runs them in tu
    the task time and the bare kernel time (same chunks, same parallelism, no Dask, no I/O)
    beside the wall time, so the cluster's overhead shows apart from the kernel.
 
-The forests are those :func:`tpgrid.model.fit_models` fits on the synthetic plateau (500 trees
+The forests are those :func:`tpgrid.fit.fit_models` fits on the synthetic plateau (500 trees
 per element, hyperparameters as its search picks them), so tree depth is what users get.
 Everything derives from one seed; the plateau, cubes and models are kept in a work directory
 and reused by later runs (:mod:`~tpgrid.bench.inputs`). ``forest="reference"`` times a fixed

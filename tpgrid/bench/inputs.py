@@ -17,8 +17,8 @@ import numpy as np
 from tpgrid.artifact import ModelArtifact
 from tpgrid.bench.settings import F32, F64, Log
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
+from tpgrid.fit import FitSettings, fit_models
 from tpgrid.grid import TargetGrid, load_grid_spec
-from tpgrid.model import FitSettings, fit_models
 from tpgrid.predict import load_models
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, reuse_or_write_plateau
@@ -42,7 +42,7 @@ def prepare_plateau(workdir: Path, size: str, seed: int, log: Log) -> PlateauInp
     files = reuse_or_write_plateau(workdir / "plateau", size=size, seed=seed)
     cube = cube_with_chunk(workdir, files, None, log)
     model_dir = workdir / "models"
-    log(f"models (tpgrid.model.fit_models, 500 trees, seed {seed}) in {model_dir}")
+    log(f"models (tpgrid.fit.fit_models, 500 trees, seed {seed}) in {model_dir}")
     fit_models(
         files.sites, cube, model_dir, FitSettings(n_trees=500, seed=seed), reuse_unchanged=True
     )

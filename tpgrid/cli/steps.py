@@ -28,7 +28,7 @@ from tpgrid.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from tpgrid.model import FitReport
+    from tpgrid.fit import FitReport
 
 
 @user_errors
@@ -128,7 +128,7 @@ def fit(
 ) -> None:
     """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
     workdir_lock(ctx, [out.resolve().parent], wait)
-    from tpgrid.model import fit_models, fit_settings
+    from tpgrid.fit import fit_models, fit_settings
 
     given: dict[str, Any] = {
         "elements": tuple(element) if element else None,

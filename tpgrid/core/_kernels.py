@@ -40,7 +40,7 @@ PERF.md (500 trees, 1.01 M nodes, 13.6 node visits per pixel·tree), 20,000 rand
 - this design: 19.6-20.0 (the feature-major 1 MiB tile costs lockstep 5-7 % on this forest);
   on rows of smooth random fields (~64 px across), 11.4 instead of 19.3
 
-Forest fitted by `tpgrid.model.fit_models` on the full synthetic plateau (Fe: 500 trees, 156 k
+Forest fitted by `tpgrid.fit.fit_models` on the full synthetic plateau (Fe: 500 trees, 156 k
 nodes, 28 columns, 8.7 node visits per pixel·tree), 100,000 rows of one cube chunk (raster
 order) / 100,000 valid pixels drawn at random:
 

@@ -1,4 +1,4 @@
-"""Descriptive statistics, group differences and fit metrics of the paper, as pure functions.
+"""Descriptive statistics and group differences of the paper, as pure functions.
 
 Everything here takes pandas/numpy values in mg/kg and returns tables; nothing reads files or
 plots. Group differences are computed on *site means*: a site's triplicates share one pixel,
@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
@@ -165,19 +164,3 @@ def compact_letters(order: list[str], different: Iterable[frozenset[str]]) -> di
         for group in column:
             letters[group] += letter
     return letters
-
-
-# --- model fit ------------------------------------------------------------------------------------
-
-
-def pineiro_line(observed: npt.ArrayLike, predicted: npt.ArrayLike) -> tuple[float, float]:
-    """Slope and intercept of *observed regressed on predicted* (Piñeiro et al. 2008): the
-    line of an observed-vs-predicted plot with predicted on x; (1, 0) for unbiased predictions.
-    Rows with a NaN are ignored."""
-    obs = np.asarray(observed, dtype=np.float64)
-    pred = np.asarray(predicted, dtype=np.float64)
-    keep = np.isfinite(obs) & np.isfinite(pred)
-    if keep.sum() < 3:
-        raise AnalysisError(f"{int(keep.sum())} paired values: a line needs at least 3")
-    slope, intercept = np.polyfit(pred[keep], obs[keep], 1)
-    return float(slope), float(intercept)

@@ -77,7 +77,7 @@ def cross_fit(
     """Refit (a clone of) the scikit-learn forest ``estimator`` once per fold without that
     fold's rows, and predict the held-out rows with every tree (numba kernel).
 
-    ``folds`` numbers every row 0 … k − 1 (grouped by site: see ``tpgrid.model.group_folds``).
+    ``folds`` numbers every row 0 … k − 1 (grouped by site: see ``tpgrid.fit.search.group_folds``).
     ``n_trees`` overrides the estimator's number of trees (cost control: the spread between
     trees does not depend on how many there are, only how well it is estimated does).
     """

@@ -1,10 +1,8 @@
-"""The site table: read and validate it, place sites on the cube, and turn one element's
-measurements into a training table (outlier screening, XRF → ICP-MS calibration, samples or
-site means).
+"""The site table: read and check it, and place its sites on the cube's grid.
 
-A site table has one row per sample (DESIGN.md): ``site_id, sample_id, lon, lat`` (EPSG:4326),
-one column per element in mg/kg (blank = not measured) and optional ``<element>_icpms`` columns
-for the re-measured calibration subset. Other columns are kept and ignored.
+A site table has one row per sample: ``site_id, sample_id, lon, lat`` (EPSG:4326), one column
+per element in mg/kg (blank = not measured) and optional ``<element>_icpms`` columns for the
+re-measured calibration subset. Other columns are kept and ignored.
 
 Every problem a user can fix is a :class:`SiteTableError` naming the file, column and rows;
 sites that cannot be used (outside the grid, on an invalid pixel) are logged and counted,
@@ -18,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -38,14 +36,8 @@ ICPMS_SUFFIX = "_icpms"
 #: Samples of one site lie metres apart (a 15 m transect); farther than a 1 km pixel from their
 #: site's centre means a mislabelled site_id or a typo in the coordinates.
 MAX_SITE_SPREAD_M = 1000.0
-#: A calibration line needs a few pairs, and XRF must follow ICP-MS (R² of the line) for the
-#: inversion not to amplify noise; below these the element cannot be calibrated.
-MIN_CALIBRATION_PAIRS = 10
-MIN_CALIBRATION_R2 = 0.5
 _METRES_PER_DEGREE = 111_195.0
 _SHOWN = 5  # offending values quoted in an error message
-
-TrainOn = Literal["samples", "site_means"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -307,210 +299,3 @@ def extract_covariates(
     }
     points = cube[list(variables)].isel(at).compute(scheduler="threads")
     return {name: np.asarray(points[name].values) for name in variables}
-
-
-# --- one element's training table ----------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Screening:
-    """Outlier screening of one element: values outside ``mean ± n_sd · sd`` are removed.
-
-    ``mean`` and ``sd`` (sample SD) are over all measured samples, in mg/kg, as in the paper.
-    """
-
-    n_sd: float
-    mean: float
-    sd: float
-    removed: dict[str, float]  # sample_id -> value (mg/kg)
-
-    @property
-    def low(self) -> float:
-        return self.mean - self.n_sd * self.sd
-
-    @property
-    def high(self) -> float:
-        return self.mean + self.n_sd * self.sd
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "rule": "mean ± n_sd · sd over the measured samples",
-            "n_sd": self.n_sd,
-            "mean": self.mean,
-            "sd": self.sd,
-            "low": self.low,
-            "high": self.high,
-            "removed": self.removed,
-        }
-
-
-def screen_outliers(values: pd.Series[float], n_sd: float) -> Screening:
-    """Screen ``values`` (index sample_id, no NaN) with the paper's mean ± n_sd · SD rule."""
-    mean = float(values.mean())
-    sd = float(values.std(ddof=1)) if values.size > 1 else 0.0
-    outside = (values - mean).abs() > n_sd * sd
-    removed = {str(k): float(v) for k, v in values[outside].items()}
-    return Screening(n_sd=n_sd, mean=mean, sd=sd, removed=removed)
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """XRF against ICP-MS on the re-measured samples: ``xrf = intercept + slope · icpms`` (OLS).
-
-    XRF carries the measurement error and ICP-MS is the reference, so XRF is regressed on
-    ICP-MS (error in the dependent variable, as OLS assumes) and the line is inverted to
-    calibrate; regressing ICP-MS on XRF instead would flatten the slope by about R²
-    (regression dilution). Intercept in mg/kg.
-    """
-
-    intercept: float
-    slope: float
-    r2: float
-    n_pairs: int
-
-    def apply(self, xrf: npt.ArrayLike) -> npt.NDArray[np.float64]:
-        """XRF values (mg/kg) on the ICP-MS scale: ``(xrf − intercept) / slope``."""
-        return (np.asarray(xrf, dtype=np.float64) - self.intercept) / self.slope
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "model": "xrf = intercept + slope * icpms (OLS on the paired samples)",
-            "applied": "value = (xrf - intercept) / slope",
-            "intercept": self.intercept,
-            "slope": self.slope,
-            "r2": self.r2,
-            "n_pairs": self.n_pairs,
-        }
-
-
-def fit_calibration(xrf: npt.ArrayLike, icpms: npt.ArrayLike) -> Calibration:
-    """OLS of XRF on ICP-MS over paired samples (both arrays in mg/kg, no NaN)."""
-    x = np.asarray(icpms, dtype=np.float64)
-    y = np.asarray(xrf, dtype=np.float64)
-    slope, intercept = np.polyfit(x, y, 1)
-    residual = y - (intercept + slope * x)
-    total = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(residual**2)) / total if total > 0 else 0.0
-    return Calibration(float(intercept), float(slope), r2, int(x.size))
-
-
-@dataclass(frozen=True, eq=False)
-class TrainingTable:
-    """One element's target values, ready to meet the covariates.
-
-    ``frame`` has ``site_id``, ``sample_id`` (``<NA>`` for site means) and ``value`` (mg/kg,
-    screened and calibrated), one row per training example, every site located. ``record``
-    says what was done: counts, screening, calibration, aggregation.
-    """
-
-    element: str
-    frame: pd.DataFrame
-    record: dict[str, Any]
-
-    @property
-    def n_sites(self) -> int:
-        return int(self.frame["site_id"].nunique())
-
-
-def training_table(
-    table: SiteTable,
-    element: str,
-    located: SiteLocations,
-    *,
-    screening_sd: float | None = 3.0,
-    calibrate: bool = False,
-    train_on: TrainOn = "samples",
-) -> TrainingTable:
-    """Screen, calibrate and (optionally) average ``element`` over the located sites.
-
-    Screening and calibration use every measured sample of the table (the measured population,
-    as in the paper), then samples of excluded sites are dropped. Raises
-    :class:`SiteTableError` when no usable row remains, or when calibration is asked but the
-    table cannot support it.
-    """
-    frame = table.frame
-    measured = frame[element].notna()
-    values = pd.Series(frame[element].to_numpy(), index=frame["sample_id"].to_numpy())[
-        measured.to_numpy()
-    ]
-    record: dict[str, Any] = {"n_samples_measured": int(measured.sum())}
-    if values.empty:
-        raise SiteTableError(
-            f"{table.path}: column {element!r} has no values: there is nothing to train "
-            f"{element} on; fill in the column or leave {element} out of the elements"
-        )
-    keep = pd.Series(True, index=values.index)
-    if screening_sd is not None:
-        screening = screen_outliers(values, screening_sd)
-        keep[list(screening.removed)] = False
-        record["screening"] = screening.to_json()
-        if screening.removed:
-            log.info(
-                "%s: %d of %d samples outside mean ± %g SD removed",
-                element,
-                len(screening.removed),
-                values.size,
-                screening_sd,
-            )
-    else:
-        record["screening"] = None
-    kept = values[keep]
-    if calibrate:
-        calibration = _calibrate(table, element, kept)
-        kept = pd.Series(calibration.apply(kept.to_numpy()), index=kept.index)
-        record["calibration"] = calibration.to_json()
-        record["scale"] = "ICP-MS (XRF calibrated)"
-    else:
-        record["calibration"] = None
-        record["scale"] = "as measured (XRF)"
-
-    site_of = pd.Series(frame["site_id"].to_numpy(), index=frame["sample_id"].to_numpy())
-    rows = pd.DataFrame(
-        {
-            "site_id": site_of[kept.index].to_numpy(),
-            "sample_id": kept.index.to_numpy(),
-            "value": kept.to_numpy(),
-        }
-    ).reset_index(drop=True)
-    located_rows = rows["site_id"].isin(located.frame.index)
-    record["n_samples_on_excluded_sites"] = int((~located_rows).sum())
-    rows = rows[located_rows]
-    if rows.empty:
-        raise SiteTableError(
-            f"{table.path}: no usable {element} values: {values.size} measured, "
-            f"{int((~keep).sum())} screened out, the rest on sites outside the grid or on "
-            f"invalid pixels; check the coordinates or leave {element} out"
-        )
-    if train_on == "site_means":
-        rows = rows.groupby("site_id", sort=True)["value"].mean().reset_index()
-        rows.insert(1, "sample_id", pd.Series(pd.NA, index=rows.index, dtype="string"))
-    record["train_on"] = train_on
-    record["n_rows"] = len(rows)
-    record["n_sites"] = int(rows["site_id"].nunique())
-    return TrainingTable(element=element, frame=rows.reset_index(drop=True), record=record)
-
-
-def _calibrate(table: SiteTable, element: str, kept: pd.Series[float]) -> Calibration:
-    column = element + ICPMS_SUFFIX
-    if column not in table.frame.columns:
-        raise SiteTableError(
-            f"{table.path}: calibrating {element} needs the re-measured values in a column "
-            f"{column!r}, which the table does not have: add it or do not calibrate {element}"
-        )
-    icpms = pd.Series(table.frame[column].to_numpy(), index=table.frame["sample_id"].to_numpy())
-    paired = icpms[kept.index].notna().to_numpy()
-    if paired.sum() < MIN_CALIBRATION_PAIRS:
-        raise SiteTableError(
-            f"{table.path}: calibrating {element} needs at least {MIN_CALIBRATION_PAIRS} samples "
-            f"with both {element!r} and {column!r}, found {int(paired.sum())}: add ICP-MS "
-            f"values or do not calibrate {element}"
-        )
-    calibration = fit_calibration(kept[paired].to_numpy(), icpms[kept.index][paired].to_numpy())
-    if calibration.slope <= 0 or calibration.r2 < MIN_CALIBRATION_R2:
-        raise SiteTableError(
-            f"{table.path}: XRF does not follow ICP-MS for {element} (slope "
-            f"{calibration.slope:.3g}, R² {calibration.r2:.2f} over {calibration.n_pairs} "
-            f"pairs; at least {MIN_CALIBRATION_R2} needed): calibrating would amplify noise, "
-            f"so do not calibrate {element}"
-        )
-    return calibration

@@ -1,4 +1,4 @@
-"""Fitting: metrics, folds that never split a site, the grouped/random/spatial CVs, the
+"""Fitting the small plateau: folds that never split a site, the grouped/random/spatial CVs, the
 distributed search, the artifacts written, and the errors of bad inputs."""
 
 from __future__ import annotations
@@ -19,27 +19,18 @@ from typer.testing import CliRunner
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
 from tpgrid.artifact import FOREST_FILE, MODEL_FILE, SKLEARN_FILE, load_estimator, load_model
 from tpgrid.cli import app
-from tpgrid.errors import ArtifactError, ConfigError, CubeError, FitError, OutputExistsError
-from tpgrid.grid import GridSpec, TargetGrid
-from tpgrid.model import (
+from tpgrid.core.metrics import lins_ccc, r2_score
+from tpgrid.errors import ArtifactError, CubeError, FitError, OutputExistsError
+from tpgrid.fit import (
     CV_PREDICTIONS_FILE,
     TRAINING_FILE,
     FitReport,
     FitSettings,
     SearchGrid,
-    bias,
-    fit_forest,
     fit_models,
-    fit_settings,
-    group_folds,
-    lins_ccc,
-    mae,
-    projected_xy,
-    r2_score,
-    rmse,
-    spatial_blocks,
-    training_hash,
 )
+from tpgrid.fit.design import training_hash
+from tpgrid.fit.search import fit_forest
 from tpgrid.synthetic import PlateauFiles
 
 #: Small forests and a two-candidate grid: the behaviour under test, in seconds.
@@ -71,96 +62,6 @@ def record(fitted: FitReport, element: str) -> dict[str, Any]:
 
 def predictions(fitted: FitReport, element: str) -> pd.DataFrame:
     return pd.read_parquet(model_dir(fitted, element) / CV_PREDICTIONS_FILE)
-
-
-# --- metrics by hand ------------------------------------------------------------------------
-
-OBSERVED = [1.0, 2.0, 3.0, 4.0]
-PREDICTED = [2.0, 2.0, 3.0, 5.0]  # errors +1, 0, 0, +1
-
-
-def test_r2_rmse_mae_and_bias_by_hand() -> None:
-    assert r2_score(OBSERVED, PREDICTED) == pytest.approx(1 - 2 / 5)  # SS_res 2, SS_tot 5
-    assert rmse(OBSERVED, PREDICTED) == pytest.approx(np.sqrt(0.5))
-    assert mae(OBSERVED, PREDICTED) == pytest.approx(0.5)
-    assert bias(OBSERVED, PREDICTED) == pytest.approx(0.5)  # over-prediction is positive
-
-
-def test_lins_ccc_by_hand() -> None:
-    # means 2.5 and 3; population variances 1.25 and 1.5; covariance 1.25
-    assert lins_ccc(OBSERVED, PREDICTED) == pytest.approx(2 * 1.25 / (1.25 + 1.5 + 0.25))
-
-
-def test_ccc_penalises_departures_from_the_one_to_one_line_that_correlation_ignores() -> None:
-    x = np.arange(10.0)
-    assert lins_ccc(x, x) == pytest.approx(1.0)
-    assert np.corrcoef(x, 2 * x + 3)[0, 1] == pytest.approx(1.0)
-    assert lins_ccc(x, 2 * x + 3) < 0.5
-
-
-def test_metrics_refuse_unpaired_arrays() -> None:
-    with pytest.raises(ValueError, match="equal length"):
-        rmse([1.0, 2.0, 3.0], [1.0, 2.0])
-
-
-# --- folds ----------------------------------------------------------------------------------
-
-
-def test_group_folds_keep_each_group_in_one_fold_and_balance_the_folds() -> None:
-    groups = np.repeat([f"S{i:03d}" for i in range(23)], 3)
-    folds = group_folds(groups, 5, seed=0)
-    per_group = pd.Series(folds).groupby(groups).nunique()
-    assert (per_group == 1).all()
-    groups_per_fold = pd.Series(groups).groupby(folds).nunique()
-    assert sorted(groups_per_fold) == [4, 4, 5, 5, 5]
-
-
-def test_group_folds_need_a_group_per_fold() -> None:
-    with pytest.raises(ValueError, match="3 groups cannot fill 5 folds"):
-        group_folds(["a", "b", "c"], 5, seed=0)
-
-
-def test_spatial_blocks_follow_the_block_edges() -> None:
-    x = np.array([0.0, 99_999.0, 100_000.0, -1.0, 50_000.0])
-    y = np.array([0.0, 0.0, 0.0, 0.0, 150_000.0])
-    blocks = spatial_blocks(x, y, block_km=100.0)
-    assert blocks[0] == blocks[1]
-    assert len({blocks[0], blocks[2], blocks[3], blocks[4]}) == 4
-
-
-def test_projected_coordinates_are_metres_on_a_geographic_grid() -> None:
-    grid = TargetGrid.from_spec(GridSpec(crs="EPSG:4326", resolution=0.01, bbox=(90, 30, 94, 33)))
-    x, y = projected_xy(grid, [91.0, 92.0, 91.0], [31.0, 31.0, 32.0])
-    assert x[1] - x[0] == pytest.approx(95_400, rel=0.01)  # 1° of longitude at 31 °N
-    assert y[2] - y[0] == pytest.approx(111_000, rel=0.01)
-
-
-# --- settings -------------------------------------------------------------------------------
-
-
-def test_search_grid_candidates_are_every_combination() -> None:
-    grid = SearchGrid(max_features=(0.3, 0.6), min_samples_leaf=(1, 3, 5), max_depth=(None, 8))
-    candidates = grid.candidates()
-    assert len(candidates) == 12
-    assert {"max_features": 0.6, "min_samples_leaf": 3, "max_depth": 8} in candidates
-
-
-def test_settings_file_with_an_unknown_key_names_it(tmp_path: Path) -> None:
-    (tmp_path / "fit.yaml").write_text("n_tree: 300\n")
-    with pytest.raises(ConfigError, match="n_tree: unknown key"):
-        fit_settings(tmp_path / "fit.yaml", {})
-
-
-def test_overrides_apply_on_top_of_the_settings_file(tmp_path: Path) -> None:
-    (tmp_path / "fit.yaml").write_text("n_trees: 300\nsearch_grid: {max_features: [0.5]}\n")
-    settings = fit_settings(tmp_path / "fit.yaml", {"cv_folds": 5})
-    assert (settings.n_trees, settings.cv_folds) == (300, 5)
-    assert settings.search_grid.max_features == (0.5,)
-
-
-def test_max_features_must_be_fractions() -> None:
-    with pytest.raises(ConfigError, match=r"search_grid\.max_features"):
-        fit_settings(None, {"search_grid": {"max_features": [7]}})
 
 
 # --- fitting the small plateau --------------------------------------------------------------
@@ -374,7 +275,7 @@ def test_reuse_refits_a_damaged_model_with_a_warning_and_reports_it(
     np.savez(models / "Ni" / FOREST_FILE, **arrays)  # tampered: a valid file, other values
     text = (models / "Mo" / MODEL_FILE).read_text()
     (models / "Mo" / MODEL_FILE).write_text(text[:100])  # truncated
-    with caplog.at_level(logging.WARNING, logger="tpgrid.model"):
+    with caplog.at_level(logging.WARNING, logger="tpgrid.fit.models"):
         report = fit_models(
             plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
         )

@@ -1,0 +1,38 @@
+"""Fitting the element models: site table and covariate cube in, one model per element out.
+
+The modules follow the fit down once: :mod:`~tpgrid.fit.sites` reads the site table and places
+its sites on the grid, :mod:`~tpgrid.fit.settings` says how to fit, :mod:`~tpgrid.fit.design`
+turns one element's values and the covariates at its sites into a design matrix,
+:mod:`~tpgrid.fit.search` searches and cross-validates its forest, and
+:mod:`~tpgrid.fit.models` runs all of it per element and writes the model directories. The
+entry points are re-exported here.
+"""
+
+from tpgrid.fit.models import (
+    CV_PREDICTIONS_FILE,
+    SCHEMES,
+    TRAINING_FILE,
+    FitReport,
+    FittedElement,
+    SkippedElement,
+    fit_models,
+)
+from tpgrid.fit.settings import FitSettings, SearchGrid, fit_settings, load_fit_settings
+from tpgrid.fit.sites import ELEMENTS, SiteTable, read_sites
+
+__all__ = [
+    "CV_PREDICTIONS_FILE",
+    "ELEMENTS",
+    "SCHEMES",
+    "TRAINING_FILE",
+    "FitReport",
+    "FitSettings",
+    "FittedElement",
+    "SearchGrid",
+    "SiteTable",
+    "SkippedElement",
+    "fit_models",
+    "fit_settings",
+    "load_fit_settings",
+    "read_sites",
+]

@@ -1,0 +1,291 @@
+"""Fit one random forest per element, centrally: the site table and the cube in, one model
+directory per element out.
+
+The fit goes down the package once: the site table is read and its sites placed on the cube
+(:mod:`tpgrid.fit.sites`), every element's training table and design matrix are built
+(:mod:`tpgrid.fit.design`), then each element's forest is searched, assessed and fitted
+(:mod:`tpgrid.fit.search`). An element whose inputs are those its kept model records is not
+fitted again (``reuse_unchanged``), unless that model fails its checks.
+
+Each element is written to ``<out>/<element>/``: the artifact (:mod:`tpgrid.artifact`, with
+scikit-learn's trees), ``cv_predictions.parquet`` (out-of-fold predictions of the three CVs)
+and ``training.parquet`` (the training table the model saw).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tpgrid import __version__
+from tpgrid.artifact import ModelArtifact, check_model, save_model
+from tpgrid.core.forest import pack_forest
+from tpgrid.cube import chunk_hashes, cube_grid, open_cube
+from tpgrid.errors import ArtifactError, FitError, OutputExistsError
+from tpgrid.fit.arrays import I64
+from tpgrid.fit.design import (
+    Design,
+    TrainingTable,
+    build_design,
+    cube_layers,
+    json_sha256,
+    site_covariates,
+    training_hash,
+    training_table,
+)
+from tpgrid.fit.search import Progress, fit_forest, projected_xy, spatial_blocks
+from tpgrid.fit.settings import FitSettings
+from tpgrid.fit.sites import locate_sites, read_sites
+from tpgrid.jsonable import plain
+from tpgrid.store import staging_path, swap_in
+
+log = logging.getLogger(__name__)
+
+CV_PREDICTIONS_FILE = "cv_predictions.parquet"
+TRAINING_FILE = "training.parquet"
+SCHEMES = ("grouped", "random", "spatial")
+
+
+@dataclass(frozen=True)
+class FittedElement:
+    element: str
+    directory: Path
+    record: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SkippedElement:
+    element: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """Elements fitted now, kept as they were (``reuse_unchanged``), and skipped; ``repaired``:
+    (element, reason) of each artifact that would have been kept but failed its checks, and
+    was fitted again."""
+
+    fitted: tuple[FittedElement, ...]
+    skipped: tuple[SkippedElement, ...]
+    excluded_sites: dict[str, tuple[str, ...]]
+    unchanged: tuple[FittedElement, ...] = ()
+    pending: tuple[str, ...] = ()  # with dry_run: the elements a run would fit
+    repaired: tuple[tuple[str, str], ...] = ()
+
+
+def fit_models(
+    sites: str | Path,
+    cube: str | Path,
+    out: str | Path,
+    settings: FitSettings | None = None,
+    *,
+    overwrite: bool = False,
+    reuse_unchanged: bool = False,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    local_threads: int | None = None,
+) -> FitReport:
+    """Fit every element of ``settings`` from the site table ``sites`` and the cube ``cube``
+    into ``out/<element>/``.
+
+    Elements with fewer sites than CV folds are skipped (logged, in the report); if none is
+    left, :class:`FitError`. Existing element directories are replaced only when
+    ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an element whose training
+    table and settings are those its artifact records is kept as it is, not refitted, if the
+    artifact passes its checks (a damaged one is fitted again, with a warning, and reported).
+    ``dry_run`` fits nothing and lists the elements a run would fit in ``pending``.
+    ``local_threads`` sets the CV parallelism when no Dask client is current.
+    """
+    settings = settings or FitSettings()
+    cube, out = Path(cube), Path(out)
+    table = read_sites(sites, settings.elements)
+    dataset = open_cube(cube)
+    grid = cube_grid(cube)
+    layers = cube_layers(dataset, cube)
+    existing = [str(out / e) for e in settings.elements if (out / e).exists()]
+    if existing and not (overwrite or reuse_unchanged):
+        raise OutputExistsError(
+            f"model directories {existing} exist; pass --overwrite to replace them, or choose "
+            "another output directory"
+        )
+    located = locate_sites(table, grid, dataset)
+    covariates = site_covariates(dataset, cube, located, layers)
+    x_m, y_m = projected_xy(grid, located.frame["lon"], located.frame["lat"])
+    site_blocks = spatial_blocks(x_m, y_m, settings.spatial_block_km)
+    # Every element's table is built before any fitting, so a bad column fails in seconds.
+    tables = {
+        e: training_table(
+            table,
+            e,
+            located,
+            screening_sd=settings.screening_sd,
+            calibrate=e in settings.calibrate,
+            train_on=settings.train_on,
+        )
+        for e in settings.elements
+    }
+    provenance = {
+        "sites": {"path": str(table.path.resolve()), "sha256": table.sha256},
+        "cube": {
+            "path": str(cube.resolve()),
+            "grid": grid.spec.model_dump(mode="json"),
+            "chunk_hashes_sha256": json_sha256(chunk_hashes(cube)),
+        },
+        "excluded_sites": {r: list(ids) for r, ids in located.excluded.items()},
+        "settings": settings.model_dump(mode="json"),
+        "versions": _versions(),
+    }
+    fitted, skipped, unchanged, pending = [], [], [], []
+    repaired: list[tuple[str, str]] = []
+    for element, training in tables.items():
+        if training.n_sites < settings.cv_folds:
+            reason = (
+                f"{training.n_sites} sites with usable {element} values, fewer than the "
+                f"{settings.cv_folds} CV folds (every fold must test at least one site): add "
+                "sites or lower the number of folds"
+            )
+            log.warning("%s skipped: %s", element, reason)
+            skipped.append(SkippedElement(element, reason))
+            continue
+        directory = out / element
+        design = build_design(training, located, covariates, layers, settings)
+        kept, damage = (
+            _unchanged_record(directory, design.inputs_sha256) if reuse_unchanged else (None, None)
+        )
+        if kept is not None:
+            log.info("%s: training table and settings unchanged, model kept", element)
+            unchanged.append(FittedElement(element, directory, kept))
+            continue
+        if dry_run:
+            pending.append(element)
+            continue
+        if damage is not None:
+            log.warning(
+                "%s: the model in %s is damaged, fitted again: %s", element, directory, damage
+            )
+            repaired.append((element, damage))
+        record = _fit_element(
+            design,
+            training,
+            site_blocks,
+            settings,
+            provenance,
+            directory,
+            progress=progress,
+            local_threads=local_threads,
+        )
+        fitted.append(FittedElement(element, directory, record))
+    if not fitted and not unchanged and not pending:
+        raise FitError(
+            "no element could be fitted:\n"
+            + "\n".join(f"  {s.element}: {s.reason}" for s in skipped)
+        )
+    return FitReport(
+        tuple(fitted),
+        tuple(skipped),
+        dict(located.excluded),
+        tuple(unchanged),
+        tuple(pending),
+        tuple(repaired),
+    )
+
+
+def _unchanged_record(
+    directory: Path, inputs_sha256: str
+) -> tuple[dict[str, Any] | None, str | None]:
+    """The record of the artifact in ``directory`` if it was fitted from these inputs and
+    passes its checks, else None; and why the artifact there fails them (None: it passes, or
+    there is none)."""
+    if not directory.exists():
+        return None, None
+    try:
+        artifact = check_model(directory)
+    except ArtifactError as exc:
+        return None, str(exc)
+    kept = artifact.record.get("inputs_sha256") == inputs_sha256
+    return (artifact.record if kept else None), None
+
+
+def _fit_element(
+    design: Design,
+    training: TrainingTable,
+    site_blocks: I64,
+    settings: FitSettings,
+    provenance: Mapping[str, Any],
+    directory: Path,
+    *,
+    progress: Progress | None,
+    local_threads: int | None,
+) -> dict[str, Any]:
+    """Fit one element and write its directory; returns its record."""
+    element, spec, table = training.element, design.spec, design.table
+    started = time.perf_counter()
+    result = fit_forest(
+        design.X,
+        design.y,
+        training.frame["site_id"].to_numpy(),
+        site_blocks[design.site_index],
+        settings,
+        local_threads=local_threads,
+        progress=progress,
+        label=element,
+    )
+    record = {
+        "element": element,
+        "target": {"units": "mg/kg", "transform": "none", "scale": training.record["scale"]},
+        "training": {
+            **{
+                key: value
+                for key, value in training.record.items()
+                if key not in ("screening", "calibration", "scale")
+            },
+            "table_sha256": training_hash(table),
+            "table_file": TRAINING_FILE,
+        },
+        "inputs_sha256": design.inputs_sha256,
+        "screening": training.record["screening"],
+        "calibration": training.record["calibration"],
+        "classes": {f.variable: dict(zip(f.codes, f.names, strict=True)) for f in spec.categorical},
+        **result.record,
+        "cv_predictions_file": CV_PREDICTIONS_FILE,
+        "fit_wall_s": round(time.perf_counter() - started, 3),
+        **provenance,
+    }
+    artifact = ModelArtifact(element, pack_forest(result.estimator), spec, plain(record))
+    predictions = table[["site_id", "sample_id", "observed"]].copy()
+    for scheme in SCHEMES:
+        predictions[f"predicted_{scheme}"] = result.predictions[scheme]
+        scheme_folds = result.folds[scheme]
+        predictions[f"fold_{scheme}"] = (
+            pd.array(scheme_folds, dtype="Int64")
+            if scheme_folds is not None
+            else pd.array([pd.NA] * len(design.y), dtype="Int64")
+        )
+    staging = staging_path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    save_model(artifact, staging, estimator=result.estimator)
+    table.to_parquet(staging / TRAINING_FILE, index=False)
+    predictions.to_parquet(staging / CV_PREDICTIONS_FILE, index=False)
+    swap_in(staging, directory)
+    log.info("%s: model written to %s", element, directory)
+    return artifact.record
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+
+    return {
+        "tpgrid": __version__,
+        "scikit-learn": sklearn.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "python": platform.python_version(),
+    }

@@ -1,0 +1,268 @@
+"""The hyperparameter search and the cross-validations of one element's forest.
+
+A grid search picks hyperparameters by k-fold CV *grouped by site* (triplicates of one site
+share their covariates, so they never sit on both sides of a split); the winner is assessed by
+three CVs side by side — grouped by site, by random sample (the leaky scheme the grouping
+prevents, for comparison) and by spatial blocks — and refitted on all rows with the full
+number of trees. The CV fits are independent tasks on whatever Dask client is current (local
+threads when there is none); the final forest is fitted here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pyproj import Transformer
+
+from tpgrid.core.metrics import cv_metrics, r2_score
+from tpgrid.fit.arrays import F64, I64
+from tpgrid.fit.settings import FitSettings
+from tpgrid.grid import TargetGrid
+from tpgrid.tasks import task_runner
+
+log = logging.getLogger(__name__)
+
+#: Progress of a stage: (what, done, total).
+Progress = Callable[[str, int, int], None]
+
+
+# --- folds ---------------------------------------------------------------------------------
+
+
+def group_folds(groups: npt.ArrayLike, n_folds: int, seed: int) -> I64:
+    """Fold number (0 … n_folds − 1) of every row; all rows of a group share one fold.
+
+    Groups are shuffled and dealt round-robin, so folds hold ⌊G/k⌋ or ⌈G/k⌉ groups. With one
+    group per row this is plain random k-fold.
+    """
+    _, inverse = np.unique(np.asarray(groups), return_inverse=True)
+    n_groups = int(inverse.max()) + 1 if inverse.size else 0
+    if n_groups < n_folds:
+        raise ValueError(f"{n_groups} groups cannot fill {n_folds} folds")
+    order = np.random.default_rng(seed).permutation(n_groups)
+    fold_of_group = np.empty(n_groups, dtype=np.int64)
+    fold_of_group[order] = np.arange(n_groups) % n_folds
+    return fold_of_group[inverse.ravel()]
+
+
+def spatial_blocks(x_m: npt.ArrayLike, y_m: npt.ArrayLike, block_km: float) -> I64:
+    """Block id of each point on a square ``block_km`` lattice of projected metres."""
+    size = block_km * 1000.0
+    bx = np.floor(np.asarray(x_m, dtype=np.float64) / size).astype(np.int64)
+    by = np.floor(np.asarray(y_m, dtype=np.float64) / size).astype(np.int64)
+    _, block = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
+    return block.ravel().astype(np.int64)
+
+
+def projected_xy(grid: TargetGrid, lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[F64, F64]:
+    """Lon/lat in metres: the grid's own CRS when projected, else a Lambert azimuthal
+    equal-area projection centred on the grid (blocks must be equal areas, not degrees)."""
+    if grid.is_geographic:
+        lon_min, lat_min, lon_max, lat_max = grid.spec.bbox
+        crs = (
+            f"+proj=laea +lon_0={(lon_min + lon_max) / 2} +lat_0={(lat_min + lat_max) / 2} +units=m"
+        )
+    else:
+        crs = grid.crs_wkt
+    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
+        np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
+    )
+    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+
+
+# --- CV fits as independent tasks ----------------------------------------------------------
+
+
+def fold_predictions(
+    X: npt.NDArray[np.float32],
+    y: F64,
+    folds: I64,
+    fold: int,
+    params: Mapping[str, Any],
+    n_trees: int,
+    seed: int,
+) -> F64:
+    """Fit a forest on the rows outside ``fold`` and predict the rows inside it (one CV task)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    test = folds == fold
+    forest = RandomForestRegressor(n_estimators=n_trees, random_state=seed, n_jobs=1, **params)
+    forest.fit(X[~test], y[~test])
+    return np.asarray(forest.predict(X[test]), dtype=np.float64)
+
+
+# --- fitting one element -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ElementFit:
+    """What fitting one element produced: the fitted scikit-learn forest, out-of-fold
+    predictions of each CV scheme (NaN where a scheme was skipped), folds, and the record."""
+
+    estimator: Any
+    predictions: dict[str, F64]
+    folds: dict[str, I64 | None]
+    record: dict[str, Any]
+
+
+def fit_forest(
+    X: npt.NDArray[np.float32],
+    y: F64,
+    sites: npt.ArrayLike,
+    blocks: I64,
+    settings: FitSettings,
+    *,
+    local_threads: int | None = None,
+    progress: Progress | None = None,
+    label: str = "",
+) -> ElementFit:
+    """Search, assess and fit one element's forest on ``X`` (float32) and ``y`` (mg/kg).
+
+    ``sites`` is the site of each row (CV groups), ``blocks`` its spatial block. The search and
+    the three CVs use ``settings.search_trees`` trees per forest; the final forest
+    ``settings.n_trees``.
+    """
+    k, seed, trees = settings.cv_folds, settings.seed, settings.search_trees
+    grouped = group_folds(sites, k, seed)
+    n_blocks = int(np.unique(blocks).size)
+    assessed = {"random": group_folds(np.arange(y.size), k, seed)}
+    if n_blocks >= 2:
+        assessed["spatial"] = group_folds(blocks, min(k, n_blocks), seed)
+    if n_blocks < 2:
+        log.warning(
+            "%s: every site in one %g km block, no spatial CV", label, settings.spatial_block_km
+        )
+    elif n_blocks < k:
+        log.warning(
+            "%s: only %d spatial blocks of %g km, so spatial CV has %d folds, not %d",
+            label,
+            n_blocks,
+            settings.spatial_block_km,
+            n_blocks,
+            k,
+        )
+
+    def report(stage: str) -> Callable[[int, int], None] | None:
+        if progress is None:
+            return None
+        return lambda done, total: progress(f"{label} {stage}".strip(), done, total)
+
+    with task_runner(local_threads) as runner:
+        shared = runner.share(X, y)
+        candidates = settings.search_grid.candidates()
+        started = time.perf_counter()
+        futures = [
+            runner.submit(fold_predictions, *shared, grouped, f, params, trees, seed)
+            for params in candidates
+            for f in range(k)
+        ]
+        results = runner.gather(futures, report("search"))
+        search_wall = time.perf_counter() - started
+        oof = [_assemble(grouped, results[c * k : (c + 1) * k]) for c in range(len(candidates))]
+        scores = [cv_metrics(y, pred) for pred in oof]
+        best = int(np.argmin([score["rmse"] for score in scores]))
+        params = candidates[best]
+
+        # The winner's other CVs run on the cluster while the final forest is fitted here.
+        pending = {
+            scheme: [
+                runner.submit(fold_predictions, *shared, folds, f, params, trees, seed)
+                for f in range(int(folds.max()) + 1)
+            ]
+            for scheme, folds in assessed.items()
+        }
+        estimator = _final_forest(X, y, params, settings)
+        predictions = {"grouped": oof[best], "spatial": np.full(y.size, np.nan)}
+        for scheme, scheme_futures in pending.items():
+            results = runner.gather(scheme_futures, report(scheme))
+            predictions[scheme] = _assemble(assessed[scheme], results)
+        backend = runner.description
+
+    record = {
+        "hyperparameters": {
+            "n_estimators": settings.n_trees,
+            **params,
+            "bootstrap": True,
+            "random_state": seed,
+        },
+        "search": {
+            "cv": "k-fold grouped by site",
+            "n_folds": k,
+            "trees_per_fit": trees,
+            "selected_by": "lowest pooled grouped-CV RMSE",
+            "candidates": [
+                {"params": c, "r2": score["r2"], "rmse": score["rmse"]}
+                for c, score in zip(candidates, scores, strict=True)
+            ],
+            "selected": params,
+            "n_fits": len(futures),
+            "wall_s": round(search_wall, 3),
+            "backend": backend,
+        },
+        "cv": _cv_record(y, predictions, k, n_blocks, settings),
+        "fit": {
+            "r2": r2_score(y, estimator.predict(X)),
+            "oob_r2": float(estimator.oob_score_),
+            "note": (
+                "fit R² on the training rows; out-of-bag R² leaks like random CV when a "
+                "site's samples are rows of their own"
+            ),
+        },
+    }
+    folds_by_scheme: dict[str, I64 | None] = {"grouped": grouped, "spatial": None, **assessed}
+    return ElementFit(estimator, predictions, folds_by_scheme, record)
+
+
+def _cv_record(
+    y: F64, predictions: Mapping[str, F64], k: int, n_blocks: int, settings: FitSettings
+) -> dict[str, Any]:
+    """The three CVs side by side, with what each groups by."""
+    spatial: dict[str, Any] = {
+        "groups": f"{settings.spatial_block_km:g} km blocks",
+        "block_km": settings.spatial_block_km,
+        "n_blocks": n_blocks,
+    }
+    if n_blocks < 2:
+        spatial["skipped"] = "all sites lie in one block: choose smaller blocks"
+    else:
+        spatial |= {"n_folds": min(k, n_blocks), **cv_metrics(y, predictions["spatial"])}
+    return {
+        "trees_per_fit": settings.search_trees,
+        "note": (
+            "pooled out-of-fold metrics; grouped is the search's own CV of the selected "
+            "candidate (not nested, so slightly optimistic); random splits samples and lets a "
+            "site's triplicates leak across folds, shown for comparison only"
+        ),
+        "grouped": {"groups": "site", "n_folds": k, **cv_metrics(y, predictions["grouped"])},
+        "random": {"groups": "row", "n_folds": k, **cv_metrics(y, predictions["random"])},
+        "spatial": spatial,
+    }
+
+
+def _assemble(folds: I64, fold_results: Sequence[F64]) -> F64:
+    """Out-of-fold predictions in row order from per-fold test predictions."""
+    out = np.full(folds.size, np.nan)
+    for fold, values in enumerate(fold_results):
+        out[folds == fold] = values
+    return out
+
+
+def _final_forest(
+    X: npt.NDArray[np.float32], y: F64, params: Mapping[str, Any], settings: FitSettings
+) -> Any:
+    from sklearn.ensemble import RandomForestRegressor
+
+    forest = RandomForestRegressor(
+        n_estimators=settings.n_trees,
+        oob_score=True,
+        random_state=settings.seed,
+        n_jobs=-1,
+        **params,
+    )
+    return forest.fit(X, y)

@@ -1,0 +1,107 @@
+"""How the element models are fitted: the search grid and the fit settings, from YAML.
+
+The settings are the one input of a fit besides the site table and the cube; every field that
+shapes one element's model enters the hash that decides whether a kept model can be reused.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tpgrid.fit.sites import ELEMENTS
+from tpgrid.yamlfile import read_mapping, validated
+
+#: Train on every screened sample, or on one mean per site.
+TrainOn = Literal["samples", "site_means"]
+
+
+class SearchGrid(BaseModel):
+    """Hyperparameter values tried by the search (every combination is one candidate)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_features: tuple[float, ...] = Field(
+        (0.33, 0.66), min_length=1, description="fraction of columns tried at each split"
+    )
+    min_samples_leaf: tuple[int, ...] = Field((1, 5), min_length=1)
+    max_depth: tuple[int | None, ...] = Field((None,), min_length=1, description="None: no limit")
+
+    @field_validator("max_features")
+    @classmethod
+    def _fractions(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(not 0 < v <= 1 for v in value):
+            raise ValueError("max_features are fractions of the columns, in (0, 1]")
+        return value
+
+    @field_validator("min_samples_leaf")
+    @classmethod
+    def _leaves(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(v < 1 for v in value):
+            raise ValueError("min_samples_leaf must be at least 1")
+        return value
+
+    @field_validator("max_depth")
+    @classmethod
+    def _depths(cls, value: tuple[int | None, ...]) -> tuple[int | None, ...]:
+        if any(v is not None and v < 1 for v in value):
+            raise ValueError("max_depth must be at least 1, or null for no limit")
+        return value
+
+    def candidates(self) -> list[dict[str, Any]]:
+        """Every combination, as ``RandomForestRegressor`` keyword arguments."""
+        return [
+            {"max_features": f, "min_samples_leaf": leaf, "max_depth": depth}
+            for f, leaf, depth in itertools.product(
+                self.max_features, self.min_samples_leaf, self.max_depth
+            )
+        ]
+
+
+class FitSettings(BaseModel):
+    """How the element models are fitted (YAML-friendly, validated, frozen)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    elements: tuple[str, ...] = Field(ELEMENTS, min_length=1)
+    n_trees: int = Field(500, ge=1, description="trees of the final forest")
+    search_trees: int = Field(
+        100, ge=1, description="trees of every CV forest (search and assessment): cost control"
+    )
+    search_grid: SearchGrid = SearchGrid()
+    cv_folds: int = Field(10, ge=2)
+    spatial_block_km: float = Field(100.0, gt=0, description="edge of the spatial CV blocks")
+    screening_sd: float | None = Field(
+        3.0, gt=0, description="remove values outside mean ± this many SD; null: no screening"
+    )
+    calibrate: tuple[str, ...] = Field(
+        ("Zn", "Ni"), description="elements calibrated from XRF to ICP-MS"
+    )
+    train_on: TrainOn = "samples"
+    seed: int = Field(0, ge=0)
+
+    @field_validator("elements")
+    @classmethod
+    def _distinct(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError(f"an element is listed twice: {list(value)}")
+        return value
+
+
+def load_fit_settings(path: str | Path) -> FitSettings:
+    """Read fit settings from YAML, naming the file in any error."""
+    data = read_mapping(path, "fit settings file", "pass the path of a YAML")
+    return validated(FitSettings.model_validate, data, f"fit settings file {path}")
+
+
+def fit_settings(path: str | Path | None, overrides: Mapping[str, Any]) -> FitSettings:
+    """Settings from a YAML file (or the defaults) with ``overrides`` on top; raises
+    :class:`ConfigError` naming what is wrong."""
+    base = load_fit_settings(path) if path is not None else FitSettings()
+    return validated(
+        FitSettings.model_validate, base.model_dump() | dict(overrides), "fit settings"
+    )
