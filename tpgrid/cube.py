@@ -76,6 +76,7 @@ from tpgrid.store import (
     swap_in,
     verify_group,
 )
+from tpgrid.tasks import Progress, gather
 from tpgrid.terrain import terrain_layers
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def build_cube(
     path: str | Path,
     *,
     overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> CubeReport:
     """Build the cube at ``path``, or update the cube already there.
 
@@ -467,7 +468,7 @@ def _write_variable(
     var: _Variable,
     old_hashes: dict[ChunkKey, str],
     old_files: ChunkFiles,
-    progress: Callable[[str, int, int], None] | None,
+    progress: Progress | None,
     only: set[ChunkKey] | None = None,
 ) -> tuple[dict[ChunkKey, str], ChunkFiles, int, list[Damage]]:
     """Compute, check, hash and store every chunk of one variable (or those in ``only``).
@@ -537,12 +538,10 @@ def _store_chunk(
     return f"{i}.{j}", digest, True, stored_record(staging / name / relative), damage
 
 
-def _compute_with_progress(
-    tasks: list[Any], name: str, progress: Callable[[str, int, int], None] | None
-) -> list[Any]:
+def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:
     """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
     try:
-        from distributed import as_completed, get_client
+        from distributed import get_client
 
         client = get_client()
     except (ImportError, ValueError):
@@ -550,11 +549,8 @@ def _compute_with_progress(
         if progress:
             progress(name, len(tasks), len(tasks))
         return results
-    futures = client.compute(tasks)
-    for done, _ in enumerate(as_completed(futures), start=1):
-        if progress:
-            progress(name, done, len(tasks))
-    return [future.result() for future in futures]
+    report = (lambda done, total: progress(name, done, total)) if progress else None
+    return gather(client.compute(tasks), report)
 
 
 def _valid_variable(

@@ -58,7 +58,7 @@ from tpgrid.store import (
     staging_path,
     swap_in,
 )
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -266,7 +266,7 @@ def write_maps(
     directory: str | Path,
     *,
     previous: str | Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> MapFiles:
     """Write the COGs and quicklooks of the run at ``prediction`` into the existing, empty
     ``directory`` (no STAC item: :func:`write_item` writes it, last).
@@ -410,9 +410,7 @@ def _relative(href: str) -> str:
     return href.removeprefix("./")
 
 
-def _stage(
-    progress: Callable[[str, int, int], None] | None, stage: str
-) -> Callable[[int, int], None] | None:
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
