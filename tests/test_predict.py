@@ -309,7 +309,7 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
         "nan",
     )
     counts = predict_chunk(job, {fe.element: fe.forest, mn.element: mn.forest})
-    key = f"{window.index[0]}.{window.index[1]}"
+    key = window.key
     predicted = int(plateau.valid[window.rows, window.cols].sum())
     assert counts[0] == (fe.element, key, 7, 1, nothing_stored)  # from the marker
     assert counts[1][:2] == (mn.element, key)
@@ -346,7 +346,7 @@ def test_run_record_holds_model_hashes_and_per_chunk_inputs(
     assert {e: m["model_hash"] for e, m in run["models"].items()} == {
         m.element: m.model_hash for m in models
     }
-    keys = {f"{w.index[0]}.{w.index[1]}" for w in plateau.grid.windows()}
+    keys = {w.key for w in plateau.grid.windows()}
     assert set(run["chunk_inputs"]["Fe"]) == keys
     assert run["chunk_inputs"]["Fe"] != run["chunk_inputs"]["Zn"]
     assert run["run_id"] == prediction.report.run_id

@@ -287,7 +287,7 @@ def applicability_cube(
                     applicability_chunk,
                     ApplicabilityJob(cube, staging, model.element, model.artifact.features, window),
                     space,
-                    key=f"tpgrid-aoa-{model.element}-{window.index[0]}.{window.index[1]}-{token}",
+                    key=f"tpgrid-aoa-{model.element}-{window.key}-{token}",
                 )
                 for window in grid.windows()
             ]

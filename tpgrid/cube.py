@@ -44,7 +44,7 @@ from odc.geo.xr import xr_reproject
 
 from tpgrid import __version__
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
-from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.grid import GridSpec, TargetGrid, chunk_key
 from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.sources import (
     CATEGORICAL_NODATA,
@@ -487,10 +487,10 @@ def _write_variable(
             var.name,
             (i, j),
             var.check,
-            _old(f"{i}.{j}", old_hashes, old_files),
+            _old(chunk_key((i, j)), old_hashes, old_files),
         )
         for i, j in indices
-        if only is None or f"{i}.{j}" in only
+        if only is None or chunk_key((i, j)) in only
     ]
     results = _compute_with_progress(tasks, var.name, progress)
     hashes = {key: digest for key, digest, _, _, _ in results}
@@ -532,10 +532,10 @@ def _store_chunk(
         if damage is None:
             if old[1] is not None:  # else a fill-value chunk: no file to link
                 link_file(source, staging / name / relative)
-            return f"{i}.{j}", digest, False, old[1], None
+            return chunk_key(index), digest, False, old[1], None
     rows, cols = array.chunks
     array[i * rows : i * rows + block.shape[0], j * cols : j * cols + block.shape[1]] = block
-    return f"{i}.{j}", digest, True, stored_record(staging / name / relative), damage
+    return chunk_key(index), digest, True, stored_record(staging / name / relative), damage
 
 
 def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:

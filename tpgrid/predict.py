@@ -171,7 +171,7 @@ class ChunkJob:
 
     @property
     def key(self) -> str:
-        return f"{self.window.index[0]}.{self.window.index[1]}"
+        return self.window.key
 
 
 #: Per layer of one element chunk: the record of its stored file (None: no file stored).
@@ -216,7 +216,7 @@ def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[Ch
 
 
 def _done_path(staging: Path, element: str, window: ChunkWindow) -> Path:
-    return staging / DONE_DIR / element / f"{window.index[0]}.{window.index[1]}"
+    return staging / DONE_DIR / element / window.key
 
 
 def _mark_done(
@@ -527,7 +527,7 @@ def _reuse_chunks(
     to_predict: list[ChunkWindow] = []
     damaged: list[Damage] = []
     for window in grid.windows():
-        key = f"{window.index[0]}.{window.index[1]}"
+        key = window.key
         done = _read_done(staging, element, window)
         if done is not None:
             found = _check_chunk(staging, element, locate(key), done[1])
@@ -824,7 +824,7 @@ def _run_record(
         variables = sorted({VALID, *model.features.variables})
         chunk_inputs[model.element] = {}
         for window in grid.windows():
-            key = f"{window.index[0]}.{window.index[1]}"
+            key = window.key
             parts = [FORMAT, model.model_hash, unseen] + [
                 f"{v}:{hashes[v][key]}" for v in variables
             ]
