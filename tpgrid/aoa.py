@@ -41,13 +41,11 @@ from scipy.spatial.distance import pdist
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact
+from tpgrid.compatibility import check_models
 from tpgrid.core.features import FeatureSpec
-from tpgrid.cube import VALID, cube_grid
+from tpgrid.cube import VALID, cube_grid, read_window
 from tpgrid.errors import AnalysisError, ClusterError, OutputExistsError
 from tpgrid.grid import ChunkWindow
-
-# The prediction's chunk reader and model checks, shared rather than written twice.
-from tpgrid.predict import check_models, read_window
 from tpgrid.store import VariableLayout, create_layout, finish, staging_path, swap_in, write_window
 
 log = logging.getLogger(__name__)

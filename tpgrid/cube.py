@@ -44,7 +44,7 @@ from odc.geo.xr import xr_reproject
 
 from tpgrid import __version__
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
-from tpgrid.grid import GridSpec, TargetGrid, chunk_key
+from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid, chunk_key
 from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.sources import (
     CATEGORICAL_NODATA,
@@ -297,6 +297,13 @@ def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:
         raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
     hashes: dict[str, dict[ChunkKey, str]] = attrs[ATTR_HASHES]
     return hashes
+
+
+def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
+    """One grid chunk of cube variable ``name``, read straight from its Zarr array."""
+    return np.asarray(
+        zarr.open_array(cube / name, mode="r", zarr_format=3)[window.rows, window.cols]
+    )
 
 
 # --- planning ----------------------------------------------------------------------------

@@ -42,20 +42,18 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
-import zarr
 from distributed import Client, Future, Worker, as_completed, get_client
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_model
+from tpgrid.compatibility import check_models
 from tpgrid.core.features import FeatureSpec
 from tpgrid.core.forest import PackedForest, warm_up_kernels
-from tpgrid.cube import VALID, chunk_hashes, cube_grid, open_cube
+from tpgrid.cube import VALID, chunk_hashes, cube_grid, read_window
 from tpgrid.errors import (
     ArtifactError,
-    ChunkingError,
     ClusterError,
     ConfigError,
-    FeatureMismatchError,
     OutputExistsError,
 )
 from tpgrid.grid import ChunkWindow, TargetGrid
@@ -257,13 +255,6 @@ def _read_done(
     except (OSError, ValueError, KeyError, TypeError):
         return None
     return (int(predicted), int(unseen)), files
-
-
-def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
-    """One grid chunk of cube variable ``name``, read straight from its Zarr array."""
-    return np.asarray(
-        zarr.open_array(cube / name, mode="r", zarr_format=3)[window.rows, window.cols]
-    )
 
 
 class KernelWarmUp(WorkerPlugin):
@@ -751,62 +742,7 @@ def _report(
     )
 
 
-# --- checks and identity -------------------------------------------------------------------
-
-
-def check_models(cube: Path, grid: TargetGrid, models: Sequence[ModelArtifact]) -> None:
-    """Refuse, before anything is written, models the cube cannot feed and misaligned chunks."""
-    if not models:
-        raise ArtifactError("no models to predict with: fit them with `tpgrid fit`")
-    elements = [model.element for model in models]
-    repeated = sorted({e for e in elements if elements.count(e) > 1})
-    if repeated:
-        raise ArtifactError(f"more than one model for {repeated}: pass one model per element")
-    ds = open_cube(cube)
-    for model in models:
-        for name in model.features.variables:
-            if name not in ds.data_vars:
-                raise FeatureMismatchError(
-                    f"model {model.element} needs variable {name!r}, which cube {cube} does not "
-                    f"have: build the cube from a catalog with a layer {name!r}, or refit the "
-                    "model on this cube"
-                )
-        _check_kinds(cube, model, ds.data_vars)
-    needed = sorted({VALID, *(name for model in models for name in model.features.variables)})
-    chunk = (grid.spec.chunk, grid.spec.chunk)
-    for name in needed:
-        array = zarr.open_array(cube / name, mode="r", zarr_format=3)
-        if tuple(array.shape) != grid.shape or tuple(array.chunks) != chunk:
-            raise ChunkingError(
-                f"cube {cube}: variable {name!r} is {tuple(array.shape)} in chunks of "
-                f"{tuple(array.chunks)}, but the cube's grid is {grid.shape} in chunks of "
-                f"{chunk}: rebuild the cube with `tpgrid cube` rather than rechunking it"
-            )
-
-
-def _check_kinds(cube: Path, model: ModelArtifact, variables: Mapping[Any, Any]) -> None:
-    """Continuous features must be continuous in the cube; categorical codes must name the same
-    classes as in the cube's class table."""
-    for name in model.features.continuous:
-        if variables[name].attrs.get("tpgrid:kind") == "categorical":
-            raise FeatureMismatchError(
-                f"model {model.element} uses {name!r} as continuous but it is categorical in "
-                f"cube {cube}: refit the model on this cube"
-            )
-    for feature in model.features.categorical:
-        classes = variables[feature.variable].attrs.get("tpgrid:classes")
-        if classes is None:
-            raise FeatureMismatchError(
-                f"model {model.element} uses {feature.variable!r} as categorical but cube "
-                f"{cube} has no class table for it: refit the model on this cube"
-            )
-        for code, class_name in zip(feature.codes, feature.names, strict=True):
-            if classes.get(str(code)) != class_name:
-                raise FeatureMismatchError(
-                    f"model {model.element}: code {code} of {feature.variable!r} is "
-                    f"{class_name!r} in the model but {classes.get(str(code))!r} in cube {cube}: "
-                    "the class tables differ; refit the model on this cube"
-                )
+# --- identity -------------------------------------------------------------------
 
 
 def _run_record(
