@@ -47,12 +47,13 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.artifact import ModelArtifact, load_estimator
+from tpgrid.core.blocks import model_input
 from tpgrid.core.forest import PackedForest, Walk, pack_forest
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
 from tpgrid.errors import ConfigError, EngineMismatchError
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.model import FitSettings, fit_models
-from tpgrid.predict import load_models, model_input, predict_cube
+from tpgrid.predict import load_models, predict_cube
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, reuse_or_write_plateau
 
@@ -564,7 +565,7 @@ def end_to_end_benchmark(
 
 def bare_kernel_seconds(cube: Path, models: Sequence[ModelArtifact], threads: int) -> float:
     """Wall time of the kernel alone over every chunk of every model on ``threads`` threads,
-    each chunk's X built (as :func:`tpgrid.predict.predict_block` does) beforehand, the
+    each chunk's X built (as :func:`tpgrid.predict.predict_chunk` does) beforehand, the
     largest blocks first so that the threads finish together: the best the Dask layer could
     do with this kernel."""
     grid = cube_grid(cube)

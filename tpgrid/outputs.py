@@ -47,6 +47,7 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from tpgrid import __version__
+from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError, StorageError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_file, file_record
@@ -68,7 +69,6 @@ log = logging.getLogger(__name__)
 LAYERS = ("mean", "variance", "sd", "unseen")
 UNITS = "mg/kg"
 VARIANCE_UNITS = "mg2 kg-2"  # (mg/kg)², in UDUNITS syntax as CF asks
-UNSEEN_NODATA = 255
 #: Group attribute with the run's identity and inputs (see `tpgrid.predict`).
 ATTR_RUN = "tpgrid:run"
 STAC_ITEM = "item.json"

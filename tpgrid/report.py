@@ -44,16 +44,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tpgrid import __version__
-from tpgrid.aoa import (
-    AOA_NODATA,
-    ElementApplicability,
-    TrainingSpace,
-    applicability_cube,
-    column_weights,
-    layer_name,
-    training_space,
-)
+from tpgrid.aoa import ElementApplicability, applicability_cube, layer_name
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_estimator, load_model
+from tpgrid.core.applicability import TrainingSpace, column_weights, training_space
+from tpgrid.core.blocks import AOA_NODATA
 from tpgrid.core.explain import (
     DEFAULT_EFFECTS,
     EffectCurve,
