@@ -75,7 +75,9 @@ def task_runner(local_threads: int | None = None) -> Iterator[TaskRunner]:
 
 def as_finished(futures: Sequence[Any]) -> Iterator[Any]:
     """``futures`` as they finish, whether Dask futures or futures of a local thread pool."""
-    if futures and isinstance(futures[0], concurrent.futures.Future):
+    if not futures:
+        return  # distributed's as_completed needs a client even for no futures
+    if isinstance(futures[0], concurrent.futures.Future):
         yield from concurrent.futures.as_completed(futures)
         return
     from distributed import as_completed
