@@ -51,6 +51,7 @@ from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError, StorageError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_file, file_record
+from tpgrid.jsonable import plain
 from tpgrid.store import (
     ATTR_COMPLETE,
     VariableLayout,
@@ -645,7 +646,7 @@ def stac_item(
         "stac_version": "1.0.0",
         "stac_extensions": STAC_EXTENSIONS,
         "id": f"tpgrid-{run['run_id'][:16]}",
-        "geometry": _plain(footprint.json),
+        "geometry": plain(footprint.json),
         "bbox": [box.left, box.bottom, box.right, box.top],
         "properties": {
             "datetime": published,
@@ -671,12 +672,3 @@ def _authority_code(grid: TargetGrid) -> str | None:
     ``proj:wkt2`` describes it)."""
     authority = CRS.from_wkt(grid.crs_wkt).to_authority()
     return f"{authority[0]}:{authority[1]}" if authority else None
-
-
-def _plain(value: Any) -> Any:
-    """GeoJSON from odc-geo (tuples) as plain JSON lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
