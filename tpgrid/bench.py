@@ -47,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.artifact import ModelArtifact, load_estimator
+from tpgrid.core.arrays import F32, F64
 from tpgrid.core.blocks import model_input
 from tpgrid.core.forest import PackedForest, Walk, pack_forest
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
@@ -57,8 +58,6 @@ from tpgrid.predict import load_models, predict_cube
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, reuse_or_write_plateau
 
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 #: An engine's answer for rows X: the mean per row, and the variance when it gives one.
 Prediction = tuple[F64, F64 | None]
 Log = Callable[[str], None]

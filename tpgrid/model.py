@@ -35,6 +35,7 @@ from pyproj import Transformer
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact, check_model, save_model
+from tpgrid.core.arrays import F64, I64
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest
 from tpgrid.cube import ATTR_FEATURES, chunk_hashes, cube_grid, open_cube
@@ -56,7 +57,7 @@ from tpgrid.sites import (
     training_table,
 )
 from tpgrid.store import staging_path, swap_in
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 from tpgrid.yamlfile import read_mapping, validated
 
 log = logging.getLogger(__name__)
@@ -64,10 +65,6 @@ log = logging.getLogger(__name__)
 CV_PREDICTIONS_FILE = "cv_predictions.parquet"
 TRAINING_FILE = "training.parquet"
 SCHEMES = ("grouped", "random", "spatial")
-
-F64 = npt.NDArray[np.float64]
-I64 = npt.NDArray[np.int64]
-Progress = Callable[[str, int, int], None]
 
 
 # --- settings ------------------------------------------------------------------------------

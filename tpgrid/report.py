@@ -81,7 +81,7 @@ from tpgrid.model import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE
 from tpgrid.outputs import open_prediction, variable_name
 from tpgrid.sites import read_sites
 from tpgrid.store import staging_path, swap_in
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +94,6 @@ FACTORS = ("vegetation", "lithology")
 #: Longest side of a map figure, in pixels of the grid (larger grids are strided).
 MAP_PX = 900
 DPI = 110
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
