@@ -1,29 +1,23 @@
 """Predict each element's forest over the cube, chunk by chunk, on the current Dask cluster.
 
-One task per grid chunk reads that chunk of the variables its models need straight from the
-cube, once, builds ``X`` for the chunk's valid pixels with
-:meth:`tpgrid.core.features.FeatureSpec.matrix` once per distinct feature spec, walks every tree of
-each element's forest with the numba kernel and writes mean, variance, sd and the unseen-class
+One task per grid chunk (:func:`predict_chunk`, run by :mod:`tpgrid.engine`) reads that chunk
+of the variables its models need straight from the cube, once, builds ``X`` for the chunk's
+valid pixels once per distinct feature spec, walks every tree of each element's forest with
+the numba kernel (:mod:`tpgrid.core.blocks`) and writes mean, variance, sd and the unseen-class
 flag into the run's staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
 than per element and chunk, because reading and decoding the covariates cost as much as the
 kernel once it got fast (docs/benchmarks.md). A task holds one chunk: memory per worker thread
 is the chunk's covariates plus ``X`` per feature spec (~60 MB each for 512 × 512 px and 28
 columns), plus the forests.
 
-Each forest reaches each worker once: the run's forests are scattered (broadcast) under a key
-made of their model hashes, and tasks name that key, so the task graph does not grow with the
-forests. Workers compile
-the kernel, or load it from numba's disk cache, once when they join (:class:`KernelWarmUp`).
+The run's forests reach each worker once, under a key made of their model hashes, so the task
+graph does not grow with the forests. Workers compile the kernel, or load it from numba's disk
+cache, once when they join (:class:`KernelWarmUp`).
 
-A run is identified by its inputs: per element and chunk, the model hash, the unseen-class
-policy and the content hashes of the cube chunks read. The group records them
-(``tpgrid:run``), so re-running with the same inputs does nothing, and an output path holding
-another run is only replaced when asked.
-
-Nothing is carried over on trust: each chunk file's size and SHA-256 are recorded by the task
-that wrote it (``tpgrid:chunk_files``, and in the done markers a resumed run reads), and
-checked before the chunk is linked into the next run or the group is called up to date. An
-element chunk with a damaged file is predicted again; the rest stays carried over.
+Only what changed is computed (:mod:`tpgrid.carryover`): the group records the run's identity
+(``tpgrid:run``), so re-running with the same inputs does nothing; chunks whose inputs did not
+change are carried over, each file checked against its record first; a killed run resumes from
+its done markers. An output path holding another run is only replaced when asked.
 """
 
 from __future__ import annotations
