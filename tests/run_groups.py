@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.grid import TargetGrid
-from tpgrid.outputs import ATTR_RUN, UNSEEN_NODATA, global_attrs, layer_layouts, variable_name
+from tpgrid.outputs import ATTR_RUN, global_attrs, layer_layouts, variable_name
 from tpgrid.store import create_layout, finish, write_window
 
 

@@ -19,17 +19,10 @@ from pyproj import Transformer
 from sklearn.ensemble import RandomForestRegressor
 
 from tests.plateau_fixtures import plateau  # noqa: F401  (fixture)
-from tpgrid.aoa import (
-    AOA_NODATA,
-    ElementApplicability,
-    TrainingSpace,
-    applicability_block,
-    applicability_cube,
-    column_weights,
-    dissimilarity,
-    training_space,
-)
+from tpgrid.aoa import ElementApplicability, applicability_cube
 from tpgrid.artifact import ModelArtifact
+from tpgrid.core.applicability import TrainingSpace, column_weights, dissimilarity, training_space
+from tpgrid.core.blocks import AOA_NODATA, applicability_block
 from tpgrid.core.explain import HeldOut, permutation_importance
 from tpgrid.core.features import CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest

@@ -48,6 +48,14 @@ def test_chunks_tile_the_grid(plateau: TargetGrid) -> None:
     )
 
 
+def test_a_chunk_is_keyed_by_its_block_index(plateau: TargetGrid) -> None:
+    # Records, cube hashes and done markers all name a chunk "i.j".
+    windows = list(plateau.windows())
+    assert windows[0].key == "0.0"
+    assert windows[-1].key == f"{plateau.n_chunks[0] - 1}.{plateau.n_chunks[1] - 1}"
+    assert len({w.key for w in windows}) == len(windows)
+
+
 def test_pixel_index_at_the_grid_edges(plateau: TargetGrid) -> None:
     """Pixel-is-area: just inside the NW corner is pixel (0, 0); the east edge is outside.
 

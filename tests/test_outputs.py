@@ -18,13 +18,13 @@ from rio_cogeo.cogeo import cog_validate
 
 from tests.conftest import SMALL_SPEC
 from tests.run_groups import known_layers, write_run_group
+from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
     COG_MEDIA_TYPE,
     LAYERS,
     STAC_ITEM,
-    UNSEEN_NODATA,
     layer_layouts,
     open_prediction,
     publish,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -21,11 +22,14 @@ from sklearn.ensemble import RandomForestRegressor
 from typer.testing import CliRunner
 
 from tpgrid.artifact import ModelArtifact, save_model
+from tpgrid.carryover import mark_chunk_done
 from tpgrid.cli import app
 from tpgrid.core import _kernels
+from tpgrid.core.blocks import UNSEEN_NODATA, model_input, predict_block
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest, warm_up_kernels
 from tpgrid.cube import VALID, build_cube, open_cube
+from tpgrid.engine import ChunkJob
 from tpgrid.errors import (
     ArtifactError,
     ChunkingError,
@@ -35,13 +39,10 @@ from tpgrid.errors import (
 )
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.integrity import file_record
-from tpgrid.outputs import ATTR_RUN, LAYERS, UNSEEN_NODATA, layer_layouts, open_prediction
+from tpgrid.outputs import ATTR_RUN, LAYERS, layer_layouts, open_prediction
 from tpgrid.predict import (
-    ChunkJob,
     KernelWarmUp,
-    _mark_done,
     load_models,
-    predict_block,
     predict_chunk,
     predict_cube,
     verify_prediction,
@@ -259,7 +260,7 @@ def test_predict_block_predicts_only_valid_pixels() -> None:
     forest = pack_forest(RandomForestRegressor(5, random_state=0).fit(X, X[:, 0] * 2))
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     valid = a % 3 != 0
-    block = predict_block(forest, spec, {"a": a}, valid)
+    block = predict_block(forest, *model_input(spec, {"a": a[valid]}, "nan"), valid)
     expected, _ = forest.predict_mean_variance(a[valid][:, None])
     assert np.array_equal(block.mean[valid], expected.astype(np.float32))
     assert np.isnan(block.mean[~valid]).all()
@@ -300,7 +301,7 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
     window = next(iter(plateau.grid.windows()))
     fe, mn = models[0], models[1]
     nothing_stored = dict.fromkeys(LAYERS)
-    _mark_done(staging, fe.element, window, (7, 1), nothing_stored)
+    mark_chunk_done(staging, fe.element, window, (7, 1), nothing_stored)
     job = ChunkJob(
         plateau.cube,
         staging,
@@ -309,7 +310,7 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
         "nan",
     )
     counts = predict_chunk(job, {fe.element: fe.forest, mn.element: mn.forest})
-    key = f"{window.index[0]}.{window.index[1]}"
+    key = window.key
     predicted = int(plateau.valid[window.rows, window.cols].sum())
     assert counts[0] == (fe.element, key, 7, 1, nothing_stored)  # from the marker
     assert counts[1][:2] == (mn.element, key)
@@ -346,7 +347,7 @@ def test_run_record_holds_model_hashes_and_per_chunk_inputs(
     assert {e: m["model_hash"] for e, m in run["models"].items()} == {
         m.element: m.model_hash for m in models
     }
-    keys = {f"{w.index[0]}.{w.index[1]}" for w in plateau.grid.windows()}
+    keys = {w.key for w in plateau.grid.windows()}
     assert set(run["chunk_inputs"]["Fe"]) == keys
     assert run["chunk_inputs"]["Fe"] != run["chunk_inputs"]["Zn"]
     assert run["run_id"] == prediction.report.run_id
@@ -539,6 +540,21 @@ def test_failed_run_leaves_neither_output_nor_staging(
     with pytest.raises(RuntimeError):  # the decompressor's error, raised on the worker
         predict_cube(cube, models[:1], tmp_path / "maps.zarr")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.zarr"]
+
+
+def test_a_failed_chunk_task_names_its_elements_chunk_and_stores(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    cube = tmp_path / "cube.zarr"
+    shutil.copytree(plateau.cube, cube)
+    broken = next((cube / "dem").rglob("c/*/*"))  # c/{i}/{j}
+    broken.write_bytes(b"not a zstd frame")
+    with pytest.raises(RuntimeError) as failure:  # its type kept: the decompressor's error
+        predict_cube(cube, models[:2], tmp_path / "maps.zarr")
+    message = "".join(traceback.format_exception_only(failure.value))
+    elements = f"{models[0].element}, {models[1].element}"
+    assert f"prediction task of {elements} for chunk {broken.parent.name}.{broken.name} " in message
+    assert f"of cube {cube}, writing {tmp_path / 'maps.zarr'}" in message
 
 
 # --- bad input -----------------------------------------------------------------------------

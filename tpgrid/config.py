@@ -24,12 +24,12 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tpgrid.client import ClusterSpec
+from tpgrid.core.blocks import UnseenPolicy
 from tpgrid.core.explain import DEFAULT_EFFECTS
 from tpgrid.core.uncertainty import LEVEL
 from tpgrid.errors import StorageError
 from tpgrid.fit import FitSettings, SearchGrid
 from tpgrid.grid import GridSpec, load_grid_spec
-from tpgrid.predict import UnseenPolicy
 from tpgrid.synthetic import plateau_files
 from tpgrid.yamlfile import read_mapping, validated
 

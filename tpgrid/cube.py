@@ -44,7 +44,7 @@ from odc.geo.xr import xr_reproject
 
 from tpgrid import __version__
 from tpgrid.errors import CubeError, LayerValueError, OutputExistsError
-from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid, chunk_key
 from tpgrid.integrity import Damage, FileRecord, check_file
 from tpgrid.sources import (
     CATEGORICAL_NODATA,
@@ -76,6 +76,7 @@ from tpgrid.store import (
     swap_in,
     verify_group,
 )
+from tpgrid.tasks import Progress, gather
 from tpgrid.terrain import terrain_layers
 
 log = logging.getLogger(__name__)
@@ -140,7 +141,7 @@ def build_cube(
     path: str | Path,
     *,
     overwrite: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> CubeReport:
     """Build the cube at ``path``, or update the cube already there.
 
@@ -296,6 +297,13 @@ def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:
         raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
     hashes: dict[str, dict[ChunkKey, str]] = attrs[ATTR_HASHES]
     return hashes
+
+
+def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
+    """One grid chunk of cube variable ``name``, read straight from its Zarr array."""
+    return np.asarray(
+        zarr.open_array(cube / name, mode="r", zarr_format=3)[window.rows, window.cols]
+    )
 
 
 # --- planning ----------------------------------------------------------------------------
@@ -467,7 +475,7 @@ def _write_variable(
     var: _Variable,
     old_hashes: dict[ChunkKey, str],
     old_files: ChunkFiles,
-    progress: Callable[[str, int, int], None] | None,
+    progress: Progress | None,
     only: set[ChunkKey] | None = None,
 ) -> tuple[dict[ChunkKey, str], ChunkFiles, int, list[Damage]]:
     """Compute, check, hash and store every chunk of one variable (or those in ``only``).
@@ -486,10 +494,10 @@ def _write_variable(
             var.name,
             (i, j),
             var.check,
-            _old(f"{i}.{j}", old_hashes, old_files),
+            _old(chunk_key((i, j)), old_hashes, old_files),
         )
         for i, j in indices
-        if only is None or f"{i}.{j}" in only
+        if only is None or chunk_key((i, j)) in only
     ]
     results = _compute_with_progress(tasks, var.name, progress)
     hashes = {key: digest for key, digest, _, _, _ in results}
@@ -531,18 +539,16 @@ def _store_chunk(
         if damage is None:
             if old[1] is not None:  # else a fill-value chunk: no file to link
                 link_file(source, staging / name / relative)
-            return f"{i}.{j}", digest, False, old[1], None
+            return chunk_key(index), digest, False, old[1], None
     rows, cols = array.chunks
     array[i * rows : i * rows + block.shape[0], j * cols : j * cols + block.shape[1]] = block
-    return f"{i}.{j}", digest, True, stored_record(staging / name / relative), damage
+    return chunk_key(index), digest, True, stored_record(staging / name / relative), damage
 
 
-def _compute_with_progress(
-    tasks: list[Any], name: str, progress: Callable[[str, int, int], None] | None
-) -> list[Any]:
+def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:
     """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
     try:
-        from distributed import as_completed, get_client
+        from distributed import get_client
 
         client = get_client()
     except (ImportError, ValueError):
@@ -550,11 +556,8 @@ def _compute_with_progress(
         if progress:
             progress(name, len(tasks), len(tasks))
         return results
-    futures = client.compute(tasks)
-    for done, _ in enumerate(as_completed(futures), start=1):
-        if progress:
-            progress(name, done, len(tasks))
-    return [future.result() for future in futures]
+    report = (lambda done, total: progress(name, done, total)) if progress else None
+    return gather(client.compute(tasks), report)
 
 
 def _valid_variable(

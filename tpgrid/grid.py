@@ -119,6 +119,11 @@ def load_grid_spec(path: str | Path) -> GridSpec:
     return validated(GridSpec.model_validate, data, f"grid file {path}")
 
 
+def chunk_key(index: tuple[int, int]) -> str:
+    """``"i.j"``: how records, hashes and done markers name the chunk at block ``index``."""
+    return f"{index[0]}.{index[1]}"
+
+
 @dataclass(frozen=True)
 class ChunkWindow:
     """One chunk of the grid: its block index and pixel slices."""
@@ -126,6 +131,11 @@ class ChunkWindow:
     index: tuple[int, int]
     rows: slice
     cols: slice
+
+    @property
+    def key(self) -> str:
+        """The chunk's key, ``"i.j"``."""
+        return chunk_key(self.index)
 
 
 @dataclass(frozen=True)

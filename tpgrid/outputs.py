@@ -47,9 +47,11 @@ from rasterio.errors import RasterioError
 from rasterio.windows import Window
 
 from tpgrid import __version__
+from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError, StorageError
 from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_file, file_record
+from tpgrid.jsonable import plain
 from tpgrid.store import (
     ATTR_COMPLETE,
     VariableLayout,
@@ -58,7 +60,7 @@ from tpgrid.store import (
     staging_path,
     swap_in,
 )
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -68,7 +70,6 @@ log = logging.getLogger(__name__)
 LAYERS = ("mean", "variance", "sd", "unseen")
 UNITS = "mg/kg"
 VARIANCE_UNITS = "mg2 kg-2"  # (mg/kg)², in UDUNITS syntax as CF asks
-UNSEEN_NODATA = 255
 #: Group attribute with the run's identity and inputs (see `tpgrid.predict`).
 ATTR_RUN = "tpgrid:run"
 STAC_ITEM = "item.json"
@@ -266,7 +267,7 @@ def write_maps(
     directory: str | Path,
     *,
     previous: str | Path | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> MapFiles:
     """Write the COGs and quicklooks of the run at ``prediction`` into the existing, empty
     ``directory`` (no STAC item: :func:`write_item` writes it, last).
@@ -410,9 +411,7 @@ def _relative(href: str) -> str:
     return href.removeprefix("./")
 
 
-def _stage(
-    progress: Callable[[str, int, int], None] | None, stage: str
-) -> Callable[[int, int], None] | None:
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
     if progress is None:
         return None
     return lambda done, total: progress(stage, done, total)
@@ -647,7 +646,7 @@ def stac_item(
         "stac_version": "1.0.0",
         "stac_extensions": STAC_EXTENSIONS,
         "id": f"tpgrid-{run['run_id'][:16]}",
-        "geometry": _plain(footprint.json),
+        "geometry": plain(footprint.json),
         "bbox": [box.left, box.bottom, box.right, box.top],
         "properties": {
             "datetime": published,
@@ -673,12 +672,3 @@ def _authority_code(grid: TargetGrid) -> str | None:
     ``proj:wkt2`` describes it)."""
     authority = CRS.from_wkt(grid.crs_wkt).to_authority()
     return f"{authority[0]}:{authority[1]}" if authority else None
-
-
-def _plain(value: Any) -> Any:
-    """GeoJSON from odc-geo (tuples) as plain JSON lists."""
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value

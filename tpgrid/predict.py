@@ -1,187 +1,83 @@
 """Predict each element's forest over the cube, chunk by chunk, on the current Dask cluster.
 
-One task per grid chunk reads that chunk of the variables its models need straight from the
-cube, once, builds ``X`` for the chunk's valid pixels with
-:meth:`tpgrid.core.features.FeatureSpec.matrix` once per distinct feature spec, walks every tree of
-each element's forest with the numba kernel and writes mean, variance, sd and the unseen-class
+One task per grid chunk (:func:`predict_chunk`, run by :mod:`tpgrid.engine`) reads that chunk
+of the variables its models need straight from the cube, once, builds ``X`` for the chunk's
+valid pixels once per distinct feature spec, walks every tree of each element's forest with
+the numba kernel (:mod:`tpgrid.core.blocks`) and writes mean, variance, sd and the unseen-class
 flag into the run's staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
 than per element and chunk, because reading and decoding the covariates cost as much as the
 kernel once it got fast (docs/benchmarks.md). A task holds one chunk: memory per worker thread
 is the chunk's covariates plus ``X`` per feature spec (~60 MB each for 512 × 512 px and 28
 columns), plus the forests.
 
-Each forest reaches each worker once: the run's forests are scattered (broadcast) under a key
-made of their model hashes, and tasks name that key, so the task graph does not grow with the
-forests. Workers compile
-the kernel, or load it from numba's disk cache, once when they join (:class:`KernelWarmUp`).
+The run's forests reach each worker once, under a key made of their model hashes, so the task
+graph does not grow with the forests. Workers compile the kernel, or load it from numba's disk
+cache, once when they join (:class:`KernelWarmUp`).
 
-A run is identified by its inputs: per element and chunk, the model hash, the unseen-class
-policy and the content hashes of the cube chunks read. The group records them
-(``tpgrid:run``), so re-running with the same inputs does nothing, and an output path holding
-another run is only replaced when asked.
-
-Nothing is carried over on trust: each chunk file's size and SHA-256 are recorded by the task
-that wrote it (``tpgrid:chunk_files``, and in the done markers a resumed run reads), and
-checked before the chunk is linked into the next run or the group is called up to date. An
-element chunk with a damaged file is predicted again; the rest stays carried over.
+Only what changed is computed (:mod:`tpgrid.carryover`): the group records the run's identity
+(``tpgrid:run``), so re-running with the same inputs does nothing; chunks whose inputs did not
+change are carried over, each file checked against its record first; a killed run resumes from
+its done markers. An output path holding another run is only replaced when asked.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import json
 import logging
-import shutil
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, get_args
 
 import numpy as np
 import numpy.typing as npt
-import zarr
-from distributed import Client, Future, Worker, as_completed, get_client
+from distributed import Worker
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_model
+from tpgrid.carryover import (
+    ChunkCounts,
+    LayerFiles,
+    mark_chunk_done,
+    read_chunk_done,
+    records_attr,
+    reuse_chunks,
+    run_record,
+    stale_chunks,
+)
+from tpgrid.compatibility import check_models
+from tpgrid.core.blocks import UnseenPolicy, model_input, predict_block
 from tpgrid.core.features import FeatureSpec
 from tpgrid.core.forest import PackedForest, warm_up_kernels
-from tpgrid.cube import VALID, chunk_hashes, cube_grid, open_cube
-from tpgrid.errors import (
-    ArtifactError,
-    ChunkingError,
-    ClusterError,
-    ConfigError,
-    FeatureMismatchError,
-    OutputExistsError,
-)
-from tpgrid.grid import ChunkWindow, TargetGrid
-from tpgrid.integrity import Damage, FileRecord, check_file
-from tpgrid.outputs import (
-    ATTR_RUN,
-    LAYERS,
-    UNSEEN_NODATA,
-    global_attrs,
-    layer_layouts,
-    variable_name,
-)
+from tpgrid.cube import VALID, cube_grid, read_window
+from tpgrid.engine import ChunkJob, ChunkRun
+from tpgrid.errors import ArtifactError, ConfigError, OutputExistsError
+from tpgrid.grid import ChunkWindow
+from tpgrid.integrity import Damage
+from tpgrid.outputs import ATTR_RUN, LAYERS, global_attrs, layer_layouts, variable_name
 from tpgrid.store import (
     ATTR_CHUNK_FILES,
     ATTR_COMPLETE,
-    ChunkFiles,
-    chunk_locator,
-    create_layout,
-    finish,
-    link_file,
+    VariableLayout,
     read_attrs,
     records_from_json,
-    records_to_json,
     remove_leftovers,
-    swap_in,
     verify_group,
 )
 from tpgrid.store import write_window as store_window
+from tpgrid.tasks import Progress
 
 log = logging.getLogger(__name__)
-
-FORMAT = "tpgrid-prediction/1"
-#: Folder of per-chunk completion markers inside a staging group (removed before swap-in).
-DONE_DIR = "_tpgrid_done"
-UnseenPolicy = Literal["nan", "predict"]
-
-
-# --- the per-chunk computation: numpy in, numpy out ------------------------------------------
-
-
-@dataclass(frozen=True)
-class PredictedBlock:
-    """One chunk of one element: float32 mean, variance, sd (NaN = no prediction) and the uint8
-    unseen flag (1 = class never seen in training, 255 = no prediction), all (rows, cols)."""
-
-    mean: npt.NDArray[np.float32]
-    variance: npt.NDArray[np.float32]
-    sd: npt.NDArray[np.float32]
-    unseen: npt.NDArray[np.uint8]
-
-
-def predict_block(
-    forest: PackedForest,
-    features: FeatureSpec,
-    values: Mapping[str, npt.NDArray[Any]],
-    valid: npt.NDArray[np.bool_],
-    unseen: UnseenPolicy = "nan",
-) -> PredictedBlock:
-    """Predict one chunk. ``values`` holds a (rows, cols) array per variable of ``features``;
-    only ``valid`` pixels are predicted. Pixels whose class was never seen in training get NaN
-    when ``unseen`` is ``"nan"``, else the forest's prediction with all indicators off."""
-    X, is_unseen = model_input(
-        features, {name: values[name][valid] for name in features.variables}, unseen
-    )
-    return _block(forest, X, is_unseen, valid)
-
-
-def model_input(
-    features: FeatureSpec, values: Mapping[str, npt.NDArray[Any]], unseen: UnseenPolicy
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
-    """``X`` and the unseen-class flag for the pixels in ``values``; rows of unseen classes are
-    NaN under the ``"nan"`` policy (the kernel skips NaN rows: no time spent on them)."""
-    X, is_unseen = features.matrix(values)
-    if unseen == "nan":
-        X[is_unseen] = np.nan
-    return X, is_unseen
-
-
-def _block(
-    forest: PackedForest,
-    X: npt.NDArray[np.float32],
-    is_unseen: npt.NDArray[np.bool_],
-    valid: npt.NDArray[np.bool_],
-) -> PredictedBlock:
-    """The forest over ``X`` (the ``valid`` pixels of a chunk, in C order), as (rows, cols)."""
-    mean, variance = forest.predict_mean_variance(X)
-    out = PredictedBlock(
-        mean=np.full(valid.shape, np.nan, dtype=np.float32),
-        variance=np.full(valid.shape, np.nan, dtype=np.float32),
-        sd=np.full(valid.shape, np.nan, dtype=np.float32),
-        unseen=np.full(valid.shape, UNSEEN_NODATA, dtype=np.uint8),
-    )
-    out.mean[valid] = mean
-    out.variance[valid] = variance
-    out.sd[valid] = np.sqrt(variance)
-    out.unseen[valid] = is_unseen
-    return out
-
 
 # --- tasks ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ChunkJob:
-    """What one task needs besides the forests: one grid chunk and the elements to predict in
-    it (each with its model's features), small, so the task graph stays small."""
-
-    cube: Path
-    out: Path
-    window: ChunkWindow
-    elements: tuple[tuple[str, FeatureSpec], ...]
-    unseen: UnseenPolicy
-
-    @property
-    def key(self) -> str:
-        return f"{self.window.index[0]}.{self.window.index[1]}"
+#: One prediction task: a chunk, its elements each with its model's features, the unseen policy.
+PredictionJob = ChunkJob[FeatureSpec, UnseenPolicy]
 
 
-#: Per layer of one element chunk: the record of its stored file (None: no file stored).
-LayerFiles = dict[str, FileRecord | None]
-#: element, chunk key ("i.j"), pixels predicted, pixels with a class unseen in training, and
-#: the records of the chunk's files
-ChunkCounts = tuple[str, str, int, int, LayerFiles]
-
-
-def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[ChunkCounts]:
+def predict_chunk(job: PredictionJob, forests: Mapping[str, PackedForest]) -> list[ChunkCounts]:
     """Predict every element of ``job`` in one chunk with its forest in ``forests``.
 
     The chunk's covariates are read and decoded once for all elements, and ``X`` is built once
@@ -195,11 +91,11 @@ def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[Ch
     inputs: dict[FeatureSpec, tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]] = {}
     results: list[ChunkCounts] = []
     for element, features in job.elements:
-        done = _read_done(job.out, element, job.window)
+        done = read_chunk_done(job.out, element, job.window)
         if done is None:
             if features not in inputs:
-                inputs[features] = model_input(features, values, job.unseen)
-            block = _block(forests[element], *inputs[features], valid)
+                inputs[features] = model_input(features, values, job.options)
+            block = predict_block(forests[element], *inputs[features], valid)
             # Each file is hashed here, as it is written: it is still in the page cache.
             files = {
                 layer: store_window(
@@ -208,62 +104,11 @@ def predict_chunk(job: ChunkJob, forests: Mapping[str, PackedForest]) -> list[Ch
                 for layer in LAYERS
             }
             counts = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
-            _mark_done(job.out, element, job.window, counts, files)
+            mark_chunk_done(job.out, element, job.window, counts, files)
             done = counts, files
         (predicted, unseen), files = done
         results.append((element, job.key, predicted, unseen, files))
     return results
-
-
-def _done_path(staging: Path, element: str, window: ChunkWindow) -> Path:
-    return staging / DONE_DIR / element / f"{window.index[0]}.{window.index[1]}"
-
-
-def _mark_done(
-    staging: Path,
-    element: str,
-    window: ChunkWindow,
-    counts: tuple[int, int],
-    files: LayerFiles,
-) -> None:
-    """Record a chunk as complete, after its data, with its pixel counts and file records: a
-    killed run resumes from these markers. Written to a temporary name and renamed, so a
-    marker is never half there."""
-    marker = _done_path(staging, element, window)
-    marker.parent.mkdir(parents=True, exist_ok=True)
-    partial = marker.with_name(f".{marker.name}-{uuid.uuid4().hex[:8]}")
-    doc = {
-        "counts": list(counts),
-        "files": {layer: None if rec is None else rec.to_json() for layer, rec in files.items()},
-    }
-    partial.write_text(json.dumps(doc))
-    partial.rename(marker)
-
-
-def _read_done(
-    staging: Path, element: str, window: ChunkWindow
-) -> tuple[tuple[int, int], LayerFiles] | None:
-    """Pixel counts and file records of a chunk marked done; None when it is not (a marker
-    without records, from an older tpgrid, cannot be verified: the chunk is predicted again)."""
-    try:
-        doc = json.loads(_done_path(staging, element, window).read_text())
-        predicted, unseen = doc["counts"]
-        files = {
-            layer: None
-            if doc["files"][layer] is None
-            else FileRecord.from_json(doc["files"][layer])
-            for layer in LAYERS
-        }
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    return (int(predicted), int(unseen)), files
-
-
-def read_window(cube: Path, name: str, window: ChunkWindow) -> npt.NDArray[Any]:
-    """One grid chunk of cube variable ``name``, read straight from its Zarr array."""
-    return np.asarray(
-        zarr.open_array(cube / name, mode="r", zarr_format=3)[window.rows, window.cols]
-    )
 
 
 class KernelWarmUp(WorkerPlugin):
@@ -334,7 +179,7 @@ def predict_cube(
     unseen: UnseenPolicy = "nan",
     overwrite: bool = False,
     dry_run: bool = False,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> PredictionReport:
     """Predict every model over the cube at ``cube`` into the Zarr group at ``out``.
 
@@ -357,7 +202,7 @@ def predict_cube(
         raise ConfigError(f"unseen-class policy {unseen!r} is not one of {get_args(UnseenPolicy)}")
     grid = cube_grid(cube)
     check_models(cube, grid, models)
-    run = _run_record(cube, grid, models, unseen)
+    run = run_record(cube, grid, models, unseen)
     previous = _previous_run(out)
     records = records_from_json(read_attrs(out) or {}) if previous is not None else None
     total = len(models) * len(list(grid.windows()))
@@ -401,19 +246,19 @@ def predict_cube(
 
     if dry_run:
         stale = sum(
-            len(_stale_chunks(out, model.element, grid, run, old, records)) for model in models
+            len(stale_chunks(out, model.element, grid, run, old, records)) for model in models
         )
         return PredictionReport(out, run["run_id"], (), False, 0.0, stale, total)
-    client = _client()
-    client.register_plugin(KernelWarmUp())
-    staging = _staging(out, run, grid, models, unseen)
-    futures: list[Future[list[ChunkCounts]]] = []
     counts: dict[str, dict[str, list[int]]] = {model.element: {} for model in models}
     files: dict[str, dict[str, LayerFiles]] = {model.element: {} for model in models}
-    try:
-        to_predict: dict[str, list[ChunkWindow]] = {}
+    to_predict: dict[str, list[ChunkWindow]] = {}
+    staging = _staging_path(out, run)
+    with ChunkRun("predict", "prediction", staging, out, resumable=True) as engine:
+        engine.client.register_plugin(KernelWarmUp())
+        if engine.stage(grid, _layouts(models, unseen)):
+            log.info("resuming the interrupted run %s from %s", run["run_id"][:12], staging)
         for model in models:
-            reused = _reuse_chunks(staging, out, model.element, grid, run, old, records)
+            reused = reuse_chunks(staging, out, model.element, grid, run, old, records)
             counts[model.element], files[model.element], to_predict[model.element], damaged = reused
             repaired += [_said(_repredicted(found)) for found in damaged]
         # What the check of the whole group found besides chunk files (stray files): left out.
@@ -423,28 +268,26 @@ def predict_cube(
             for found in damage
             if found.path not in named
         ]
-        futures = _submit(client, models, to_predict, cube, staging, unseen)
-        for element, key, predicted, flagged, written in _collect(futures, counts, grid, progress):
-            counts[element][key] = [predicted, flagged]
-            files[element][key] = written
+        needed = {model.element: model for model in models if to_predict[model.element]}
+        # The forests under a key made of their model hashes: each reaches each worker once.
+        content = "|".join(model.model_hash for model in needed.values())
+        forests = {element: model.forest for element, model in needed.items()}
+        done = {element: len(known) for element, known in counts.items()}
+        jobs = _jobs(cube, staging, models, to_predict, unseen)
+        chunks = len(list(grid.windows()))
+        for _, results in engine.map(
+            predict_chunk, jobs, forests, content, chunks=chunks, progress=progress, done=done
+        ):
+            for element, key, predicted, flagged, written in results:
+                counts[element][key] = [predicted, flagged]
+                files[element][key] = written
         for model in models:
             entry = run["models"][model.element]
             entry["chunk_counts"] = dict(sorted(counts[model.element].items()))
             entry["pixels_predicted"] = sum(c[0] for c in counts[model.element].values())
             entry["pixels_unseen"] = sum(c[1] for c in counts[model.element].values())
-        shutil.rmtree(staging / DONE_DIR, ignore_errors=True)
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
-        finish(staging, attrs | {ATTR_RUN: run, ATTR_CHUNK_FILES: _records(files)})
-        swap_in(staging, out)
-    except BaseException as exc:
-        # A failed run leaves nothing. An interrupted one (Ctrl-C) stops its tasks but, like a
-        # killed one (no chance to get here), leaves its staging group and done markers for
-        # the next run with the same inputs to resume from.
-        client.cancel(futures)
-        if isinstance(exc, Exception):
-            _wait_until_stopped(client, futures)
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
+        engine.finish(attrs | {ATTR_RUN: run, ATTR_CHUNK_FILES: records_attr(files)})
     computed = sum(len(windows) for windows in to_predict.values())
     log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)
     seconds = time.perf_counter() - started
@@ -475,134 +318,18 @@ def _product(run: Mapping[str, Any]) -> tuple[Any, ...]:
     return (run["format"], run["grid"], run["unseen"])
 
 
-def _staging(
-    out: Path,
-    run: Mapping[str, Any],
-    grid: TargetGrid,
-    models: Sequence[ModelArtifact],
-    unseen: UnseenPolicy,
-) -> Path:
-    """The staging group of this run: named by the run id, so a killed run's group is found
-    again and resumed; laid out afresh when there is none."""
-    staging = _staging_path(out, run)
-    if (staging / DONE_DIR).is_dir():
-        log.info("resuming the interrupted run %s from %s", run["run_id"][:12], staging)
-        return staging
-    shutil.rmtree(staging, ignore_errors=True)
-    layouts = {
+def _layouts(models: Sequence[ModelArtifact], unseen: UnseenPolicy) -> dict[str, VariableLayout]:
+    """The layers of every element's prediction."""
+    return {
         name: layout
         for model in models
         for name, layout in layer_layouts(model.element, model.forest.n_trees, unseen).items()
     }
-    create_layout(staging, grid, layouts)
-    (staging / DONE_DIR).mkdir()
-    return staging
 
 
 def _staging_path(out: Path, run: Mapping[str, Any]) -> Path:
+    """Named by the run id, so a killed run's group is found again and resumed."""
     return out.parent / f".{out.name}.staging-{run['run_id'][:16]}"
-
-
-def _reuse_chunks(
-    staging: Path,
-    out: Path,
-    element: str,
-    grid: TargetGrid,
-    run: Mapping[str, Any],
-    previous: Mapping[str, Any] | None,
-    records: Mapping[str, ChunkFiles] | None,
-) -> tuple[dict[str, list[int]], dict[str, LayerFiles], list[ChunkWindow], list[Damage]]:
-    """Chunks of ``element`` already done (by a killed run) or unchanged since ``previous``
-    (hard-linked from ``out``), each with its files checked against their ``records``: their
-    pixel counts and file records; the windows left to predict; the damaged files found."""
-    inputs = run["chunk_inputs"][element]
-    old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
-    # An element new to this product (or back after being dropped) has no record there.
-    old_model = previous["models"].get(element, {}) if previous else {}
-    old_counts = old_model.get("chunk_counts", {})
-    # Every layer of a group is laid out alike: one chunk key encoding for all.
-    locate = chunk_locator(staging, variable_name(element, LAYERS[0]))
-    counts: dict[str, list[int]] = {}
-    files: dict[str, LayerFiles] = {}
-    to_predict: list[ChunkWindow] = []
-    damaged: list[Damage] = []
-    for window in grid.windows():
-        key = f"{window.index[0]}.{window.index[1]}"
-        done = _read_done(staging, element, window)
-        if done is not None:
-            found = _check_chunk(staging, element, locate(key), done[1])
-            if not found:
-                counts[key], files[key] = list(done[0]), done[1]
-                continue
-            damaged += found
-            _done_path(staging, element, window).unlink()
-        elif records is not None and old_inputs.get(key) == inputs[key] and key in old_counts:
-            recorded = _recorded(records, element, key)
-            found = _check_chunk(out, element, locate(key), recorded)
-            if recorded is not None and not found:
-                for layer, record in recorded.items():
-                    if record is not None:  # else a fill-value chunk: no file to link
-                        name = variable_name(element, layer)
-                        link_file(out / name / locate(key), staging / name / locate(key))
-                counts[key], files[key] = list(old_counts[key]), recorded
-                _mark_done(staging, element, window, (counts[key][0], counts[key][1]), recorded)
-                continue
-            damaged += found
-        to_predict.append(window)
-    return counts, files, to_predict, damaged
-
-
-def _stale_chunks(
-    out: Path,
-    element: str,
-    grid: TargetGrid,
-    run: Mapping[str, Any],
-    previous: Mapping[str, Any] | None,
-    records: Mapping[str, ChunkFiles] | None,
-) -> list[str]:
-    """Keys of the chunks of ``element`` a run would predict: inputs changed, or files damaged."""
-    inputs = run["chunk_inputs"][element]
-    old_inputs = previous["chunk_inputs"].get(element, {}) if previous else {}
-    if records is None or not old_inputs:
-        return list(inputs)
-    locate = chunk_locator(out, variable_name(element, LAYERS[0]))
-    return [
-        key
-        for key in inputs
-        if old_inputs.get(key) != inputs[key]
-        or _check_chunk(out, element, locate(key), _recorded(records, element, key))
-    ]
-
-
-def _recorded(records: Mapping[str, ChunkFiles], element: str, key: str) -> LayerFiles | None:
-    """The file records of one element chunk; None when a layer has no record of it."""
-    names = {layer: variable_name(element, layer) for layer in LAYERS}
-    if any(key not in records.get(name, {}) for name in names.values()):
-        return None
-    return {layer: records[name][key] for layer, name in names.items()}
-
-
-def _check_chunk(
-    group: Path, element: str, relative: str, recorded: LayerFiles | None
-) -> list[Damage]:
-    """The files of one element chunk (``relative`` to each layer) that do not match their
-    records; every one of them when there are no records."""
-    paths = {layer: group / variable_name(element, layer) / relative for layer in LAYERS}
-    if recorded is None:
-        return [Damage(paths[LAYERS[0]], "no record of this chunk's files")]
-    found = (check_file(paths[layer], recorded[layer]) for layer in LAYERS)
-    return [damage for damage in found if damage is not None]
-
-
-def _records(files: Mapping[str, Mapping[str, LayerFiles]]) -> dict[str, Any]:
-    """Per element and chunk file records as the group attribute, per variable."""
-    return records_to_json(
-        {
-            variable_name(element, layer): {key: chunk[layer] for key, chunk in chunks.items()}
-            for element, chunks in files.items()
-            for layer in LAYERS
-        }
-    )
 
 
 def _repredicted(damage: Damage) -> Damage:
@@ -614,111 +341,30 @@ def _said(damage: Damage) -> Damage:
     return damage
 
 
-def _wait_until_stopped(client: Client, futures: Sequence[Future[Any]]) -> None:
-    """Wait (up to a minute) until no worker still runs one of ``futures``' tasks.
-
-    Cancelling a task that already runs does not stop it: it goes on to write its chunk, and
-    would bring back a staging group removed before it ends.
-    """
-    keys = {future.key for future in futures}
-    deadline = time.monotonic() + 60
-    while keys and time.monotonic() < deadline:
-        running: dict[str, list[Any]] = client.run(_running_keys)
-        if keys.isdisjoint(key for on_worker in running.values() for key in on_worker):
-            return
-        time.sleep(0.1)
-
-
-def _running_keys(dask_worker: Worker) -> list[Any]:
-    """Keys of the tasks ``dask_worker`` is executing (cancelled ones included)."""
-    return [task.key for task in dask_worker.state.executing]
-
-
-def _client() -> Client:
-    try:
-        return get_client()
-    except ValueError as exc:
-        raise ClusterError(
-            "prediction needs a Dask client: open one first (tpgrid.client.dask_client(), or "
-            "distributed.Client())"
-        ) from exc
-
-
-def _submit(
-    client: Client,
-    models: Sequence[ModelArtifact],
-    to_predict: Mapping[str, Sequence[ChunkWindow]],
+def _jobs(
     cube: Path,
     staging: Path,
+    models: Sequence[ModelArtifact],
+    to_predict: Mapping[str, Sequence[ChunkWindow]],
     unseen: UnseenPolicy,
-) -> list[Future[list[ChunkCounts]]]:
-    """Scatter the forests to every worker once, then one task per chunk predicting the
-    elements left to do there, naming the forests by key."""
-    needed = {model.element: model for model in models if to_predict[model.element]}
-    if not needed:
-        return []
-    # All forests under one key: tasks then have a single dependency, which Dask treats as
-    # "root-ish" and hands out from the scheduler as workers free up, in priority order. With
-    # one key per forest (seven dependencies) it assigns every task to a worker up front and
-    # balances by stealing, which left a worker idle for ~1 s at the end of each run.
-    digest = hashlib.sha256("|".join(m.model_hash for m in needed.values()).encode())
-    key = f"tpgrid-forests-{digest.hexdigest()[:32]}"
-    forests = {element: model.forest for element, model in needed.items()}
-    scattered = client.scatter({key: forests}, broadcast=True, hash=False)[key]
+) -> list[PredictionJob]:
+    """One task per chunk, predicting the elements left to do there."""
     by_chunk: dict[tuple[int, int], list[ModelArtifact]] = {}
     windows = {}
     for model in models:
         for window in to_predict[model.element]:
             by_chunk.setdefault(window.index, []).append(model)
             windows[window.index] = window
-    # Largest chunks first (by priority: futures submitted together have no order): the run
-    # then ends on small tasks rather than one worker finishing a large chunk alone.
-    pixels = {
-        index: int(np.count_nonzero(read_window(cube, VALID, windows[index]))) for index in by_chunk
-    }
-    order = sorted(by_chunk, key=lambda index: (-pixels[index] * len(by_chunk[index]), index))
-    token = uuid.uuid4().hex[:8]
-    futures = []
-    for rank, index in enumerate(order):
-        chunk_models = by_chunk[index]
-        job = ChunkJob(
+    return [
+        ChunkJob(
             cube,
             staging,
             windows[index],
             tuple((model.element, model.features) for model in chunk_models),
             unseen,
         )
-        futures.append(
-            client.submit(
-                predict_chunk,
-                job,
-                scattered,
-                key=f"tpgrid-predict-{job.key}-{token}",
-                priority=len(order) - rank,
-            )
-        )
-    return futures
-
-
-def _collect(
-    futures: list[Future[list[ChunkCounts]]],
-    counts: Mapping[str, Mapping[str, Any]],
-    grid: TargetGrid,
-    progress: Callable[[str, int, int], None] | None,
-) -> Iterator[ChunkCounts]:
-    """Wait for every chunk (raising the first failure), yielding (element, chunk key, pixels
-    predicted, pixels unseen); progress counts the chunks already in ``counts`` as done."""
-    total = len(list(grid.windows()))
-    done = {element: len(known) for element, known in counts.items()}
-    for element in done:
-        if progress:
-            progress(element, done[element], total)
-    for future in as_completed(futures):
-        for element, key, predicted, unseen, files in future.result():
-            done[element] += 1
-            if progress:
-                progress(element, done[element], total)
-            yield element, key, predicted, unseen, files
+        for index, chunk_models in by_chunk.items()
+    ]
 
 
 def _report(
@@ -749,101 +395,3 @@ def _report(
         chunks_total=total,
         repaired=tuple(repaired),
     )
-
-
-# --- checks and identity -------------------------------------------------------------------
-
-
-def check_models(cube: Path, grid: TargetGrid, models: Sequence[ModelArtifact]) -> None:
-    """Refuse, before anything is written, models the cube cannot feed and misaligned chunks."""
-    if not models:
-        raise ArtifactError("no models to predict with: fit them with `tpgrid fit`")
-    elements = [model.element for model in models]
-    repeated = sorted({e for e in elements if elements.count(e) > 1})
-    if repeated:
-        raise ArtifactError(f"more than one model for {repeated}: pass one model per element")
-    ds = open_cube(cube)
-    for model in models:
-        for name in model.features.variables:
-            if name not in ds.data_vars:
-                raise FeatureMismatchError(
-                    f"model {model.element} needs variable {name!r}, which cube {cube} does not "
-                    f"have: build the cube from a catalog with a layer {name!r}, or refit the "
-                    "model on this cube"
-                )
-        _check_kinds(cube, model, ds.data_vars)
-    needed = sorted({VALID, *(name for model in models for name in model.features.variables)})
-    chunk = (grid.spec.chunk, grid.spec.chunk)
-    for name in needed:
-        array = zarr.open_array(cube / name, mode="r", zarr_format=3)
-        if tuple(array.shape) != grid.shape or tuple(array.chunks) != chunk:
-            raise ChunkingError(
-                f"cube {cube}: variable {name!r} is {tuple(array.shape)} in chunks of "
-                f"{tuple(array.chunks)}, but the cube's grid is {grid.shape} in chunks of "
-                f"{chunk}: rebuild the cube with `tpgrid cube` rather than rechunking it"
-            )
-
-
-def _check_kinds(cube: Path, model: ModelArtifact, variables: Mapping[Any, Any]) -> None:
-    """Continuous features must be continuous in the cube; categorical codes must name the same
-    classes as in the cube's class table."""
-    for name in model.features.continuous:
-        if variables[name].attrs.get("tpgrid:kind") == "categorical":
-            raise FeatureMismatchError(
-                f"model {model.element} uses {name!r} as continuous but it is categorical in "
-                f"cube {cube}: refit the model on this cube"
-            )
-    for feature in model.features.categorical:
-        classes = variables[feature.variable].attrs.get("tpgrid:classes")
-        if classes is None:
-            raise FeatureMismatchError(
-                f"model {model.element} uses {feature.variable!r} as categorical but cube "
-                f"{cube} has no class table for it: refit the model on this cube"
-            )
-        for code, class_name in zip(feature.codes, feature.names, strict=True):
-            if classes.get(str(code)) != class_name:
-                raise FeatureMismatchError(
-                    f"model {model.element}: code {code} of {feature.variable!r} is "
-                    f"{class_name!r} in the model but {classes.get(str(code))!r} in cube {cube}: "
-                    "the class tables differ; refit the model on this cube"
-                )
-
-
-def _run_record(
-    cube: Path, grid: TargetGrid, models: Sequence[ModelArtifact], unseen: UnseenPolicy
-) -> dict[str, Any]:
-    """The run's identity and inputs, as stored in the output group's ``tpgrid:run``.
-
-    ``chunk_inputs[element]["i.j"]`` hashes everything that decides that chunk's output: the
-    model hash, the unseen policy and the cube chunk hashes of every variable read. The run id
-    hashes all of them with the grid.
-    """
-    hashes = chunk_hashes(cube)
-    chunk_inputs: dict[str, dict[str, str]] = {}
-    for model in models:
-        variables = sorted({VALID, *model.features.variables})
-        chunk_inputs[model.element] = {}
-        for window in grid.windows():
-            key = f"{window.index[0]}.{window.index[1]}"
-            parts = [FORMAT, model.model_hash, unseen] + [
-                f"{v}:{hashes[v][key]}" for v in variables
-            ]
-            chunk_inputs[model.element][key] = hashlib.sha256("|".join(parts).encode()).hexdigest()
-    identity = {"format": FORMAT, "grid": grid.spec.model_dump(mode="json"), "chunks": chunk_inputs}
-    run_id = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
-    return {
-        "format": FORMAT,
-        "run_id": run_id,
-        "cube": str(cube.resolve()),
-        "grid": grid.spec.model_dump(mode="json"),
-        "unseen": unseen,
-        "models": {
-            model.element: {
-                "model_hash": model.model_hash,
-                "n_trees": model.forest.n_trees,
-                "columns": list(model.features.columns),
-            }
-            for model in models
-        },
-        "chunk_inputs": chunk_inputs,
-    }

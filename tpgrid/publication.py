@@ -47,6 +47,7 @@ from tpgrid.outputs import (
     write_maps,
 )
 from tpgrid.store import link_file
+from tpgrid.tasks import Progress
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,6 @@ _REPORT_ASSETS = (REPORT_HTML, REPORT_JSON, REPORT_MANIFEST)
 _MANIFEST_LINE = re.compile(r"([0-9a-f]{64}) [ *](.+)")
 #: Marks a version's staging folder: ``.<version>.partial-<8 hex>``.
 PARTIAL = ".partial-"
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -44,16 +44,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from tpgrid import __version__
-from tpgrid.aoa import (
-    AOA_NODATA,
-    ElementApplicability,
-    TrainingSpace,
-    applicability_cube,
-    column_weights,
-    layer_name,
-    training_space,
-)
+from tpgrid.aoa import ElementApplicability, applicability_cube, layer_name
 from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_estimator, load_model
+from tpgrid.core.applicability import TrainingSpace, column_weights, training_space
+from tpgrid.core.blocks import AOA_NODATA
 from tpgrid.core.explain import (
     DEFAULT_EFFECTS,
     EffectCurve,
@@ -86,7 +80,7 @@ from tpgrid.errors import AnalysisError, ArtifactError, OutputExistsError
 from tpgrid.fit import CV_PREDICTIONS_FILE, SCHEMES, TRAINING_FILE, read_sites
 from tpgrid.outputs import open_prediction, variable_name
 from tpgrid.store import staging_path, swap_in
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +93,6 @@ FACTORS = ("vegetation", "lithology")
 #: Longest side of a map figure, in pixels of the grid (larger grids are strided).
 MAP_PX = 900
 DPI = 110
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -46,10 +46,9 @@ from tpgrid.publication import Publication, current_version, publish_version, ve
 from tpgrid.report import ReportSettings, write_report
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
+from tpgrid.tasks import Progress
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -60,12 +60,10 @@ from rasterio.warp import reproject
 from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates, zoom
 from scipy.spatial import cKDTree
 
+from tpgrid.core.arrays import F32, F64
 from tpgrid.errors import ConfigError, OutputExistsError
 from tpgrid.grid import PLATEAU_OUTLINE, GridSpec, TargetGrid
 from tpgrid.terrain import horn_gradient, slope_degrees
-
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 
 SIZES: dict[str, GridSpec] = {
     "small": GridSpec(bbox=(90.0, 30.0, 94.0, 33.0), chunk=128),

@@ -2,16 +2,22 @@
 
 Fitting, the report and publishing each have a batch of independent calls (CV folds, element
 analyses, figures, COGs) that the cluster's workers can share; run without a cluster (a plain
-library call), the same calls run on a thread pool in this process.
+library call), the same calls run on a thread pool in this process. Every stage that waits for
+tasks and reports how many are done (these batches, the cube's chunks, the chunk engine's) waits
+through :func:`as_finished`.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+#: ``progress(what, done, total)``: what is being computed (a layer, an element, a stage) and how
+#: many of its ``total`` chunks or tasks are done.
+Progress = Callable[[str, int, int], None]
 
 
 class TaskRunner:
@@ -50,16 +56,7 @@ class TaskRunner:
         self, futures: list[Any], report: Callable[[int, int], None] | None = None
     ) -> list[Any]:
         """Results in submission order; ``report(done, total)`` as tasks finish."""
-        if self.client is not None:
-            from distributed import as_completed
-
-            finished: Iterator[Any] = as_completed(futures)
-        else:
-            finished = concurrent.futures.as_completed(futures)
-        for done, _ in enumerate(finished, start=1):
-            if report:
-                report(done, len(futures))
-        return [future.result() for future in futures]
+        return gather(futures, report)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -74,3 +71,24 @@ def task_runner(local_threads: int | None = None) -> Iterator[TaskRunner]:
         yield runner
     finally:
         runner.close()
+
+
+def as_finished(futures: Sequence[Any]) -> Iterator[Any]:
+    """``futures`` as they finish, whether Dask futures or futures of a local thread pool."""
+    if not futures:
+        return  # distributed's as_completed needs a client even for no futures
+    if isinstance(futures[0], concurrent.futures.Future):
+        yield from concurrent.futures.as_completed(futures)
+        return
+    from distributed import as_completed
+
+    yield from as_completed(futures)
+
+
+def gather(futures: Sequence[Any], report: Callable[[int, int], None] | None = None) -> list[Any]:
+    """Results of ``futures`` in their order (raising the first failure); ``report(done,
+    total)`` as they finish."""
+    for done, _ in enumerate(as_finished(futures), start=1):
+        if report:
+            report(done, len(futures))
+    return [future.result() for future in futures]

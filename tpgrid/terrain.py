@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
-import numpy.typing as npt
 
-FloatArray = npt.NDArray[np.floating]
+from tpgrid.core.arrays import F32, F64, FloatArray
 
 TERRAIN_LAYERS = ("slope", "northness", "eastness")
 
 
-def horn_gradient(
-    z: FloatArray, dx: FloatArray | float, dy: float
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+def horn_gradient(z: FloatArray, dx: FloatArray | float, dy: float) -> tuple[F64, F64]:
     """East and north components of the elevation gradient (m/m) of a padded block.
 
     ``z`` carries a one-pixel halo on every side (rows run north → south); the result is the
@@ -36,13 +33,11 @@ def horn_gradient(
     return east, north
 
 
-def slope_degrees(east: FloatArray, north: FloatArray) -> npt.NDArray[np.float32]:
+def slope_degrees(east: FloatArray, north: FloatArray) -> F32:
     return np.degrees(np.arctan(np.hypot(east, north))).astype("float32")
 
 
-def northness_eastness(
-    east: FloatArray, north: FloatArray
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+def northness_eastness(east: FloatArray, north: FloatArray) -> tuple[F32, F32]:
     """cos and sin of the downslope compass direction; 0 and 0 where the ground is flat."""
     norm = np.hypot(east, north)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -54,9 +49,7 @@ def northness_eastness(
     return northness.astype("float32"), eastness.astype("float32")
 
 
-def terrain_layers(
-    dem: da.Array, pixel_width_m: npt.NDArray[np.float64], pixel_height_m: float
-) -> dict[str, da.Array]:
+def terrain_layers(dem: da.Array, pixel_width_m: F64, pixel_height_m: float) -> dict[str, da.Array]:
     """Lazy slope (degrees), northness and eastness of a ``(y, x)`` DEM on the grid.
 
     Each chunk reads a one-pixel halo from its neighbours. Horn needs all eight neighbours, so
@@ -64,7 +57,7 @@ def terrain_layers(
     """
     widths = da.from_array(pixel_width_m, chunks=(dem.chunks[0],))
 
-    def block(z: FloatArray, width: FloatArray, which: str) -> npt.NDArray[np.float32]:
+    def block(z: FloatArray, width: FloatArray, which: str) -> F32:
         east, north = horn_gradient(z, width[1:-1], pixel_height_m)
         if which == "slope":
             return slope_degrees(east, north)

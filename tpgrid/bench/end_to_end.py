@@ -17,8 +17,9 @@ from tpgrid.artifact import ModelArtifact
 from tpgrid.bench.cluster import local_cluster, peak_rss_mib
 from tpgrid.bench.inputs import PlateauInputs
 from tpgrid.bench.settings import Log
+from tpgrid.core.blocks import model_input
 from tpgrid.cube import VALID, cube_grid, open_cube
-from tpgrid.predict import model_input, predict_cube
+from tpgrid.predict import predict_cube
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from tpgrid.bench.settings import F32, F64
+from tpgrid.core.arrays import F32, F64
 from tpgrid.core.forest import PackedForest, Walk
 from tpgrid.errors import EngineMismatchError
 

@@ -15,7 +15,8 @@ from typing import Any
 import numpy as np
 
 from tpgrid.artifact import ModelArtifact
-from tpgrid.bench.settings import F32, F64, Log
+from tpgrid.bench.settings import Log
+from tpgrid.core.arrays import F32, F64
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
 from tpgrid.fit import FitSettings, fit_models
 from tpgrid.grid import TargetGrid, load_grid_spec

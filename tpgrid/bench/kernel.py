@@ -23,7 +23,8 @@ from tpgrid.bench.engines import (
     reference_prediction,
     tpgrid_engines,
 )
-from tpgrid.bench.settings import F32, Log
+from tpgrid.bench.settings import Log
+from tpgrid.core.arrays import F32
 from tpgrid.core.forest import pack_forest
 
 

@@ -10,13 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import numpy.typing as npt
-
 from tpgrid.errors import ConfigError
 
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 Log = Callable[[str], None]
 
 SECTIONS = ("kernel", "scaling", "end_to_end")

@@ -26,10 +26,9 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
+from tpgrid.core.arrays import F32, F64
 from tpgrid.errors import AnalysisError
 
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
 #: A fitted model: ``X`` (n, n_columns) float32 → prediction (n,) in mg/kg.
 Predict = Callable[[F32], F64]
 #: The predictors whose effects the paper shows (Fig. 6), as cube variable names.

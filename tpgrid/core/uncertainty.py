@@ -24,10 +24,10 @@ import pandas as pd
 from scipy import stats
 from sklearn.base import clone
 
+from tpgrid.core.arrays import F64
 from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.errors import AnalysisError
 
-F64 = npt.NDArray[np.float64]
 #: Nominal level of the intervals the report shows.
 LEVEL = 0.9
 #: Interval methods of :func:`coverage_table`.

@@ -22,10 +22,10 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
+from tpgrid.core.arrays import F64
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.cube import ATTR_FEATURES
 from tpgrid.errors import CubeError, SiteTableError
-from tpgrid.fit.arrays import F64
 from tpgrid.fit.settings import FitSettings, TrainOn
 from tpgrid.fit.sites import ICPMS_SUFFIX, SiteLocations, SiteTable, extract_covariates
 

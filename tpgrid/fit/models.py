@@ -27,10 +27,10 @@ import pandas as pd
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact, check_model, save_model
+from tpgrid.core.arrays import I64
 from tpgrid.core.forest import pack_forest
 from tpgrid.cube import chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import ArtifactError, FitError, OutputExistsError
-from tpgrid.fit.arrays import I64
 from tpgrid.fit.design import (
     Design,
     TrainingTable,
@@ -41,11 +41,12 @@ from tpgrid.fit.design import (
     training_hash,
     training_table,
 )
-from tpgrid.fit.search import Progress, fit_forest, projected_xy, spatial_blocks
+from tpgrid.fit.search import fit_forest, projected_xy, spatial_blocks
 from tpgrid.fit.settings import FitSettings
 from tpgrid.fit.sites import locate_sites, read_sites
 from tpgrid.jsonable import plain
 from tpgrid.store import staging_path, swap_in
+from tpgrid.tasks import Progress
 
 log = logging.getLogger(__name__)
 

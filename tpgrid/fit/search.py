@@ -20,17 +20,13 @@ import numpy as np
 import numpy.typing as npt
 from pyproj import Transformer
 
+from tpgrid.core.arrays import F64, I64
 from tpgrid.core.metrics import cv_metrics, r2_score
-from tpgrid.fit.arrays import F64, I64
 from tpgrid.fit.settings import FitSettings
 from tpgrid.grid import TargetGrid
-from tpgrid.tasks import task_runner
+from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
-
-#: Progress of a stage: (what, done, total).
-Progress = Callable[[str, int, int], None]
-
 
 # --- folds ---------------------------------------------------------------------------------
 
