@@ -11,11 +11,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from tpgrid import __version__
 from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+from tpgrid.jsonable import plain
 from tpgrid.model import SCHEMES
 from tpgrid.report.analysis import FACTORS, ElementAnalysis, ReportContents
 from tpgrid.report.figures import number
@@ -55,7 +55,7 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
                 "share_inside": contents.shares.get(analysis.element),
             },
         }
-    summary: dict[str, Any] = _plain(
+    summary: dict[str, Any] = plain(
         {
             "format": "tpgrid-report/1",
             "created": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -69,20 +69,6 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
         }
     )
     return summary
-
-
-def _plain(value: Any) -> Any:
-    """Strict JSON values all the way down: numpy scalars to Python ones, NaN and ±inf to
-    null (JSON has no NaN), tuples to lists, keys to strings."""
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
 
 
 def _not_mapped_html(not_mapped: Mapping[str, str]) -> str:
