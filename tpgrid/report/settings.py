@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import BaseModel, ConfigDict, Field
 
 from tpgrid.core.explain import DEFAULT_EFFECTS
 from tpgrid.core.uncertainty import LEVEL
@@ -13,15 +13,19 @@ FIGURES_DIR = "figures"
 APPLICABILITY_DIR = "applicability.zarr"
 
 
-@dataclass(frozen=True)
-class ReportSettings:
-    """What the report computes: PDP/ALE predictors (cube variable names), the interval level,
-    trees per refitted CV forest (None: as many as the final forest), shuffles per predictor
-    for %IncMSE, the seed of the shuffles and whether to compute the AOA over the cube."""
+class ReportSettings(BaseModel):
+    """What the report computes. The pipeline config's ``report:`` section is these settings
+    plus ``enabled`` (:class:`tpgrid.config.ReportSection`)."""
 
-    effects: tuple[str, ...] = DEFAULT_EFFECTS
-    level: float = LEVEL
-    cv_trees: int | None = None
-    importance_repeats: int = 3
-    seed: int = 0
-    applicability: bool = True
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    effects: tuple[str, ...] = Field(
+        DEFAULT_EFFECTS, description="predictors for PDP and ALE (cube variable names)"
+    )
+    level: float = Field(LEVEL, gt=0, lt=1, description="nominal coverage of the intervals")
+    cv_trees: int | None = Field(
+        None, ge=1, description="trees per refitted CV forest; null: as many as the final forest"
+    )
+    importance_repeats: int = Field(3, ge=1, description="shuffles per predictor for %IncMSE")
+    seed: int = Field(0, ge=0, description="seed of the shuffles and of the PDP's sample")
+    applicability: bool = Field(True, description="compute the AOA layers over the cube")
