@@ -52,6 +52,7 @@ log = logging.getLogger(__name__)
 #: Categorical predictors the group comparisons are made for, when the models have them.
 FACTORS = ("vegetation", "lithology")
 
+#: ``progress(stage, done, total)``, called as elements and chunks finish.
 Progress = Callable[[str, int, int], None]
 
 

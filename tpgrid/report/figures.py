@@ -34,7 +34,7 @@ DPI = 110
 
 def number(value: float, digits: int = 3) -> str:
     """``digits`` significant digits, but whole numbers rather than exponents for thousands
-    (Fe is tens of thousands of mg/kg)."""
+    (Fe is tens of thousands of mg/kg); the page's tables write numbers the same way."""
     return f"{value:.0f}" if abs(value) >= 10**digits else f"{value:.{digits}g}"
 
 
