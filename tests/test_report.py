@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +115,7 @@ def test_a_report_written_on_the_cluster_equals_one_written_without_it(
     models: Path, prediction: Path, cluster: LocalCluster, tmp_path: Path
 ) -> None:
     # With a Dask client the analyses and the figures are tasks; the report must not change.
-    settings = replace(SETTINGS, applicability=False)  # the AOA maps need a client
+    settings = SETTINGS.model_copy(update={"applicability": False})  # the AOA maps need a client
     here = write_report(models, tmp_path / "here", prediction=prediction, settings=settings)
     with Client(cluster):
         there = write_report(models, tmp_path / "there", prediction=prediction, settings=settings)

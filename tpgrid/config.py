@@ -25,11 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tpgrid.client import ClusterSpec
 from tpgrid.core.blocks import UnseenPolicy
-from tpgrid.core.explain import DEFAULT_EFFECTS
-from tpgrid.core.uncertainty import LEVEL
 from tpgrid.errors import StorageError
 from tpgrid.fit import FitSettings, SearchGrid
 from tpgrid.grid import GridSpec, load_grid_spec
+from tpgrid.report import ReportSettings
 from tpgrid.synthetic import plateau_files
 from tpgrid.yamlfile import read_mapping, validated
 
@@ -84,18 +83,11 @@ class PublishSettings(_Section):
     )
 
 
-class ReportSection(_Section):
-    """The science report written into every new published version."""
+class ReportSection(ReportSettings):
+    """The science report written into every new published version: what it computes, and
+    whether it is written at all."""
 
     enabled: bool = True
-    effects: tuple[str, ...] = Field(
-        DEFAULT_EFFECTS, description="predictors for PDP and ALE (cube variable names)"
-    )
-    level: float = Field(LEVEL, gt=0, lt=1, description="nominal coverage of the intervals")
-    cv_trees: int | None = Field(
-        None, ge=1, description="trees per refitted CV forest; null: as many as the final forest"
-    )
-    applicability: bool = Field(True, description="compute the AOA layers over the cube")
 
 
 class PipelineConfig(_Section):

@@ -43,7 +43,7 @@ from tpgrid.grid import TargetGrid
 from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import Publication, current_version, publish_version, verify_version
-from tpgrid.report import ReportSettings, write_report
+from tpgrid.report import write_report
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
 from tpgrid.tasks import Progress
@@ -312,7 +312,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 cube=config.cube_path,
                 sites=config.sites_path,
                 prediction=config.prediction_path,
-                settings=_report_settings(config),
+                settings=config.report,
                 not_mapped=unfit,
             )
 
@@ -392,16 +392,6 @@ def _labelled(progress: Progress | None, step: str) -> Progress | None:
         return None
     report = progress
     return lambda label, done, total: report(f"{step} {label}", done, total)
-
-
-def _report_settings(config: PipelineConfig) -> ReportSettings:
-    section = config.report
-    return ReportSettings(
-        effects=section.effects,
-        level=section.level,
-        cv_trees=section.cv_trees,
-        applicability=section.applicability,
-    )
 
 
 @contextmanager

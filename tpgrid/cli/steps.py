@@ -309,11 +309,13 @@ def report(
     workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
     from tpgrid.report import ReportSettings, find_elements, write_report
+    from tpgrid.yamlfile import validated
 
     find_elements(models)  # a wrong directory fails before a cluster is started
 
     chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
-    settings = ReportSettings(level=level, cv_trees=cv_trees, applicability=applicability, **chosen)
+    given = {"level": level, "cv_trees": cv_trees, "applicability": applicability, **chosen}
+    settings = validated(ReportSettings.model_validate, given, "report options")
     started = time.perf_counter()
     with command_cluster(scheduler_address, workers), chunk_progress() as progress:
         result = write_report(

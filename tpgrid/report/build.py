@@ -1,0 +1,128 @@
+"""Writing a report: every element analysed, the applicability layers computed, the figures,
+the summary and the page written into a staging directory and swapped in complete."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tpgrid.aoa import ElementApplicability, applicability_cube
+from tpgrid.cube import open_cube
+from tpgrid.errors import OutputExistsError
+from tpgrid.report.analysis import (
+    ReportContents,
+    analyse_elements,
+    descriptive_statistics,
+)
+from tpgrid.report.figures import draw_figures
+from tpgrid.report.inputs import find_elements, load_element, open_matching_prediction
+from tpgrid.report.page import report_page, report_summary
+from tpgrid.report.settings import (
+    APPLICABILITY_DIR,
+    FIGURES_DIR,
+    REPORT_FILE,
+    SUMMARY_FILE,
+    ReportSettings,
+)
+from tpgrid.store import staging_path, swap_in
+from tpgrid.tasks import Progress
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    """Where the report went and its summary (also written as ``report.json``)."""
+
+    directory: Path
+    html: Path
+    figures: tuple[Path, ...]
+    summary: dict[str, Any]
+
+
+def write_report(
+    models: str | Path,
+    out: str | Path,
+    *,
+    cube: str | Path | None = None,
+    sites: str | Path | None = None,
+    prediction: str | Path | None = None,
+    settings: ReportSettings | None = None,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+    not_mapped: Mapping[str, str] | None = None,
+) -> ReportResult:
+    """Analyse every element model under ``models`` and write the report directory ``out``:
+    ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
+    ``settings.applicability``, ``applicability.zarr`` (computed on the current Dask client).
+
+    ``cube`` and ``sites`` default to the paths recorded by the fit. With ``prediction`` (a
+    ``tpgrid predict`` output made with these models), the report maps each element's mean and
+    the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
+    only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
+    ``not_mapped`` (element → reason) lists elements without a model, e.g. too few sites.
+    """
+    settings = settings or ReportSettings()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(f"{out} exists: choose another directory or pass --overwrite")
+    loaded = [load_element(path) for path in find_elements(models)]
+    first = loaded[0].artifact.record
+    cube_path = Path(cube or first["cube"]["path"])
+    sites_path = Path(sites or first["sites"]["path"])
+    dataset = open_cube(cube_path)
+    maps, run_id = (
+        (None, None) if prediction is None else open_matching_prediction(prediction, loaded)
+    )
+    groups = {
+        str(name): str(dataset[name].attrs.get("tpgrid:group", "other"))
+        for name in dataset.data_vars
+    }
+    analyses = analyse_elements(loaded, groups, settings, progress)
+    descriptive, kept = descriptive_statistics(sites_path, loaded)
+    sources = {"models": models, "cube": cube_path, "sites": sites_path, "prediction": prediction}
+
+    staging = staging_path(out)
+    staging.mkdir(parents=True)
+    try:
+        shares: dict[str, float] = {}
+        if settings.applicability:
+            shares = applicability_cube(
+                cube_path,
+                [ElementApplicability(a.model.artifact, a.space) for a in analyses],
+                staging / APPLICABILITY_DIR,
+                progress=progress,
+            )
+        contents = ReportContents(
+            analyses=tuple(analyses),
+            descriptive=descriptive,
+            kept=kept,
+            shares=shares,
+            settings=settings,
+            sources={k: str(Path(v).resolve()) for k, v in sources.items() if v is not None},
+            prediction=maps,
+            run_id=run_id,
+            not_mapped=dict(not_mapped or {}),
+        )
+        figures_dir = staging / FIGURES_DIR
+        figures_dir.mkdir()
+        figures = draw_figures(contents, figures_dir, staging / APPLICABILITY_DIR)
+        summary = report_summary(contents)
+        (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
+        (staging / REPORT_FILE).write_text(
+            report_page(contents, figures, summary), encoding="utf-8"
+        )
+        swap_in(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ReportResult(
+        directory=out,
+        html=out / REPORT_FILE,
+        figures=tuple(
+            out / FIGURES_DIR / path.name for section in figures.values() for path in section
+        ),
+        summary=summary,
+    )

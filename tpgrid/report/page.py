@@ -1,0 +1,219 @@
+"""The report's page and summary: ``report.html``, one self-contained HTML file with the
+figures embedded, and ``report.json``, the report's numbers for run records and diffs."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from tpgrid import __version__
+from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+from tpgrid.fit import SCHEMES
+from tpgrid.jsonable import plain
+from tpgrid.report.analysis import FACTORS, ElementAnalysis, ReportContents
+from tpgrid.report.figures import number
+from tpgrid.report.settings import APPLICABILITY_DIR
+
+
+def report_summary(contents: ReportContents) -> dict[str, Any]:
+    """The report's numbers as JSON: what a run record links to and a reader can diff."""
+    elements: dict[str, Any] = {}
+    for analysis in contents.analyses:
+        record = analysis.model.artifact.record
+        elements[analysis.element] = {
+            "model_hash": analysis.model.artifact.model_hash,
+            "descriptive": contents.descriptive.loc[analysis.element].to_dict(),
+            "cv": {s: record.get("cv", {}).get(s) for s in SCHEMES},
+            "pineiro_line": {
+                s: {"slope": a, "intercept": b} for s, (a, b) in analysis.lines.items()
+            },
+            "coverage": analysis.coverage.reset_index().to_dict(orient="records"),
+            "interval_k": analysis.k,
+            "correlated_pairs": analysis.correlated.to_dict(orient="records"),
+            "importance_incmse": analysis.importance["incmse"].to_dict(),
+            "importance_by_group": analysis.by_group.to_dict(),
+            "betasq_percent": analysis.betasq["percent"].to_dict(),
+            "groups": {
+                factor: {
+                    "anova_p": result.p_value,
+                    "letters": result.table["letters"].to_dict(),
+                    "means": result.table["mean"].to_dict(),
+                    "left_out": list(result.left_out),
+                }
+                for factor, result in analysis.comparisons.items()
+            },
+            "applicability": {
+                "threshold": analysis.space.threshold,
+                "n_training_sites": int(analysis.space.points.shape[0]),
+                "share_inside": contents.shares.get(analysis.element),
+            },
+        }
+    summary: dict[str, Any] = plain(
+        {
+            "format": "tpgrid-report/1",
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "tpgrid_version": __version__,
+            **contents.sources,
+            "prediction_run_id": contents.run_id,
+            "level": contents.settings.level,
+            "applicability": APPLICABILITY_DIR if contents.shares else None,
+            "elements": elements,
+            "not_mapped": contents.not_mapped,
+        }
+    )
+    return summary
+
+
+def _not_mapped_html(not_mapped: Mapping[str, str]) -> str:
+    """A short section naming the elements without maps, and why; empty when there are none."""
+    if not not_mapped:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(element)}</b>: {html.escape(reason)}</li>"
+        for element, reason in not_mapped.items()
+    )
+    return f"<h2>Elements not mapped</h2><ul class='not-mapped'>{items}</ul>"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1180px; margin: 2em auto; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
+th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
+th { background: #f3f3f3; } img { max-width: 100%; display: block; margin: 0.8em 0; }
+p.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _img(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
+
+
+def _table(frame: pd.DataFrame, digits: int = 3) -> str:
+    return frame.to_html(
+        float_format=lambda v: number(v, digits), border=0, na_rep="–", escape=True
+    )
+
+
+def _letters_table(analyses: Sequence[ElementAnalysis], factor: str) -> pd.DataFrame:
+    """Per element (rows) and class (columns): mean site value and Tukey letters."""
+    rows: dict[str, dict[str, str]] = {}
+    for analysis in analyses:
+        result = analysis.comparisons.get(factor)
+        if result is None:
+            continue
+        cells = {
+            str(name): f"{number(row['mean'], 4)} {row['letters']} (n={int(row['n_sites'])})"
+            for name, row in result.table.iterrows()
+        }
+        rows[analysis.element] = {"ANOVA p": f"{result.p_value:.2g}", **cells}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def report_page(
+    contents: ReportContents, figures: Mapping[str, Sequence[Path]], summary: Mapping[str, Any]
+) -> str:
+    analyses = contents.analyses
+    level = f"{contents.settings.level:.0%}"
+
+    def images(section: str) -> str:
+        return "\n".join(_img(path) for path in figures[section])
+
+    metrics = pd.DataFrame(
+        {
+            (a.element, scheme): {
+                key: a.model.artifact.record.get("cv", {}).get(scheme, {}).get(key, math.nan)
+                for key in ("r2", "rmse", "mae", "bias", "ccc")
+            }
+            | {"OLS slope": a.lines.get(scheme, (math.nan, math.nan))[0]}
+            for a in analyses
+            for scheme in SCHEMES
+        }
+    ).T
+    coverage = pd.concat({a.element: a.coverage for a in analyses}).rename(
+        columns={"mean_width": "mean width, mg/kg", "k": "k (× tree sd)"}
+    )
+    applicability = pd.DataFrame(
+        {
+            a.element: {
+                "training sites": a.space.points.shape[0],
+                "DI threshold": a.space.threshold,
+                "share of pixels inside": contents.shares.get(a.element, math.nan),
+            }
+            for a in analyses
+        }
+    ).T
+    correlated = pd.concat({a.element: a.correlated for a in analyses}).droplevel(1)
+    closing = "; ".join(
+        f"{a.element} {a.achieved(TREE_QUANTILES):.0%} (tree quantiles) → "
+        f"{a.achieved(CALIBRATED_SD):.0%} (k = {a.k:.2f})"
+        for a in analyses
+    )
+    sources = "<br>".join(
+        f"{html.escape(name)} {html.escape(path)}" for name, path in contents.sources.items()
+    )
+    run = f"<br>prediction run {contents.run_id}" if contents.run_id else ""
+    sections = [
+        f"<h1>tpgrid science report</h1><p class='note'>{sources}{run}"
+        f"<br>tpgrid {html.escape(summary['tpgrid_version'])}, {summary['created']}</p>"
+        + _not_mapped_html(contents.not_mapped),
+        "<h2>1. Descriptive statistics</h2>"
+        "<p class='note'>Samples measured and kept after screening (mean ± k SD); mean, SD, CV "
+        "and median over site means of the kept samples, min/max over the samples, mg/kg as "
+        "measured.</p>" + _table(contents.descriptive, 5) + images("descriptive"),
+        "<h2>2. Group differences</h2><p class='note'>One-way ANOVA and Tukey HSD (α = 0.05) of "
+        "site means, on the values the models were fitted to; classes sharing a letter do not "
+        "differ; classes with fewer than two sites are not tested.</p>"
+        + "".join(
+            f"<h3>{factor}</h3>" + _table(_letters_table(analyses, factor)) for factor in FACTORS
+        )
+        + images("groups"),
+        "<h2>3. Drivers</h2><p class='note'>%IncMSE: growth of the held-out MSE when a "
+        "predictor is shuffled, on forests refitted on the grouped CV folds. betasq: squared "
+        "standardized OLS coefficients (aliased columns left out). PDP and ALE of the final "
+        "forest over the training rows; ticks mark the training deciles. Strongly correlated "
+        "predictors (below) split or swap credit in all three: read them together.</p>"
+        + (_table(correlated) if not correlated.empty else "")
+        + images("drivers"),
+        "<h2>4. Model checks</h2><p class='note'>Observed (y) against out-of-fold predicted (x), "
+        "after Piñeiro et al. (2008); metrics of the fit's grouped (by site), random (by sample, "
+        "leaky, for comparison) and spatial (block) CV.</p>" + _table(metrics) + images("checks"),
+        "<h2>5. Applicability</h2><p class='note'>Dissimilarity index (Meyer &amp; Pebesma 2021) "
+        "with importance-weighted standardized predictors; the area of applicability holds "
+        "pixels whose DI does not exceed the upper whisker of the training sites' "
+        "cross-validated DI.</p>"
+        + (
+            _table(applicability) + images("applicability")
+            if figures["applicability"]
+            else "<p>Not computed.</p>"
+        ),
+        f"<h2>6. Uncertainty</h2><p class='note'>{level} intervals on held-out sites (grouped CV "
+        "forests): the trees' quantiles, mean ± z·sd, and mean ± k·sd with k calibrated on the "
+        "other folds (cross-conformal). The spread between trees is how much the forests "
+        "disagree about the mean, not how far a new site may fall from it.</p>"
+        + _table(coverage)
+        + images("uncertainty")
+        + (
+            f"<h3>Maps</h3><p class='note'>Mean, and half-width k·sd of the calibrated {level} "
+            f"interval, of prediction run {contents.run_id}; grey: outside the area of "
+            "applicability.</p>" + images("maps")
+            if figures["maps"]
+            else ""
+        ),
+        f"<h2>Closing note</h2><p>Coverage of the {level} interval on held-out sites: "
+        f"{html.escape(closing)}. Maps of mean ± k·sd with these k are intervals that held at "
+        "the stated rate on sites the models had not seen; inter-tree variance alone is not.</p>",
+    ]
+    body = "\n".join(sections)
+    return (
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>tpgrid report</title><style>{_STYLE}</style></head><body>{body}</body></html>\n"
+    )
