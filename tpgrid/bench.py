@@ -21,7 +21,7 @@ Three measurements, each returning plain data (:func:`run_benchmark` runs them i
 The forests are those :func:`tpgrid.model.fit_models` fits on the synthetic plateau (500 trees
 per element, hyperparameters as its search picks them), so tree depth is what users get.
 Everything derives from one seed; the plateau, cubes and models are kept in a work directory
-and reused by later runs. ``forest="reference"`` times PERF.md's reference forest on synthetic
+and reused by later runs. ``forest="reference"`` times docs/performance.md's forest on synthetic
 rows instead (kernel only). Timings are best-of-``repeats`` wall times, engines taking turns
 within each repeat so that other work on the machine hits them alike; the spread is reported.
 """
@@ -596,7 +596,7 @@ class BenchSettings:
     workdir: Path
     size: str = "full"
     seed: int = 0
-    forest: str = "plateau"  # or "reference": PERF.md's forest on synthetic rows
+    forest: str = "plateau"  # or "reference": docs/performance.md's forest on synthetic rows
     element: str = "Fe"
     rows: int = 100_000
     threads: int = 2
@@ -962,7 +962,7 @@ def plot(result: BenchResult, path: Path) -> None:
     figure.savefig(path, dpi=110)
 
 
-# --- PERF.md's reference forest (kernel section only) ----------------------------------------
+# --- the reference forest of docs/performance.md (kernel section only) -----------------------
 
 
 def reference_target(X: F32) -> F64:
@@ -981,7 +981,7 @@ def reference_target(X: F32) -> F64:
 def build_reference_forest(
     n_trees: int = 500, n_rows: int = 1600, n_features: int = 18, seed: int = 0, n_jobs: int = 2
 ) -> Any:
-    """PERF.md's reference ``RandomForestRegressor`` (max_features=1/3) on float32 rows."""
+    """The reference ``RandomForestRegressor`` of docs/performance.md, on float32 rows."""
     from sklearn.ensemble import RandomForestRegressor
 
     rng = np.random.default_rng(seed)

@@ -759,7 +759,7 @@ def bench(
     size: Annotated[str, typer.Option(help="Synthetic plateau: 'full' or 'small'.")] = "full",
     seed: Annotated[int, typer.Option(help="Seed of the plateau, the models and the rows.")] = 0,
     forest: Annotated[
-        str, typer.Option(help="'plateau' (fitted by tpgrid) or 'reference' (PERF.md's forest).")
+        str, typer.Option(help="'plateau' (fitted by tpgrid) or 'reference' (docs/performance.md).")
     ] = "plateau",
     element: Annotated[str, typer.Option(help="Element whose forest the kernel section times.")] = (
         "Fe"

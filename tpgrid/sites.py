@@ -2,7 +2,7 @@
 measurements into a training table (outlier screening, XRF → ICP-MS calibration, samples or
 site means).
 
-A site table has one row per sample (DESIGN.md): ``site_id, sample_id, lon, lat`` (EPSG:4326),
+A site table has one row per sample: ``site_id, sample_id, lon, lat`` (EPSG:4326),
 one column per element in mg/kg (blank = not measured) and optional ``<element>_icpms`` columns
 for the re-measured calibration subset. Other columns are kept and ignored.
 
