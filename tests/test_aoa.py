@@ -139,6 +139,7 @@ def box_pixels(result: Applicability) -> np.ndarray:
 # --- on the cluster, over the cube -----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_aoa_excludes_the_region_whose_covariates_lie_outside_the_training_range(
     applicability: Applicability,
 ) -> None:
@@ -148,12 +149,14 @@ def test_aoa_excludes_the_region_whose_covariates_lie_outside_the_training_range
     assert np.mean(aoa[inside_box] == 1) < 0.01
 
 
+@pytest.mark.slow
 def test_aoa_keeps_most_of_the_plateau_the_sites_represent(applicability: Applicability) -> None:
     aoa = aoa_layer(applicability)
     elsewhere = ~box_pixels(applicability) & (aoa != AOA_NODATA)
     assert np.mean(aoa[elsewhere] == 1) > 0.7
 
 
+@pytest.mark.slow
 def test_cluster_layers_equal_the_chunk_computed_directly(applicability: Applicability) -> None:
     window = next(cube_grid(applicability.cube).windows())
     chunk = open_cube(applicability.cube).isel(y=window.rows, x=window.cols).load()
@@ -165,12 +168,14 @@ def test_cluster_layers_equal_the_chunk_computed_directly(applicability: Applica
     np.testing.assert_array_equal(stored, direct.di)
 
 
+@pytest.mark.slow
 def test_share_inside_is_reported_per_element(applicability: Applicability) -> None:
     aoa = aoa_layer(applicability)
     expected = np.mean(aoa[aoa != AOA_NODATA] == 1)
     assert applicability.shares == {"Fe": pytest.approx(expected)}
 
 
+@pytest.mark.slow
 def test_applicability_refuses_to_replace_an_existing_output(
     applicability: Applicability,
 ) -> None:
@@ -178,6 +183,7 @@ def test_applicability_refuses_to_replace_an_existing_output(
         applicability_cube(applicability.cube, [applicability.model], applicability.out)
 
 
+@pytest.mark.slow
 def test_applicability_refuses_a_model_the_cube_cannot_feed(
     applicability: Applicability, tmp_path: Path
 ) -> None:

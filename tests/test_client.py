@@ -22,6 +22,7 @@ from tpgrid.errors import ClusterError, ConfigError
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_local_spec_starts_single_threaded_worker_processes_with_numba_settings() -> None:
     with dask_client(LocalSpec(workers=2)) as client:
@@ -59,6 +60,7 @@ def test_environment_address_wins_over_the_spec(
         assert client.scheduler.address == dask_processes.address
 
 
+@pytest.mark.slow
 def test_unreachable_scheduler_is_a_cluster_error_naming_the_address() -> None:
     expected = r"127\.0\.0\.1:9.*start it, or fix the address"
     with pytest.raises(ClusterError, match=expected), dask_client(address="tcp://127.0.0.1:9"):

@@ -132,6 +132,7 @@ def curve(fit: TruthFit, kind: str, variable: str) -> EffectCurve:
 # --- shapes recovered from the synthetic truth ---------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pdp", "ale"])
 def test_map_effect_has_its_trough_between_300_and_500_mm(truth_fit: TruthFit, kind: str) -> None:
     effect = curve(truth_fit, kind, "map")
@@ -143,6 +144,7 @@ def test_map_effect_has_its_trough_between_300_and_500_mm(truth_fit: TruthFit, k
     assert effect.values[-1] > effect.values.min() + depth
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pdp", "ale"])
 def test_cia_effect_is_flat_below_one_half_and_rises_past_it(
     truth_fit: TruthFit, kind: str
@@ -156,6 +158,7 @@ def test_cia_effect_is_flat_below_one_half_and_rises_past_it(
     assert below < 0.05 * rise
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["pdp", "ale"])
 def test_slope_effect_rises_below_10_degrees_and_saturates_above(
     truth_fit: TruthFit, kind: str
@@ -168,6 +171,7 @@ def test_slope_effect_rises_below_10_degrees_and_saturates_above(
     assert abs(rise_above) < 0.1 * rise_below
 
 
+@pytest.mark.slow
 def test_permutation_importance_finds_the_truth_drivers_and_ignores_aspect(
     truth_fit: TruthFit,
 ) -> None:
@@ -181,6 +185,7 @@ def test_permutation_importance_finds_the_truth_drivers_and_ignores_aspect(
         assert importance[driver] > 50 * max(importance["northness"], importance["eastness"])
 
 
+@pytest.mark.slow
 def test_grouped_importance_puts_soil_above_disturbance(truth_fit: TruthFit) -> None:
     held_out = [HeldOut(truth_fit.predict, truth_fit.test)]
     importance = permutation_importance(
@@ -311,6 +316,7 @@ def test_correlated_pairs_lists_strong_pairs_strongest_first_of_either_sign() ->
     assert set(found[1:]) == {("map", "ndvi"), ("ai", "ndvi")}  # r ≈ ±0.93; constant left out
 
 
+@pytest.mark.slow
 def test_truth_fit_sees_map_and_ai_as_one_gradient(truth_fit: TruthFit) -> None:
     continuous = list(truth_fit.features.continuous)
     X = truth_fit.X[:, : len(continuous)]

@@ -132,6 +132,7 @@ def float_classes(tmp_path: Path, standard_sources: dict[str, Any]) -> dict[str,
     return standard_sources
 
 
+@pytest.mark.slow
 @pytest.mark.cluster
 def test_a_categorical_layer_with_float_values_names_the_layer_its_file_and_the_fix(
     tmp_path: Path, float_classes: dict[str, Any], make_catalog: Callable[..., Path]

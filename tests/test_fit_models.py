@@ -67,6 +67,7 @@ def predictions(fitted: FitReport, element: str) -> pd.DataFrame:
 # --- fitting the small plateau --------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("element", ["Fe", "Zn", "Ni"])
 def test_no_site_is_ever_in_both_train_and_test_folds(fitted: FitReport, element: str) -> None:
     table = predictions(fitted, element)
@@ -76,12 +77,14 @@ def test_no_site_is_ever_in_both_train_and_test_folds(fitted: FitReport, element
     assert table["fold_grouped"].nunique() == QUICK.cv_folds
 
 
+@pytest.mark.slow
 def test_spatial_folds_hold_whole_sites(fitted: FitReport) -> None:
     table = predictions(fitted, "Fe")
     assert (table.groupby("site_id")["fold_spatial"].nunique() == 1).all()
     assert record(fitted, "Fe")["cv"]["spatial"]["n_blocks"] >= QUICK.cv_folds
 
 
+@pytest.mark.slow
 def test_random_sample_cv_scores_higher_than_grouped_cv_when_sites_share_an_effect(
     fitted: FitReport,
 ) -> None:
@@ -93,6 +96,7 @@ def test_random_sample_cv_scores_higher_than_grouped_cv_when_sites_share_an_effe
         assert cv["random"]["rmse"] < cv["grouped"]["rmse"], element
 
 
+@pytest.mark.slow
 def test_every_cv_scheme_is_reported_with_every_metric(fitted: FitReport) -> None:
     rec = record(fitted, "Zn")
     for scheme in ("grouped", "random", "spatial"):
@@ -100,6 +104,7 @@ def test_every_cv_scheme_is_reported_with_every_metric(fitted: FitReport) -> Non
     assert 0 < rec["fit"]["oob_r2"] < rec["fit"]["r2"] < 1
 
 
+@pytest.mark.slow
 def test_cv_metrics_are_those_of_the_saved_out_of_fold_predictions(fitted: FitReport) -> None:
     table, rec = predictions(fitted, "Zn"), record(fitted, "Zn")
     for scheme in ("grouped", "random", "spatial"):
@@ -109,6 +114,7 @@ def test_cv_metrics_are_those_of_the_saved_out_of_fold_predictions(fitted: FitRe
     assert len(table) == rec["training"]["n_rows"]
 
 
+@pytest.mark.slow
 def test_the_search_selects_the_candidate_with_the_lowest_grouped_rmse(fitted: FitReport) -> None:
     search = record(fitted, "Fe")["search"]
     best = min(search["candidates"], key=lambda c: c["rmse"])
@@ -117,6 +123,7 @@ def test_the_search_selects_the_candidate_with_the_lowest_grouped_rmse(fitted: F
     assert record(fitted, "Fe")["hyperparameters"]["n_estimators"] == QUICK.n_trees
 
 
+@pytest.mark.slow
 def test_the_record_holds_screening_calibration_and_provenance(
     fitted: FitReport,
     plateau: PlateauFiles,  # noqa: F811
@@ -133,12 +140,14 @@ def test_the_record_holds_screening_calibration_and_provenance(
     assert rec["settings"]["search_trees"] == QUICK.search_trees
 
 
+@pytest.mark.slow
 def test_the_training_table_hash_is_that_of_the_saved_table(fitted: FitReport) -> None:
     directory = model_dir(fitted, "Ni")
     table = pd.read_parquet(directory / TRAINING_FILE)
     assert training_hash(table) == record(fitted, "Ni")["training"]["table_sha256"]
 
 
+@pytest.mark.slow
 def test_categoricals_are_one_hot_over_the_classes_seen_in_training(fitted: FitReport) -> None:
     artifact = load_model(model_dir(fitted, "Ni"))
     table = pd.read_parquet(model_dir(fitted, "Ni") / TRAINING_FILE)
@@ -148,6 +157,7 @@ def test_categoricals_are_one_hot_over_the_classes_seen_in_training(fitted: FitR
     assert list(table.columns[4:-1]) == list(artifact.features.columns)
 
 
+@pytest.mark.slow
 def test_the_artifact_reproduces_the_fit_with_both_forests(fitted: FitReport) -> None:
     directory = model_dir(fitted, "Zn")
     X = pd.read_parquet(directory / TRAINING_FILE)[list(load_model(directory).features.columns)]
@@ -159,6 +169,7 @@ def test_the_artifact_reproduces_the_fit_with_both_forests(fitted: FitReport) ->
     np.testing.assert_allclose(packed, rebuilt, rtol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("name", "load"), [(FOREST_FILE, load_model), (SKLEARN_FILE, load_estimator)]
 )
@@ -179,6 +190,7 @@ def test_a_truncated_or_tampered_artifact_fails_clearly(
         load(tampered)
 
 
+@pytest.mark.slow
 def test_model_json_says_which_trees_the_cv_used(fitted: FitReport) -> None:
     doc = json.loads((model_dir(fitted, "Fe") / MODEL_FILE).read_text())
     assert doc["record"]["search"]["trees_per_fit"] == QUICK.search_trees
@@ -189,6 +201,7 @@ def test_model_json_says_which_trees_the_cv_used(fitted: FitReport) -> None:
 # --- skipping and refusing -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_elements_with_fewer_sites_than_folds_are_skipped_with_the_reason(
     plateau: PlateauFiles,  # noqa: F811
     cube_path: Path,  # noqa: F811
@@ -213,6 +226,7 @@ def test_no_fittable_element_is_a_fit_error(
         fit_models(plateau.sites, cube_path, tmp_path, settings)
 
 
+@pytest.mark.slow
 def test_existing_models_are_replaced_only_when_asked(
     plateau: PlateauFiles,  # noqa: F811
     cube_path: Path,  # noqa: F811
@@ -231,6 +245,7 @@ def test_existing_models_are_replaced_only_when_asked(
     assert [p.name for p in tmp_path.iterdir()] == ["Ni"]  # no staging left behind
 
 
+@pytest.mark.slow
 def test_reuse_refits_only_the_elements_whose_training_table_changed(
     plateau: PlateauFiles,  # noqa: F811
     cube_path: Path,  # noqa: F811
@@ -260,6 +275,7 @@ def test_reuse_refits_only_the_elements_whose_training_table_changed(
     assert load_model(models / "Ni").model_hash != hashes["Ni"]
 
 
+@pytest.mark.slow
 def test_reuse_refits_a_damaged_model_with_a_warning_and_reports_it(
     plateau: PlateauFiles,  # noqa: F811
     cube_path: Path,  # noqa: F811
@@ -324,6 +340,7 @@ def test_a_cube_layer_without_data_at_the_sites_is_refused(
 # --- on a Dask cluster, and from the command line ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_search_on_a_dask_cluster_gives_the_local_result(fitted: FitReport) -> None:
     table = pd.read_parquet(model_dir(fitted, "Ni") / TRAINING_FILE)
     columns = list(load_model(model_dir(fitted, "Ni")).features.columns)

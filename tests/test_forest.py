@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.ensemble import ExtraTreesRegressor, RandomForestClassifier, RandomForestRegressor
 
+from tests.walk_tables import WALKS, per_tree_through_walk
 from tpgrid.core.forest import PackedForest, Walk, float32_at_or_below, pack_forest
 
 N_FEATURES = 5
@@ -84,13 +85,16 @@ def packed(forest: Any) -> PackedForest:
 
 @settings(max_examples=25, deadline=None)
 @given(config=forest_configs)
-def test_per_tree_predictions_equal_sklearn_exactly_even_on_thresholds(
+def test_per_tree_predictions_equal_sklearn_exactly_on_every_walk_even_on_thresholds(
     config: dict[str, Any],
 ) -> None:
     estimator = fit(config)
     packed = pack_forest(estimator)
     X = np.concatenate([rows_on_thresholds(packed, 400, config["seed"]), training_data(1)[0]])
-    assert np.array_equal(packed.predict_trees(X), per_tree_sklearn(estimator, X))
+    expected = per_tree_sklearn(estimator, X)
+    assert np.array_equal(packed.predict_trees(X), expected)
+    for walk in WALKS:  # in the loop: fitting, not walking, is what takes time here
+        assert np.array_equal(per_tree_through_walk(packed, X, walk), expected), walk
 
 
 @settings(max_examples=15, deadline=None)
@@ -98,8 +102,9 @@ def test_per_tree_predictions_equal_sklearn_exactly_even_on_thresholds(
 def test_mean_equals_sklearn_predict(config: dict[str, Any]) -> None:
     estimator = fit(config)
     X = rows_on_thresholds(pack_forest(estimator), 300, config["seed"])
-    mean, _ = pack_forest(estimator).predict_mean_variance(X)
-    np.testing.assert_allclose(mean, estimator.predict(X), rtol=1e-12, atol=1e-12)
+    for walk in WALKS:
+        mean, _ = pack_forest(estimator).predict_mean_variance(X, walk=walk)
+        np.testing.assert_allclose(mean, estimator.predict(X), rtol=1e-12, atol=1e-12, err_msg=walk)
 
 
 @settings(max_examples=15, deadline=None)
@@ -107,25 +112,34 @@ def test_mean_equals_sklearn_predict(config: dict[str, Any]) -> None:
 def test_variance_equals_numpy_var_over_tree_predictions(config: dict[str, Any]) -> None:
     estimator = fit(config)
     X = rows_on_thresholds(pack_forest(estimator), 300, config["seed"])
-    _, variance = pack_forest(estimator).predict_mean_variance(X)
-    np.testing.assert_allclose(
-        variance, per_tree_sklearn(estimator, X).var(axis=1), rtol=1e-9, atol=1e-12
-    )
+    for walk in WALKS:
+        _, variance = pack_forest(estimator).predict_mean_variance(X, walk=walk)
+        np.testing.assert_allclose(
+            variance,
+            per_tree_sklearn(estimator, X).var(axis=1),
+            rtol=1e-9,
+            atol=1e-12,
+            err_msg=walk,
+        )
 
 
-def test_variance_stays_accurate_when_values_sit_on_a_large_offset() -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_variance_stays_accurate_when_values_sit_on_a_large_offset(walk: Walk) -> None:
     X, y = training_data(3)
     estimator = RandomForestRegressor(n_estimators=20, random_state=3).fit(X, 1e7 + y)
-    _, variance = pack_forest(estimator).predict_mean_variance(X)
+    _, variance = pack_forest(estimator).predict_mean_variance(X, walk=walk)
     np.testing.assert_allclose(variance, per_tree_sklearn(estimator, X).var(axis=1), rtol=1e-6)
 
 
-def test_rows_with_nan_give_nan_and_leave_other_rows_unchanged(packed: PackedForest) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_rows_with_nan_give_nan_and_leave_other_rows_unchanged(
+    packed: PackedForest, walk: Walk
+) -> None:
     X = training_data(5, n_rows=50)[0]
-    mean, variance = packed.predict_mean_variance(X)
+    mean, variance = packed.predict_mean_variance(X, walk=walk)
     X_nan = X.copy()
     X_nan[[0, 7, 49], [0, 3, 4]] = np.nan
-    mean_nan, variance_nan = packed.predict_mean_variance(X_nan)
+    mean_nan, variance_nan = packed.predict_mean_variance(X_nan, walk=walk)
     nan_rows = np.isin(np.arange(50), [0, 7, 49])
     assert np.isnan(mean_nan[nan_rows]).all()
     assert np.isnan(variance_nan[nan_rows]).all()
@@ -158,11 +172,13 @@ def test_one_dimensional_input_raises_value_error(packed: PackedForest) -> None:
         packed.predict_mean_variance(np.zeros(5, dtype=np.float32))
 
 
+@pytest.mark.parametrize("walk", WALKS)
 def test_float64_and_non_contiguous_input_is_cast_to_float32_like_sklearn(
-    forest: Any, packed: PackedForest
+    forest: Any, packed: PackedForest, walk: Walk
 ) -> None:
     X = np.asfortranarray(training_data(6)[0].astype(np.float64) + 1e-9)
     assert np.array_equal(packed.predict_trees(X), per_tree_sklearn(forest, X))
+    assert np.array_equal(per_tree_through_walk(packed, X, walk), per_tree_sklearn(forest, X))
 
 
 def test_npz_round_trip_predicts_identically_and_keeps_the_hash(
@@ -226,10 +242,11 @@ def test_sizes_and_dtypes(packed: PackedForest) -> None:
     assert packed.value.dtype == np.float64
 
 
-def test_forest_of_single_leaf_trees_predicts_the_constant_with_zero_variance() -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_forest_of_single_leaf_trees_predicts_the_constant_with_zero_variance(walk: Walk) -> None:
     X = training_data(8)[0]
     estimator = RandomForestRegressor(n_estimators=4, random_state=0).fit(X, np.full(300, 2.5))
-    mean, variance = pack_forest(estimator).predict_mean_variance(X[:10])
+    mean, variance = pack_forest(estimator).predict_mean_variance(X[:10], walk=walk)
     assert np.array_equal(mean, np.full(10, 2.5))
     assert np.array_equal(variance, np.zeros(10))
 

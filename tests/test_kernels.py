@@ -1,4 +1,4 @@
-"""Numba kernels against a plain-Python walk of the same packed node arrays."""
+"""Numba kernels against scikit-learn's per-tree predictions, on every walk."""
 
 from __future__ import annotations
 
@@ -9,26 +9,12 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from sklearn.ensemble import RandomForestRegressor
 
+from tests.walk_tables import WALKS, per_tree_through_walk, sklearn_per_tree
 from tpgrid.core import _kernels
 from tpgrid.core.forest import EXTRA_LOCKSTEP_LEVELS, PackedForest, pack_forest
 
 N_FEATURES = 4
-
-
-def reference_tree_predictions(forest: PackedForest, X: np.ndarray) -> np.ndarray:
-    """The obvious walk: from each root, step left or right until a node points to itself."""
-    out = np.full((X.shape[0], forest.n_trees), np.nan)
-    for i, x in enumerate(X):
-        if np.isnan(x).any():
-            continue
-        for t, k in enumerate(forest.roots):
-            while forest.left[k] != k:
-                k = forest.left[k] + int(x[forest.feature[k]] > forest.threshold[k])
-            out[i, t] = forest.value[k]
-    return out
-
-
-WALKS = {"auto": _kernels.AUTO, "packets": _kernels.PACKETS, "lockstep": _kernels.LOCKSTEP}
+WALK_CODES = {"auto": _kernels.AUTO, "packets": _kernels.PACKETS, "lockstep": _kernels.LOCKSTEP}
 
 
 def mean_variance(
@@ -47,7 +33,7 @@ def mean_variance(
         forest.roots,
         levels,
         forest.child_feature,
-        WALKS[walk],
+        WALK_CODES[walk],
     )
 
 
@@ -70,16 +56,22 @@ def stump(threshold: float | np.float32, feature: int = 1) -> PackedForest:
 
 
 @pytest.fixture(scope="module")
-def forest() -> PackedForest:
-    """Deep trees, plus shallow ones and single-leaf ones, in one forest."""
+def estimators() -> list[RandomForestRegressor]:
+    """Deep trees, plus shallow ones and single-leaf ones."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((400, N_FEATURES)).astype(np.float32)
     y = np.sin(3 * X[:, 0]) + X[:, 1] * X[:, 2] + 100.0
-    parts = [
-        pack_forest(RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y)),
-        pack_forest(RandomForestRegressor(n_estimators=3, max_depth=2, random_state=1).fit(X, y)),
-        pack_forest(RandomForestRegressor(n_estimators=2, random_state=2).fit(X, np.ones(400))),
+    return [
+        RandomForestRegressor(n_estimators=8, random_state=0).fit(X, y),
+        RandomForestRegressor(n_estimators=3, max_depth=2, random_state=1).fit(X, y),
+        RandomForestRegressor(n_estimators=2, random_state=2).fit(X, np.ones(400)),
     ]
+
+
+@pytest.fixture(scope="module")
+def forest(estimators: list[RandomForestRegressor]) -> PackedForest:
+    """The estimators' trees, in order, in one packed forest."""
+    parts = [pack_forest(estimator) for estimator in estimators]
     offsets = np.cumsum([0] + [p.n_nodes for p in parts[:-1]]).astype(np.int32)
     return PackedForest(
         feature=np.concatenate([p.feature for p in parts]),
@@ -98,28 +90,31 @@ def random_rows(n: int, seed: int, nan_fraction: float = 0.0) -> np.ndarray:
     return X
 
 
-def test_row_exactly_on_the_threshold_goes_left_and_the_next_float_goes_right() -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_row_exactly_on_the_threshold_goes_left_and_the_next_float_goes_right(walk: str) -> None:
     t = np.float32(0.3)
     X = np.zeros((3, N_FEATURES), dtype=np.float32)
     X[:, 1] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))]
     assert tree_predictions(stump(t), X)[:, 0].tolist() == [10.0, 20.0, 10.0]
-    for walk in WALKS:
-        assert mean_variance(stump(t), X, walk=walk)[0].tolist() == [10.0, 20.0, 10.0]
+    assert mean_variance(stump(t), X, walk=walk)[0].tolist() == [10.0, 20.0, 10.0]
 
 
-def test_zero_rows_give_empty_outputs(forest: PackedForest) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_zero_rows_give_empty_outputs(forest: PackedForest, walk: str) -> None:
     X = np.empty((0, N_FEATURES), dtype=np.float32)
-    mean, variance = mean_variance(forest, X)
+    mean, variance = mean_variance(forest, X, walk=walk)
     assert mean.shape == (0,)
     assert variance.shape == (0,)
     assert tree_predictions(forest, X).shape == (0, forest.n_trees)
 
 
-def test_one_row(forest: PackedForest) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_one_row(estimators: list[RandomForestRegressor], forest: PackedForest, walk: str) -> None:
     X = random_rows(1, seed=1)
-    expected = reference_tree_predictions(forest, X)
+    expected = sklearn_per_tree(estimators, X)
     assert np.array_equal(tree_predictions(forest, X), expected)
-    mean, variance = mean_variance(forest, X)
+    assert np.array_equal(per_tree_through_walk(forest, X, walk), expected)
+    mean, variance = mean_variance(forest, X, walk=walk)
     np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
     np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
 
@@ -130,9 +125,12 @@ LANES = _kernels.LANES
 
 @pytest.mark.parametrize("walk", WALKS)
 @pytest.mark.parametrize("n", [7, LANES - 1, LANES + 1, TILE_ROWS - 1, TILE_ROWS + 3])
-def test_row_counts_off_the_packet_and_tile_sizes(forest: PackedForest, n: int, walk: str) -> None:
+def test_row_counts_off_the_packet_and_tile_sizes(
+    estimators: list[RandomForestRegressor], forest: PackedForest, n: int, walk: str
+) -> None:
     X = random_rows(n, seed=n, nan_fraction=0.05)
-    expected = tree_predictions(forest, X)  # the simple walk, checked against the reference
+    expected = sklearn_per_tree(estimators, X)
+    assert np.array_equal(per_tree_through_walk(forest, X, walk), expected, equal_nan=True)
     mean, variance = mean_variance(forest, X, walk=walk)
     np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
     np.testing.assert_allclose(variance, expected.var(axis=1), rtol=1e-9, atol=1e-13)
@@ -154,7 +152,7 @@ def smooth_rows(n: int, seed: int) -> np.ndarray:
     ],
 )
 def test_packets_and_lockstep_give_identical_results(
-    forest: PackedForest, kind: str, X: np.ndarray
+    estimators: list[RandomForestRegressor], forest: PackedForest, kind: str, X: np.ndarray
 ) -> None:
     packets = mean_variance(forest, X, walk="packets")
     lockstep = mean_variance(forest, X, walk="lockstep")
@@ -162,10 +160,13 @@ def test_packets_and_lockstep_give_identical_results(
     for result in (lockstep, auto):
         assert np.array_equal(result[0], packets[0], equal_nan=True), kind
         assert np.array_equal(result[1], packets[1], equal_nan=True), kind
-    per_tree = reference_tree_predictions(forest, X)
+    per_tree = sklearn_per_tree(estimators, X)
     np.testing.assert_allclose(packets[0], per_tree.mean(axis=1), rtol=1e-14)
+    for walk in WALKS:
+        assert np.array_equal(per_tree_through_walk(forest, X, walk), per_tree, equal_nan=True)
 
 
+@pytest.mark.parametrize("walk", WALKS)
 @settings(max_examples=40, deadline=None)
 @given(
     X=st.integers(0, 90).flatmap(
@@ -179,28 +180,31 @@ def test_packets_and_lockstep_give_identical_results(
     )
 )
 def test_mean_and_variance_are_the_statistics_of_the_tree_predictions(
-    forest: PackedForest, X: np.ndarray
+    estimators: list[RandomForestRegressor], forest: PackedForest, walk: str, X: np.ndarray
 ) -> None:
-    per_tree = reference_tree_predictions(forest, X)
-    for walk in WALKS:
-        mean, variance = mean_variance(forest, X, walk=walk)
-        np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
-        np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
+    per_tree = sklearn_per_tree(estimators, X)
+    assert np.array_equal(per_tree_through_walk(forest, X, walk), per_tree, equal_nan=True)
+    mean, variance = mean_variance(forest, X, walk=walk)
+    np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
+    np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
     assert np.array_equal(tree_predictions(forest, X), per_tree, equal_nan=True)
 
 
-def test_nan_rows_cost_nothing_and_give_nan(forest: PackedForest) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_nan_rows_cost_nothing_and_give_nan(forest: PackedForest, walk: str) -> None:
     X = np.full((5_000, N_FEATURES), np.nan, dtype=np.float32)
-    mean, variance = mean_variance(forest, X)
+    mean, variance = mean_variance(forest, X, walk=walk)
     assert np.isnan(mean).all()
     assert np.isnan(variance).all()
 
 
-def test_outputs_do_not_depend_on_how_rows_are_split(forest: PackedForest) -> None:
+@pytest.mark.parametrize("walk", WALKS)
+def test_outputs_do_not_depend_on_how_rows_are_split(forest: PackedForest, walk: str) -> None:
     X = random_rows(2 * TILE_ROWS + 11, seed=2, nan_fraction=0.02)
-    whole = mean_variance(forest, X)
+    whole = mean_variance(forest, X, walk=walk)
     cut = 1000
-    head, tail = mean_variance(forest, X[:cut]), mean_variance(forest, X[cut:])
+    head = mean_variance(forest, X[:cut], walk=walk)
+    tail = mean_variance(forest, X[cut:], walk=walk)
     assert np.array_equal(whole[0], np.concatenate([head[0], tail[0]]), equal_nan=True)
     assert np.array_equal(whole[1], np.concatenate([head[1], tail[1]]), equal_nan=True)
 

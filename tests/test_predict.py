@@ -167,6 +167,7 @@ def whole_map(plateau: Plateau, model: ModelArtifact) -> tuple[np.ndarray, np.nd
 # --- agreement ---------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_chunked_maps_equal_the_forest_applied_to_the_whole_map(
     plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
 ) -> None:
@@ -183,6 +184,7 @@ def test_chunked_maps_equal_the_forest_applied_to_the_whole_map(
         )
 
 
+@pytest.mark.slow
 def test_maps_agree_with_the_truth_rasters(plateau: Plateau, prediction: Prediction) -> None:
     scores = {}
     for element in plateau.files.elements:
@@ -195,6 +197,7 @@ def test_maps_agree_with_the_truth_rasters(plateau: Plateau, prediction: Predict
     assert all(r2 > 0.8 for _, r2 in scores.values()), scores
 
 
+@pytest.mark.slow
 def test_variance_is_highest_far_from_the_sites(plateau: Plateau, prediction: Prediction) -> None:
     no_site = np.ones(plateau.grid.shape, dtype=bool)
     no_site[plateau.sites] = False
@@ -207,11 +210,13 @@ def test_variance_is_highest_far_from_the_sites(plateau: Plateau, prediction: Pr
         assert np.nanmedian(relative_sd[far]) > 1.05 * np.nanmedian(relative_sd[near]), element
 
 
+@pytest.mark.slow
 def test_sd_is_the_square_root_of_the_variance(prediction: Prediction) -> None:
     sd, variance = prediction.layers["Zn_sd"], prediction.layers["Zn_variance"]
     np.testing.assert_allclose(sd, np.sqrt(variance), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_pixels_outside_the_valid_mask_have_no_prediction(
     plateau: Plateau, prediction: Prediction
 ) -> None:
@@ -221,6 +226,7 @@ def test_pixels_outside_the_valid_mask_have_no_prediction(
     assert (prediction.layers["Fe_unseen"][~plateau.valid] == UNSEEN_NODATA).all()
 
 
+@pytest.mark.slow
 def test_pixels_with_a_class_unseen_in_training_are_flagged_and_nan(
     plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
 ) -> None:
@@ -326,6 +332,7 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
 # --- the output group ----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_output_is_on_the_cube_grid_with_a_cf_grid_mapping(
     plateau: Plateau, prediction: Prediction
 ) -> None:
@@ -340,6 +347,7 @@ def test_output_is_on_the_cube_grid_with_a_cf_grid_mapping(
     assert ds["Fe_unseen"].dtype == np.uint8
 
 
+@pytest.mark.slow
 def test_run_record_holds_model_hashes_and_per_chunk_inputs(
     plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
 ) -> None:
@@ -353,6 +361,7 @@ def test_run_record_holds_model_hashes_and_per_chunk_inputs(
     assert run["run_id"] == prediction.report.run_id
 
 
+@pytest.mark.slow
 def test_rerun_with_the_same_inputs_writes_nothing(
     plateau: Plateau, models: list[ModelArtifact], prediction: Prediction, client: Client
 ) -> None:
@@ -677,6 +686,7 @@ def _kernel_state() -> tuple[int, int, int]:
     return len(kernel.signatures), sum(stats.cache_hits.values()), sum(stats.cache_misses.values())
 
 
+@pytest.mark.slow
 def test_a_joining_worker_loads_the_kernel_from_the_disk_cache_before_any_task() -> None:
     with (
         LocalCluster(
@@ -689,6 +699,7 @@ def test_a_joining_worker_loads_the_kernel_from_the_disk_cache_before_any_task()
     assert list(states.values()) == [(1, 1, 0)]
 
 
+@pytest.mark.slow
 def test_chunks_reuse_the_warmed_up_kernel(prediction: Prediction, client: Client) -> None:
     states = client.run(_kernel_state)
     assert len(states) == 2

@@ -464,6 +464,7 @@ publish_version(sys.argv[1], sys.argv[2], report=report)
 """
 
 
+@pytest.mark.slow
 def test_a_publication_killed_midway_is_no_version_and_the_next_one_removes_it(
     runs: dict[str, Path], tmp_path: Path
 ) -> None:

@@ -23,7 +23,7 @@ from tpgrid.predict import verify_prediction
 from tpgrid.publication import current_version
 from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -93,6 +93,7 @@ def report(
         return write_report(models, out, prediction=prediction, settings=SETTINGS)
 
 
+@pytest.mark.slow
 def test_html_embeds_every_figure_and_needs_no_other_file(report: ReportResult) -> None:
     page = report.html.read_text(encoding="utf-8")
     embedded = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,', page)
@@ -100,6 +101,7 @@ def test_html_embeds_every_figure_and_needs_no_other_file(report: ReportResult) 
     assert not re.search(r'(src|href)="(?!data:)', page)
 
 
+@pytest.mark.slow
 def test_figures_are_png_files_beside_the_page(report: ReportResult) -> None:
     names = {path.name for path in report.figures}
     expected = {"histograms.png", "observed_predicted.png", "coverage.png"}
@@ -111,6 +113,7 @@ def test_figures_are_png_files_beside_the_page(report: ReportResult) -> None:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_a_report_written_on_the_cluster_equals_one_written_without_it(
     models: Path, prediction: Path, cluster: LocalCluster, tmp_path: Path
 ) -> None:
@@ -130,6 +133,7 @@ def test_a_report_written_on_the_cluster_equals_one_written_without_it(
     assert here.summary == there.summary
 
 
+@pytest.mark.slow
 def test_summary_reports_nominal_and_achieved_coverage_per_element(
     report: ReportResult,
 ) -> None:
@@ -145,6 +149,7 @@ def test_summary_reports_nominal_and_achieved_coverage_per_element(
         assert summary["elements"][element]["interval_k"] == rows[CALIBRATED_SD]["k"]
 
 
+@pytest.mark.slow
 def test_applicability_layers_are_written_with_the_report(report: ReportResult) -> None:
     for element in ELEMENTS:
         aoa = np.asarray(
@@ -155,6 +160,7 @@ def test_applicability_layers_are_written_with_the_report(report: ReportResult) 
         assert 0.0 < share < 1.0
 
 
+@pytest.mark.slow
 def test_group_letters_of_the_report_follow_the_synthetic_fe_factors(
     report: ReportResult,
 ) -> None:
@@ -163,12 +169,14 @@ def test_group_letters_of_the_report_follow_the_synthetic_fe_factors(
     assert not set(letters["shrub"]) & set(letters["steppe"])
 
 
+@pytest.mark.slow
 def test_report_records_the_prediction_run_it_maps(report: ReportResult, prediction: Path) -> None:
     _, run = open_prediction(prediction)
     assert report.summary["prediction_run_id"] == run["run_id"]
     assert run["run_id"] in report.html.read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_report_refuses_a_prediction_made_with_other_models(
     models: Path, prediction: Path, tmp_path: Path
 ) -> None:
@@ -183,6 +191,7 @@ def test_report_refuses_a_prediction_made_with_other_models(
         write_report(models, tmp_path / "report", prediction=other, settings=SETTINGS)
 
 
+@pytest.mark.slow
 def test_report_refuses_to_replace_an_existing_directory(
     models: Path, report: ReportResult
 ) -> None:
@@ -190,6 +199,7 @@ def test_report_refuses_to_replace_an_existing_directory(
         write_report(models, report.directory, settings=SETTINGS)
 
 
+@pytest.mark.slow
 def test_cli_report_writes_the_report_and_prints_the_coverage(
     models: Path, cluster: LocalCluster, tmp_path: Path
 ) -> None:

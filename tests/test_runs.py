@@ -29,7 +29,7 @@ from tpgrid.predict import load_models
 from tpgrid.publication import current_version, verify_version, versions
 from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 #: Small and quick: two elements, tiny forests, no report (tests/test_report.py covers it).
 SETTINGS: dict[str, Any] = {

@@ -61,6 +61,7 @@ def test_describe_refuses_an_element_with_nothing_kept() -> None:
         describe(empty, empty)
 
 
+@pytest.mark.slow
 def test_descriptive_table_recovers_the_paper_site_means_the_plateau_was_scaled_to(
     plateau: PlateauFiles,  # noqa: F811
     samples: pd.DataFrame,

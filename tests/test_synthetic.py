@@ -57,11 +57,13 @@ def file_bytes(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in files}
 
 
+@pytest.mark.slow
 def test_same_seed_writes_byte_identical_files(plateau: PlateauFiles, tmp_path: Path) -> None:
     again = write_plateau(tmp_path / "again", "small", seed=0)
     assert file_bytes(again.root) == file_bytes(plateau.root)
 
 
+@pytest.mark.slow
 def test_other_seed_writes_other_files(plateau: PlateauFiles, tmp_path: Path) -> None:
     other = file_bytes(write_plateau(tmp_path / "other", "small", seed=1).root)
     first = file_bytes(plateau.root)
@@ -69,6 +71,7 @@ def test_other_seed_writes_other_files(plateau: PlateauFiles, tmp_path: Path) ->
     assert all(other[name] != first[name] for name in ("covariates/dem.tif", "sites.csv"))
 
 
+@pytest.mark.slow
 def test_overwrite_replaces_a_previous_plateau(plateau: PlateauFiles, tmp_path: Path) -> None:
     write_plateau(tmp_path, "small", seed=1)
     replaced = write_plateau(tmp_path, "small", seed=0, overwrite=True)

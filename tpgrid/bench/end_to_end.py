@@ -88,7 +88,7 @@ def end_to_end_benchmark(
 
 def bare_kernel_seconds(cube: Path, models: Sequence[ModelArtifact], threads: int) -> float:
     """Wall time of the kernel alone over every chunk of every model on ``threads`` threads,
-    each chunk's X built (as :func:`tpgrid.predict.predict_block` does) beforehand, the
+    each chunk's X built (as :func:`tpgrid.predict.predict_chunk` does) beforehand, the
     largest blocks first so that the threads finish together: the best the Dask layer could
     do with this kernel."""
     grid = cube_grid(cube)

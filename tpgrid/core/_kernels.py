@@ -1,62 +1,15 @@
 """Numba kernels that walk a packed forest (layout: `tpgrid.core.forest.PackedForest`).
 
-`forest_mean_variance` copies the NaN-free rows, in their order, into a tile of `TILE_VALUES`
-covariate values stored feature-major (all rows' first covariate, then all rows' second, ...),
-and walks the tile through one tree at a time, so each tree is read from cache once per tile.
-A tree is walked in one of two ways; both reach the same leaves, so the results are identical:
-
-- **Packets** (raster chunks): 64 neighbouring rows go down the tree together. At a node, one
-  vector compare of the 64 rows' covariate against the threshold gives a 64-bit mask of the rows
-  going right; when all go the same way, the packet takes one step for all of them, and only
-  when they part does the right part wait on a stack while the left part goes on. Neighbouring
-  pixels of a cube chunk mostly share their path, so a packet makes few steps per row (0.37 on
-  the synthetic plateau's chunks, against 8.7 node visits per pixel·tree).
-- **Lockstep** (rows without spatial order): one pass over the rows makes one branch-free step
-  ``k = left[k] + (x[feature[k]] > threshold[k])`` for every row; the rows of a pass are
-  independent, so the CPU overlaps their loads. The first ``lockstep_levels[t]`` levels are
-  stepped for all rows without looking for leaves (a leaf points to itself and has a +inf
-  threshold, so extra steps stay put); after that, each pass keeps a list of the rows not yet at
-  a leaf and compacts it branch-free.
-
-Packets cost little when rows agree and much when they do not (each parting is a mispredicted
-branch and a stack entry). Which walk is faster depends on the rows, the forest and the CPU, so
-each tile times both on its first trees (even trees by packets, odd ones in lockstep, with the
-CPU's cycle counter) and walks its other trees the faster way. Indices are unsigned: numba then
-skips negative-index checks.
-
-Measured on one thread, CPU time, ns per pixel·tree (lower is better). Reference forest of
-PERF.md (500 trees, 1.01 M nodes, 13.6 node visits per pixel·tree), 20,000 random rows:
-
-- PERF.md's best so far (2,048 rows per tree pass, 8-16 rows in lockstep): 39-40 on 2 threads
-- lockstep, signed indices, 2-D tile, leaf check every level: 60
-- + the first min-leaf-depth levels without leaf checks: 52
-- + unsigned indices and a flat tile (no wraparound code: 17 instructions per step): 27
-- + 8 more levels without leaf checks: 21; tiles of 1,024 → 3,640 rows: 18.6-19
-- tried, not kept: depth-first node order (+10 %); 2 or 3 steps per leaf check (+10-25 %);
-  groups of 8-16 rows in lockstep, exit check every 1-2 levels (27-42); all levels of one row
-  before the next (37: one chain of dependent loads); tiles of 256-512 rows (+20-60 %); one
-  64-bit node record (feature | child offset | order-preserving threshold key) instead of three
-  arrays (8 % faster, harder to read: instead, the next item).
-- this design: 19.6-20.0 (the feature-major 1 MiB tile costs lockstep 5-7 % on this forest);
-  on rows of smooth random fields (~64 px across), 11.4 instead of 19.3
-
-Forest fitted by `tpgrid.fit.fit_models` on the full synthetic plateau (Fe: 500 trees, 156 k
-nodes, 28 columns, 8.7 node visits per pixel·tree), 100,000 rows of one cube chunk (raster
-order) / 100,000 valid pixels drawn at random:
-
-- lockstep, row-major tile of 2,340 rows (the walk before packets): 12.8 / 12.8
-- lockstep, feature-major tile: 12.0 / 12.3 (kept: packets need the feature-major tile)
-- one leader row per group of 16-128 rows walked alone, the others checked against its path by a
-  vector pass, rows that leave the path walked on in lockstep: 10.9-11.8 / 17-22 (not kept)
-- packets of 8 / 16 / 32 / 64 rows, leaf values added row by row: 11.3 / 8.9 / 7.1 / 5.7
-- 64-row packets, leaf values written by one masked vector store per leaf: 4.2; tiles of 1 MiB
-  instead of 256 KiB: 3.6 / 26 (this design, with the timed choice: 3.6 / 12.5)
-- packets stepping branch-free (a branch only where rows part): +6 %; reading each tree's nodes
-  once before walking it: no gain (not kept)
-- lockstep reading left child and feature from one 64-bit word (``child_feature``, derived by
-  `PackedForest`), so a step loads two cache lines instead of three: random rows 12.6 → 12.0
-  on one thread, 6.38 → 6.03-6.08 on two (kept); also putting the threshold in the same 16-byte
-  record (one cache line per step): 21.7, slower (not kept)
+`forest_mean_variance` copies the NaN-free rows, in their order, into a feature-major tile of
+`TILE_VALUES` covariate values and walks the tile through one tree at a time, so each tree is
+read from memory once per tile. A tree is walked one of two ways, which reach the same leaves:
+**packets** send `LANES` neighbouring rows down together (one vector compare per node gives the
+mask of rows going right), cheap when rows share their path as a raster chunk's pixels do;
+**lockstep** steps every row one level per pass, branch-free, so the CPU overlaps the loads of
+independent rows, which is faster when rows do not share paths. Which wins depends on the rows,
+the forest and the CPU, so each tile times both on its first trees and walks the rest the faster
+way. docs/performance.md says what this relies on; docs/benchmarks.md has the measurements and
+what was tried.
 """
 
 from typing import Any

@@ -34,7 +34,8 @@ _WALKS: dict[str, int] = {
     "packets": _kernels.PACKETS,
     "lockstep": _kernels.LOCKSTEP,
 }
-#: Levels below the shallowest leaf still walked without leaf checks (tuned on PERF.md's forest).
+#: Levels below the shallowest leaf still walked without leaf checks (tuned on the reference
+#: forest of docs/performance.md).
 EXTRA_LOCKSTEP_LEVELS = 8
 
 
@@ -100,8 +101,7 @@ class PackedForest:
             raise ValueError("PackedForest.roots points outside the node arrays")
         object.__setattr__(self, "lockstep_levels", _lockstep_levels(self.left, self.roots))
         # Left child and feature of each node in one word (child << 32 | feature): the lockstep
-        # walk then loads two cache lines per step instead of three (5-8 % faster on rows
-        # without spatial order).
+        # walk then loads two cache lines per step instead of three.
         child_feature = (self.left.astype(np.uint64) << np.uint64(32)) | self.feature.astype(
             np.uint64
         )
@@ -255,8 +255,8 @@ def _lockstep_levels(
     """Per tree: the shallowest leaf's depth + `EXTRA_LOCKSTEP_LEVELS`, capped at the tree depth.
 
     Above the shallowest leaf no row can have stopped, so looking for leaves there is wasted;
-    a few levels more still cost less than the checks they save (on the PERF.md forest, 8 more
-    levels: 27 → 21 ns per pixel·tree). Any value gives the same predictions.
+    a few levels more still cost less than the checks they save. Any value gives the same
+    predictions.
     """
     n_trees = roots.shape[0]
     min_leaf = np.full(n_trees, -1, dtype=np.int64)
