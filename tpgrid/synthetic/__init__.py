@@ -62,27 +62,59 @@ from scipy.spatial import cKDTree
 
 from tpgrid.errors import ConfigError, OutputExistsError
 from tpgrid.grid import PLATEAU_OUTLINE, GridSpec, TargetGrid
+from tpgrid.synthetic.layers import (
+    DEM_NODATA,
+    FLOAT_NODATA,
+    LAYER_NAMES,
+    LAYERS,
+    LITHOLOGY_CLASSES,
+    VEGETATION_CLASSES,
+    catalog_document,
+)
+from tpgrid.synthetic.paper import (
+    ELEMENTS,
+    ICPMS_NOISE_SD,
+    LITHOLOGY_FACTORS,
+    PAPER_MEAN_SD,
+    PAPER_OUTLIERS,
+    PAPER_SITES,
+    PAPER_SITES_PER_ELEMENT,
+    SAMPLE_NOISE_SD,
+    SITE_EFFECT_SD,
+    VEGETATION_FACTORS,
+    XRF_BIAS,
+)
 from tpgrid.terrain import horn_gradient, slope_degrees
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
+
+__all__ = [
+    "ELEMENTS",
+    "LITHOLOGY_FACTORS",
+    "PAPER_MEAN_SD",
+    "RESPONSES",
+    "SIZES",
+    "VEGETATION_FACTORS",
+    "XRF_BIAS",
+    "NativeRaster",
+    "PlateauFiles",
+    "log_truth_without_intercept",
+    "on_target_grid",
+    "plateau_files",
+    "response_functions",
+    "reuse_or_write_plateau",
+    "site_density",
+    "site_design",
+    "write_plateau",
+]
+
+
 SIZES: dict[str, GridSpec] = {
     "small": GridSpec(bbox=(90.0, 30.0, 94.0, 33.0), chunk=128),
     "full": GridSpec(),
 }
-ELEMENTS = ("Fe", "Mn", "Cu", "Zn", "Ni", "V", "Mo")
-
-VEGETATION_CLASSES = {1: "forest", 2: "shrub", 3: "meadow", 4: "steppe", 5: "desert", 6: "cropland"}
-LITHOLOGY_CLASSES = {1: "IA", 2: "MA", 3: "SC", 4: "SO", 5: "UE", 6: "UF"}
-CATEGORY_NODATA = 0
-FLOAT_NODATA = -9999.0
-DEM_NODATA = -32768
-
-MODIS_SINUSOIDAL = "+proj=sinu +lon_0=0 +x_0=0 +y_0=0 +R=6371007.181 +units=m +no_defs"
-MODIS_PIXEL_M = 926.625433
-ASIA_LAMBERT = "ESRI:102012"
-UTM_46N = "EPSG:32646"
 
 MASTER_RES_DEG = 1 / 120
 # Fourier modes are laid out in km so they are isotropic at the plateau's mid-latitude.
@@ -90,213 +122,6 @@ KM_PER_DEG_LAT = 110.9
 KM_PER_DEG_LON = 111.32 * math.cos(math.radians(33.5))
 # Products cover the target grid plus this margin, so edge pixels are fully fed.
 COVER_MARGIN_M = 30_000.0
-
-Resample = Literal["average", "bilinear", "mode"]
-
-
-@dataclass(frozen=True)
-class _LayerSpec:
-    """How one covariate product is delivered: CRS, native pixel size, dtype and metadata."""
-
-    kind: Literal["continuous", "categorical"]
-    group: str
-    units: str
-    crs: str
-    resolution: float
-    dtype: str
-    nodata: float
-    resampling: Resample  # onto the 1 km grid: average if finer, bilinear if coarser, mode
-    valid_range: tuple[float, float] | None
-    description: str
-
-
-_LAYERS: dict[str, _LayerSpec] = {
-    "dem": _LayerSpec(
-        "continuous",
-        "topography",
-        "m",
-        "EPSG:4326",
-        1 / 120,
-        "int16",
-        DEM_NODATA,
-        "average",
-        (0, 9000),
-        "elevation, 30″ (SRTM-like)",
-    ),
-    "mat": _LayerSpec(
-        "continuous",
-        "climate",
-        "degC",
-        "EPSG:4326",
-        0.1,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (-30, 35),
-        "mean annual temperature, 0.1°",
-    ),
-    "map": _LayerSpec(
-        "continuous",
-        "climate",
-        "mm/yr",
-        "EPSG:4326",
-        0.1,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 3000),
-        "mean annual precipitation, 0.1°",
-    ),
-    "ai": _LayerSpec(
-        "continuous",
-        "climate",
-        "1",
-        "EPSG:4326",
-        0.1,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 5),
-        "aridity index MAP/PET, 0.1°",
-    ),
-    "ndvi": _LayerSpec(
-        "continuous",
-        "vegetation",
-        "1",
-        MODIS_SINUSOIDAL,
-        MODIS_PIXEL_M,
-        "float32",
-        FLOAT_NODATA,
-        "average",
-        (-0.2, 1),
-        "NDVI, MODIS sinusoidal",
-    ),
-    "npp": _LayerSpec(
-        "continuous",
-        "vegetation",
-        "gC/m2/yr",
-        MODIS_SINUSOIDAL,
-        MODIS_PIXEL_M,
-        "float32",
-        FLOAT_NODATA,
-        "average",
-        (0, 2000),
-        "NPP, MODIS sinusoidal",
-    ),
-    "clay": _LayerSpec(
-        "continuous",
-        "soil",
-        "%",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 100),
-        "clay fraction 0-10 cm",
-    ),
-    "silt": _LayerSpec(
-        "continuous",
-        "soil",
-        "%",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 100),
-        "silt fraction 0-10 cm",
-    ),
-    "sand": _LayerSpec(
-        "continuous",
-        "soil",
-        "%",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 100),
-        "sand fraction 0-10 cm",
-    ),
-    "soc": _LayerSpec(
-        "continuous",
-        "soil",
-        "g/kg",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 300),
-        "soil organic carbon 0-10 cm",
-    ),
-    "ph": _LayerSpec(
-        "continuous",
-        "soil",
-        "1",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (3, 10),
-        "soil pH (H2O)",
-    ),
-    "cia": _LayerSpec(
-        "continuous",
-        "soil",
-        "1",
-        ASIA_LAMBERT,
-        2500,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 1),
-        "chemical index of alteration, fraction",
-    ),
-    "vegetation": _LayerSpec(
-        "categorical",
-        "categorical",
-        "",
-        "EPSG:4326",
-        1 / 240,
-        "uint8",
-        CATEGORY_NODATA,
-        "mode",
-        None,
-        "vegetation type, 1:1,000,000 map",
-    ),
-    "lithology": _LayerSpec(
-        "categorical",
-        "categorical",
-        "",
-        UTM_46N,
-        1000,
-        "uint8",
-        CATEGORY_NODATA,
-        "mode",
-        None,
-        "lithology, 1:1,500,000 map",
-    ),
-    "grazing": _LayerSpec(
-        "continuous",
-        "disturbance",
-        "sheep units/km2",
-        "EPSG:4326",
-        0.25,
-        "float32",
-        FLOAT_NODATA,
-        "bilinear",
-        (0, 1000),
-        "grazing intensity from county yearbooks",
-    ),
-}
-LAYER_NAMES = tuple(_LAYERS)
-
-
-# ---------------------------------------------------------------------------------------------
-# The element truth: response functions, coefficients, group factors, measurement model.
 
 
 @dataclass(frozen=True)
@@ -356,66 +181,6 @@ COEFFICIENTS: dict[str, dict[str, float]] = {
     }.items()
 }
 
-# Site-level mean ± SD of the paper (mg/kg); the truth is scaled to these means at the sites.
-PAPER_MEAN_SD: dict[str, tuple[float, float]] = {
-    "Fe": (22864.30, 7589.01),
-    "Mn": (576.74, 206.44),
-    "Cu": (25.32, 9.28),
-    "Zn": (27.24, 8.55),
-    "Ni": (49.35, 10.98),
-    "V": (56.99, 19.33),
-    "Mo": (4.63, 1.14),
-}
-
-# Multiplicative vegetation factors, shaped on the paper's Fe group means / Fe site mean
-# (shrub 26,264, forest 26,091, steppe 19,852, desert 19,763); element e uses factor ** gamma_e.
-_VEGETATION_BASE = {
-    "forest": 1.141,
-    "shrub": 1.149,
-    "meadow": 1.02,
-    "steppe": 0.868,
-    "desert": 0.864,
-    "cropland": 1.05,
-}
-_VEGETATION_GAMMA = {"Fe": 1.0, "Mn": 0.9, "Cu": 0.8, "Zn": 0.8, "Ni": 0.6, "V": 1.0, "Mo": 0.5}
-# Lithology factors shaped on the paper's Ni group means (MA 64.43, SO 41.06) / Ni site mean.
-_LITHOLOGY_BASE = {"IA": 1.06, "MA": 1.306, "SC": 0.97, "SO": 0.832, "UE": 0.93, "UF": 1.0}
-_LITHOLOGY_LAMBDA = {"Fe": 0.5, "Mn": 0.6, "Cu": 0.7, "Zn": 0.5, "Ni": 1.0, "V": 0.6, "Mo": 0.4}
-
-VEGETATION_FACTORS = {
-    e: {v: round(f ** _VEGETATION_GAMMA[e], 4) for v, f in _VEGETATION_BASE.items()}
-    for e in ELEMENTS
-}
-LITHOLOGY_FACTORS = {
-    e: {c: round(f ** _LITHOLOGY_LAMBDA[e], 4) for c, f in _LITHOLOGY_BASE.items()}
-    for e in ELEMENTS
-}
-
-SITE_EFFECT_SD = 0.12  # ln units, shared by a site's three samples
-SAMPLE_NOISE_SD = 0.05  # ln units, small-scale variation between the samples of a site
-ICPMS_NOISE_SD = 0.03  # ln units
-
-
-@dataclass(frozen=True)
-class XrfBias:
-    """The XRF reading of a sample: ``(intercept + slope · ICP-MS) · exp(N(0, noise_sd))``."""
-
-    intercept: float
-    slope: float
-    noise_sd: float
-
-
-XRF_BIAS = {
-    # Fe, Mn, Cu, V near 1:1 (the paper's R² 0.67–0.89); Zn and Ni biased; Mo noisy.
-    "Fe": XrfBias(0.0, 1.0, 0.11),
-    "Mn": XrfBias(0.0, 1.0, 0.12),
-    "Cu": XrfBias(0.0, 1.0, 0.15),
-    "Zn": XrfBias(8.0, 0.75, 0.04),
-    "Ni": XrfBias(-5.0, 1.2, 0.04),
-    "V": XrfBias(0.0, 1.0, 0.13),
-    "Mo": XrfBias(0.0, 1.0, 0.22),
-}
-
 
 @dataclass(frozen=True)
 class SiteDesign:
@@ -427,9 +192,6 @@ class SiteDesign:
     outliers_per_element: dict[str, int]
 
 
-_FULL_SITES = 526
-_FULL_ELEMENT_SITES = {"Fe": 526, "Mn": 520, "Cu": 315, "Zn": 526, "Ni": 60, "V": 289, "Mo": 41}
-_FULL_OUTLIERS = {"Fe": 6, "Mn": 16, "Cu": 20, "Zn": 6, "Ni": 1, "V": 10, "Mo": 3}
 SAMPLES_PER_SITE = 3
 SITE_MAX_ELEVATION_M = 5600.0
 TRANSECT_M = (0.0, 7.5, 15.0)
@@ -441,15 +203,15 @@ def site_design(n_sites: int) -> SiteDesign:
     Ni and Mo keep at least 15 sites and every element at least one outlier, so even the small
     plateau can be modelled and screened.
     """
-    ratio = n_sites / _FULL_SITES
+    ratio = n_sites / PAPER_SITES
     per_element = {
-        e: min(n_sites, max(15, round(n * ratio))) for e, n in _FULL_ELEMENT_SITES.items()
+        e: min(n_sites, max(15, round(n * ratio))) for e, n in PAPER_SITES_PER_ELEMENT.items()
     }
-    outliers = {e: max(1, round(n * ratio)) for e, n in _FULL_OUTLIERS.items()}
+    outliers = {e: max(1, round(n * ratio)) for e, n in PAPER_OUTLIERS.items()}
     return SiteDesign(n_sites, max(30, round(218 * ratio)), per_element, outliers)
 
 
-_SITES_PER_SIZE = {"small": 120, "full": _FULL_SITES}
+SITES_PER_SIZE = {"small": 120, "full": PAPER_SITES}
 
 
 def response_functions() -> dict[str, Callable[[npt.ArrayLike], F64]]:
@@ -479,11 +241,7 @@ def log_truth_without_intercept(covariates: Mapping[str, F32], element: str) -> 
     return total
 
 
-# ---------------------------------------------------------------------------------------------
-# Smooth random fields and the lon/lat master grid.
-
-
-def _rng(seed: int, name: str) -> np.random.Generator:
+def random_stream(seed: int, name: str) -> np.random.Generator:
     """An independent random stream per named component, so adding one never shifts another."""
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
@@ -502,7 +260,7 @@ class FourierField:
         cls, seed: int, name: str, n_modes: int, wavelength_km: tuple[float, float]
     ) -> FourierField:
         """Modes with log-uniform wavelengths in ``wavelength_km``, amplitude ∝ wavelength."""
-        rng = _rng(seed, name)
+        rng = random_stream(seed, name)
         shortest, longest = wavelength_km
         wavelength = np.exp(rng.uniform(math.log(shortest), math.log(longest), n_modes))
         direction = rng.uniform(0, np.pi, n_modes)
@@ -573,11 +331,11 @@ class LonLatGrid:
         return np.asarray(out, dtype="float32").reshape(np.shape(lon))
 
 
-def _sigmoid(x: F64 | F32) -> F64:
+def sigmoid(x: F64 | F32) -> F64:
     return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype="float64"))))
 
 
-def _block_mean(field: F32, factor: int) -> F32:
+def block_mean(field: F32, factor: int) -> F32:
     h, w = field.shape
     blocks = field.reshape(h // factor, factor, w // factor, factor)
     return np.asarray(blocks.mean(axis=(1, 3), dtype="float64"), dtype="float32")
@@ -601,10 +359,6 @@ def master_grid(grid: TargetGrid) -> LonLatGrid:
         round((east - west) * per_degree),
         round((north - south) * per_degree),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# The synthetic world on the master grid (pure numpy; units in each docstring).
 
 
 def plateau_distance_km(master: LonLatGrid) -> F32:
@@ -638,16 +392,16 @@ def elevation_m(master: LonLatGrid, dist: F32, seed: int) -> F32:
     """
     lon2, lat2 = np.meshgrid(master.lons(), master.lats())
     lons, lats = master.lons(), master.lats()
-    inside = _sigmoid(dist / 10.0)  # the rim drops ~3 km over ~40 km
+    inside = sigmoid(dist / 10.0)  # the rim drops ~3 km over ~40 km
     broad = FourierField.random(seed, "relief-broad", 48, (400, 2500)).on_grid(lons, lats)
     ranges = FourierField.random(seed, "relief-ranges", 160, (40, 400)).on_grid(lons, lats)
     fine = FourierField.random(seed, "relief-fine", 384, (3, 25)).on_grid(lons, lats)
-    south_east = _sigmoid((lon2 - 98.0) / 1.0) * _sigmoid((32.0 - lat2) / 1.0)
+    south_east = sigmoid((lon2 - 98.0) / 1.0) * sigmoid((32.0 - lat2) / 1.0)
     qaidam = np.exp(-(((lon2 - 94.5) / 3.0) ** 2 + ((lat2 - 37.3) / 1.0) ** 2))
     ridges = np.exp(-(ranges**2) / 0.15)  # zero-crossings of a smooth field form range lines
     rim = np.exp(-(((dist - 45.0) / 30.0) ** 2))
     plateau = 4600 + 200 * broad + 550 * ridges + 800 * rim - 900 * south_east - 1900 * qaidam
-    lowland = 1150 + 250 * broad - 550 * _sigmoid((lon2 - 101.5) / 1.0)
+    lowland = 1150 + 250 * broad - 550 * sigmoid((lon2 - 101.5) / 1.0)
     # Relief is rugged on the rims, ranges and the dissected south-east, gentle in the Changtang.
     ruggedness = 150 + 500 * np.maximum.reduce([ridges, rim, south_east, 1 - inside])
     elevation = lowland + (plateau - lowland) * inside + ruggedness * fine
@@ -663,7 +417,7 @@ def lake_mask(
 ) -> npt.NDArray[np.bool_]:
     """Up to ``n_lakes`` elliptic lakes (3–9 km semi-axes) inside ``bbox`` (lon/lat) and at
     least 60 km inside the plateau outline (``dist``: signed distance, km)."""
-    rng = _rng(seed, "lakes")
+    rng = random_stream(seed, "lakes")
     lon_min, lat_min, lon_max, lat_max = bbox
     lon2, lat2 = np.meshgrid(master.lons(), master.lats())
     lakes = np.zeros(dist.shape, dtype=bool)
@@ -702,7 +456,7 @@ def climate(master: LonLatGrid, elevation: F32, seed: int) -> Climate:
     lons, lats = master.lons(), master.lats()
     smooth_elevation = gaussian_filter(elevation, sigma=6.0)  # climate ignores 1-km relief
     warm = FourierField.random(seed, "climate-temperature", 24, (200, 1500)).on_grid(lons, lats)
-    south_east = _sigmoid((lon2 - 98.0) / 1.5) * _sigmoid((31.0 - lat2) / 1.5)
+    south_east = sigmoid((lon2 - 98.0) / 1.5) * sigmoid((31.0 - lat2) / 1.5)
     mat = 31.5 - 0.55 * (lat2 - 27.0) + 1.5 * south_east + 0.8 * warm - 6.0e-3 * smooth_elevation
     # Monsoon moisture enters from the south-east; the north-west and the Qaidam are dry.
     wet = 0.22 * (lon2 - 92.0) - 0.10 * (lat2 - 32.0)
@@ -726,10 +480,10 @@ def productivity(
     """NDVI (unitless, −0.1 on lakes) and NPP (gC/m²/yr), limited by water and warmth."""
     noise = FourierField.random(seed, "ndvi", 96, (5, 200)).on_grid(master.lons(), master.lats())
     water = 1 - np.exp(-clim.map / 500.0)
-    warmth = _sigmoid((clim.mat + 6.0) / 3.0)
+    warmth = sigmoid((clim.mat + 6.0) / 3.0)
     ndvi = np.clip(0.02 + 0.85 * water * warmth + 0.04 * noise, -0.2, 1.0)
     ndvi = np.where(lakes, -0.1, ndvi)
-    npp = 1100.0 * np.maximum(ndvi - 0.03, 0) * _sigmoid(clim.mat / 5.0)
+    npp = 1100.0 * np.maximum(ndvi - 0.03, 0) * sigmoid(clim.mat / 5.0)
     return np.asarray(ndvi, dtype="float32"), np.asarray(npp, dtype="float32")
 
 
@@ -789,7 +543,7 @@ def grazing_intensity(
 ) -> F32:
     """Sheep units/km² as a yearbook-like block mean over ``factor``² vegetation pixels."""
     per_class = np.array([0, 10, 25, 60, 40, 4, 20], dtype="float32")  # by vegetation code
-    blocks = _block_mean(per_class[codes], factor)
+    blocks = block_mean(per_class[codes], factor)
     coarse = fine.coarsened(factor)
     counties = FourierField.random(seed, "grazing", 32, (60, 600)).on_grid(
         coarse.lons(), coarse.lats()
@@ -805,7 +559,7 @@ def lithology_classes(
     400 seeds over the whole plateau; each seed's class is drawn with odds that favour aeolian
     deposits (UE) where dry and fluvial ones (UF) at low elevation.
     """
-    rng = _rng(seed, "lithology")
+    rng = random_stream(seed, "lithology")
     n = 400
     seed_lon, seed_lat = rng.uniform(74, 109, n), rng.uniform(24, 43, n)
     dry = master.sample(map_mm, seed_lon, seed_lat) < 150
@@ -832,10 +586,6 @@ def lithology_classes(
     return codes
 
 
-# ---------------------------------------------------------------------------------------------
-# Native products: each on its own grid, as delivered.
-
-
 @dataclass(frozen=True)
 class NativeRaster:
     """One product as written: array (nodata filled in), CRS and affine."""
@@ -854,13 +604,13 @@ def _projected_box(grid: TargetGrid, crs: str, resolution: float) -> GeoBox:
 def _pixel_lonlat(box: GeoBox, crs: str) -> tuple[F64, F64]:
     """Lon/lat of every pixel centre of ``box`` (whose CRS is ``crs``)."""
     cols, rows = np.meshgrid(np.arange(box.width) + 0.5, np.arange(box.height) + 0.5)
-    x, y = _affine_xy(box.affine, cols, rows)
+    x, y = affine_xy(box.affine, cols, rows)
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(np.asarray(x), np.asarray(y))
     return np.asarray(lon), np.asarray(lat)
 
 
-def _affine_xy(affine: Affine, col: F64, row: F64) -> tuple[F64, F64]:
+def affine_xy(affine: Affine, col: F64, row: F64) -> tuple[F64, F64]:
     """CRS coordinates of fractional pixel positions (col, row) under a north-up affine."""
     return affine.a * col + affine.b * row + affine.c, affine.d * col + affine.e * row + affine.f
 
@@ -870,7 +620,7 @@ def _filled(values: F32, nodata: float) -> F32:
 
 
 def native_products(grid: TargetGrid, seed: int) -> dict[str, NativeRaster]:
-    """Every covariate product on its native grid (see ``_LAYERS``), keyed by layer name."""
+    """Every covariate product on its native grid (see ``LAYERS``), keyed by layer name."""
     master = master_grid(grid)
     dist = plateau_distance_km(master)
     elevation = elevation_m(master, dist, seed)
@@ -879,25 +629,25 @@ def native_products(grid: TargetGrid, seed: int) -> dict[str, NativeRaster]:
     ndvi, npp = productivity(master, clim, lakes, seed)
 
     dem = np.where(lakes, DEM_NODATA, np.round(elevation)).astype("int16")
-    products = {"dem": NativeRaster(dem, _LAYERS["dem"].crs, master.transform)}
+    products = {"dem": NativeRaster(dem, LAYERS["dem"].crs, master.transform)}
     # Coarse climate is the block mean of the 30″ fields, as a reanalysis cell averages them.
     factor = _master_pixels_per("mat")
     climate_grid = master.coarsened(factor)
-    mat, map_mm, pet = (_block_mean(a, factor) for a in (clim.mat, clim.map, clim.pet))
+    mat, map_mm, pet = (block_mean(a, factor) for a in (clim.mat, clim.map, clim.pet))
     for name, values in (("mat", mat), ("map", map_mm), ("ai", map_mm / pet)):
-        products[name] = NativeRaster(values, _LAYERS[name].crs, climate_grid.transform)
+        products[name] = NativeRaster(values, LAYERS[name].crs, climate_grid.transform)
 
-    fine = master.refined(round(MASTER_RES_DEG / _LAYERS["vegetation"].resolution))
+    fine = master.refined(round(MASTER_RES_DEG / LAYERS["vegetation"].resolution))
     codes = vegetation_classes(
         fine,
         *(_upsampled(a, fine.width // master.width) for a in (clim.mat, clim.map, elevation)),
         seed=seed,
     )
-    products["vegetation"] = NativeRaster(codes, _LAYERS["vegetation"].crs, fine.transform)
-    factor = round(_LAYERS["grazing"].resolution / fine.res)
+    products["vegetation"] = NativeRaster(codes, LAYERS["vegetation"].crs, fine.transform)
+    factor = round(LAYERS["grazing"].resolution / fine.res)
     products["grazing"] = NativeRaster(
         grazing_intensity(fine, codes, factor, seed),
-        _LAYERS["grazing"].crs,
+        LAYERS["grazing"].crs,
         fine.coarsened(factor).transform,
     )
 
@@ -917,7 +667,7 @@ def native_products(grid: TargetGrid, seed: int) -> dict[str, NativeRaster]:
 
 def _master_pixels_per(layer: str) -> int:
     """How many 30″ master pixels one pixel of an EPSG:4326 ``layer`` spans along each axis."""
-    return round(_LAYERS[layer].resolution / MASTER_RES_DEG)
+    return round(LAYERS[layer].resolution / MASTER_RES_DEG)
 
 
 def _upsampled(field: F32, factor: int) -> F32:
@@ -928,14 +678,10 @@ def _upsampled(field: F32, factor: int) -> F32:
 def _projected_families() -> dict[tuple[str, float], list[str]]:
     """Layers in a projected CRS grouped by native grid, so each grid's lon/lat is made once."""
     families: dict[tuple[str, float], list[str]] = {}
-    for name, spec in _LAYERS.items():
+    for name, spec in LAYERS.items():
         if spec.crs != "EPSG:4326":
             families.setdefault((spec.crs, spec.resolution), []).append(name)
     return families
-
-
-# ---------------------------------------------------------------------------------------------
-# Covariates on the target grid, sites and their measured values.
 
 
 def on_target_grid(products: Mapping[str, NativeRaster], grid: TargetGrid) -> dict[str, F32]:
@@ -946,7 +692,7 @@ def on_target_grid(products: Mapping[str, NativeRaster], grid: TargetGrid) -> di
     """
     out: dict[str, F32] = {}
     for name, product in products.items():
-        spec = _LAYERS[name]
+        spec = LAYERS[name]
         destination = np.full(grid.shape, spec.nodata, dtype=product.data.dtype)
         reproject(
             product.data,
@@ -1024,7 +770,9 @@ def choose_site_pixels(
         rows, cols = np.nonzero(valid & (elevation < SITE_MAX_ELEVATION_M))
     lon, lat = grid.pixel_lonlat(rows, cols)
     weight = site_density(lon, lat)
-    picked = _rng(seed, "sites").choice(rows.size, n_sites, replace=False, p=weight / weight.sum())
+    picked = random_stream(seed, "sites").choice(
+        rows.size, n_sites, replace=False, p=weight / weight.sum()
+    )
     picked.sort()
     return rows[picked], cols[picked]
 
@@ -1037,7 +785,7 @@ def sample_positions(
     Returns ``(n_sites, 3)`` arrays. The transect starts within ±0.3 pixel of the pixel centre,
     so all three samples stay in the same pixel.
     """
-    rng = _rng(seed, "transects")
+    rng = random_stream(seed, "transects")
     n = rows.size
     widths, height = grid.pixel_size_m()
     start = rng.uniform(-0.3, 0.3, (n, 2))
@@ -1045,7 +793,7 @@ def sample_positions(
     along = np.asarray(TRANSECT_M)[None, :]
     col_f = cols[:, None] + 0.5 + start[:, :1] + along * np.sin(bearing) / widths[rows][:, None]
     row_f = rows[:, None] + 0.5 + start[:, 1:] - along * np.cos(bearing) / height
-    x, y = _affine_xy(grid.geobox.affine, col_f, row_f)
+    x, y = affine_xy(grid.geobox.affine, col_f, row_f)
     to_lonlat = Transformer.from_crs(grid.crs_wkt, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(np.asarray(x), np.asarray(y))
     return np.round(np.asarray(lon), 7), np.round(np.asarray(lat), 7)
@@ -1067,7 +815,7 @@ def measure_sites(
 
     ``site_frame`` has one row per sample (site-major, :data:`SAMPLES_PER_SITE` per site).
     """
-    rng = _rng(seed, "measurements")
+    rng = random_stream(seed, "measurements")
     n_sites = design.n_sites
     site_of_sample = np.repeat(np.arange(n_sites), SAMPLES_PER_SITE)
     present = {
@@ -1154,10 +902,6 @@ def _rounded(table: pd.DataFrame) -> pd.DataFrame:
     return table.assign(**{c: table[c].round(3) for c in measured})
 
 
-# ---------------------------------------------------------------------------------------------
-# Writing files.
-
-
 @dataclass(frozen=True)
 class PlateauFiles:
     """Where :func:`write_plateau` put everything (all paths absolute)."""
@@ -1223,26 +967,7 @@ def write_geotiff(
         dst.update_tags(1, units=units)
 
 
-def _catalog_document() -> dict[str, object]:
-    layers: dict[str, dict[str, object]] = {}
-    for name, spec in _LAYERS.items():
-        entry: dict[str, object] = {
-            "path": f"covariates/{name}.tif",
-            "kind": spec.kind,
-            "group": spec.group,
-            "units": spec.units,
-            "description": spec.description,
-        }
-        if spec.kind == "categorical":
-            classes = VEGETATION_CLASSES if name == "vegetation" else LITHOLOGY_CLASSES
-            entry["classes"] = dict(classes)
-        else:
-            entry["valid_range"] = list(spec.valid_range or ())
-        layers[name] = entry
-    return {"layers": layers, "terrain": {"dem": "dem"}}
-
-
-def _truth_document(size: str, seed: int, intercepts: Mapping[str, float]) -> dict[str, object]:
+def truth_document(size: str, seed: int, intercepts: Mapping[str, float]) -> dict[str, object]:
     return {
         "size": size,
         "seed": seed,
@@ -1295,7 +1020,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     (out_dir / "truth" / "truth.json").unlink(missing_ok=True)
 
 
-def _grid_spec(size: str) -> GridSpec:
+def grid_spec(size: str) -> GridSpec:
     if size not in SIZES:
         raise ConfigError(f"unknown plateau size {size!r}: choose one of {', '.join(SIZES)}")
     return SIZES[size]
@@ -1342,14 +1067,14 @@ def write_plateau(
     Same ``seed`` → byte-identical files. Refuses a non-empty ``out_dir`` unless ``overwrite``
     (existing files of the same names are then replaced; other files are left alone).
     """
-    spec = _grid_spec(size)
+    spec = grid_spec(size)
     out_dir = Path(out_dir).resolve()
     _prepare_out_dir(out_dir, overwrite)
     grid = TargetGrid.from_spec(spec)
 
     products = native_products(grid, seed)
     for name, product in products.items():
-        spec_l = _LAYERS[name]
+        spec_l = LAYERS[name]
         write_geotiff(
             out_dir / "covariates" / f"{name}.tif",
             product.data,
@@ -1359,7 +1084,7 @@ def write_plateau(
             spec_l.description,
             spec_l.units,
         )
-    catalog = yaml.safe_dump(_catalog_document(), sort_keys=False, allow_unicode=True)
+    catalog = yaml.safe_dump(catalog_document(), sort_keys=False, allow_unicode=True)
     (out_dir / "catalog.yaml").write_text(catalog, encoding="utf-8")
     (out_dir / "grid.yaml").write_text(
         yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
@@ -1368,7 +1093,7 @@ def write_plateau(
     covariates = on_target_grid(products, grid)
     inside = np.asarray(grid.mask())
     valid = inside & np.logical_and.reduce([np.isfinite(a) for a in covariates.values()])
-    design = site_design(_SITES_PER_SIZE[size])
+    design = site_design(SITES_PER_SIZE[size])
     rows, cols = choose_site_pixels(grid, valid, covariates["dem"], design.n_sites, seed)
 
     intercepts: dict[str, float] = {}
@@ -1392,18 +1117,18 @@ def write_plateau(
         )
 
     sites = measure_sites(
-        truth_at_sites, design, seed, _site_frame(grid, rows, cols, covariates, seed)
+        truth_at_sites, design, seed, site_frame(grid, rows, cols, covariates, seed)
     )
     sites.table.to_csv(out_dir / "sites.csv", index=False)
     sites.table.to_parquet(out_dir / "sites.parquet", index=False)
     sites.outliers.to_csv(out_dir / "truth" / "outliers.csv", index=False)
     (out_dir / "truth" / "truth.json").write_text(
-        json.dumps(_truth_document(size, seed, intercepts), indent=2) + "\n"
+        json.dumps(truth_document(size, seed, intercepts), indent=2) + "\n"
     )
     return plateau_files(out_dir)
 
 
-def _site_frame(
+def site_frame(
     grid: TargetGrid,
     rows: npt.NDArray[np.int64],
     cols: npt.NDArray[np.int64],
@@ -1414,7 +1139,7 @@ def _site_frame(
     lon, lat = sample_positions(grid, rows, cols, seed)
     n = rows.size
     site_ids = np.array([f"S{i + 1:04d}" for i in range(n)])
-    years = _rng(seed, "years").choice([2019, 2020, 2021], n)
+    years = random_stream(seed, "years").choice([2019, 2020, 2021], n)
 
     def names(layer: str, classes: Mapping[int, str]) -> npt.NDArray[np.str_]:
         codes = covariates[layer][rows, cols].astype("int64")
