@@ -40,7 +40,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,13 +54,25 @@ from affine import Affine
 from odc.geo.geobox import GeoBox
 from pyproj import Transformer
 from rasterio.enums import Resampling
-from rasterio.features import rasterize
 from rasterio.warp import reproject
-from scipy.ndimage import distance_transform_edt, gaussian_filter, map_coordinates, zoom
+from scipy.ndimage import gaussian_filter, zoom
 from scipy.spatial import cKDTree
 
-from tpgrid.errors import ConfigError, OutputExistsError
-from tpgrid.grid import PLATEAU_OUTLINE, GridSpec, TargetGrid
+from tpgrid.errors import OutputExistsError
+from tpgrid.grid import TargetGrid
+from tpgrid.synthetic.fields import FourierField, block_mean, random_stream, sigmoid
+from tpgrid.synthetic.geometry import (
+    COVER_MARGIN_M,
+    KM_PER_DEG_LAT,
+    KM_PER_DEG_LON,
+    MASTER_RES_DEG,
+    SIZES,
+    LonLatGrid,
+    affine_xy,
+    grid_spec,
+    master_grid,
+    plateau_distance_km,
+)
 from tpgrid.synthetic.layers import (
     DEM_NODATA,
     FLOAT_NODATA,
@@ -109,19 +120,6 @@ __all__ = [
     "site_design",
     "write_plateau",
 ]
-
-
-SIZES: dict[str, GridSpec] = {
-    "small": GridSpec(bbox=(90.0, 30.0, 94.0, 33.0), chunk=128),
-    "full": GridSpec(),
-}
-
-MASTER_RES_DEG = 1 / 120
-# Fourier modes are laid out in km so they are isotropic at the plateau's mid-latitude.
-KM_PER_DEG_LAT = 110.9
-KM_PER_DEG_LON = 111.32 * math.cos(math.radians(33.5))
-# Products cover the target grid plus this margin, so edge pixels are fully fed.
-COVER_MARGIN_M = 30_000.0
 
 
 @dataclass(frozen=True)
@@ -239,150 +237,6 @@ def log_truth_without_intercept(covariates: Mapping[str, F32], element: str) -> 
         codes = covariates[layer]
         total += lookup[np.where(np.isfinite(codes), codes, 0).astype("int64")]
     return total
-
-
-def random_stream(seed: int, name: str) -> np.random.Generator:
-    """An independent random stream per named component, so adding one never shifts another."""
-    return np.random.default_rng([seed, zlib.crc32(name.encode())])
-
-
-@dataclass(frozen=True)
-class FourierField:
-    """A stationary random field: ``Σ a·cos(kx·x + ky·y + φ)`` with x, y in km (unit variance)."""
-
-    kx: F64
-    ky: F64
-    amplitude: F64
-    phase: F64
-
-    @classmethod
-    def random(
-        cls, seed: int, name: str, n_modes: int, wavelength_km: tuple[float, float]
-    ) -> FourierField:
-        """Modes with log-uniform wavelengths in ``wavelength_km``, amplitude ∝ wavelength."""
-        rng = random_stream(seed, name)
-        shortest, longest = wavelength_km
-        wavelength = np.exp(rng.uniform(math.log(shortest), math.log(longest), n_modes))
-        direction = rng.uniform(0, np.pi, n_modes)
-        amplitude = wavelength / np.sqrt(np.sum(wavelength**2) / 2)
-        k = 2 * np.pi / wavelength
-        return cls(
-            k * np.cos(direction),
-            k * np.sin(direction),
-            amplitude,
-            rng.uniform(0, 2 * np.pi, n_modes),
-        )
-
-    def on_grid(self, lon: F64, lat: F64) -> F32:
-        """The field on the regular grid ``lat × lon`` (1-D centres), as ``(len(lat), len(lon))``.
-
-        cos(kx·x + ky·y + φ) separates into x and y factors, so the whole grid is one complex
-        matrix product: seconds for millions of pixels and hundreds of modes.
-        """
-        along_x = np.exp(1j * np.outer(self.kx, lon * KM_PER_DEG_LON)).astype("complex64")
-        along_y = (
-            self.amplitude * np.exp(1j * (np.outer(lat * KM_PER_DEG_LAT, self.ky) + self.phase))
-        ).astype("complex64")
-        return np.ascontiguousarray((along_y @ along_x).real, dtype="float32")
-
-
-@dataclass(frozen=True)
-class LonLatGrid:
-    """A north-up EPSG:4326 grid: west/north edges (°), pixel size (°), shape."""
-
-    west: float
-    north: float
-    res: float
-    width: int
-    height: int
-
-    @property
-    def transform(self) -> Affine:
-        return Affine(self.res, 0.0, self.west, 0.0, -self.res, self.north)
-
-    def lons(self) -> F64:
-        return self.west + (np.arange(self.width, dtype=np.float64) + 0.5) * self.res
-
-    def lats(self) -> F64:
-        return self.north - (np.arange(self.height, dtype=np.float64) + 0.5) * self.res
-
-    def refined(self, factor: int) -> LonLatGrid:
-        return LonLatGrid(
-            self.west, self.north, self.res / factor, self.width * factor, self.height * factor
-        )
-
-    def coarsened(self, factor: int) -> LonLatGrid:
-        return LonLatGrid(
-            self.west, self.north, self.res * factor, self.width // factor, self.height // factor
-        )
-
-    def sample(self, field: F32, lon: F64, lat: F64) -> F32:
-        """Bilinear values of ``field`` (on this grid) at points; NaN outside the grid."""
-        col = (lon - self.west) / self.res - 0.5
-        row = (self.north - lat) / self.res - 0.5
-        out = map_coordinates(
-            field,
-            [row.ravel(), col.ravel()],
-            order=1,
-            mode="constant",
-            cval=np.nan,
-            prefilter=False,
-        )
-        return np.asarray(out, dtype="float32").reshape(np.shape(lon))
-
-
-def sigmoid(x: F64 | F32) -> F64:
-    return np.asarray(0.5 * (1.0 + np.tanh(0.5 * np.asarray(x, dtype="float64"))))
-
-
-def block_mean(field: F32, factor: int) -> F32:
-    h, w = field.shape
-    blocks = field.reshape(h // factor, factor, w // factor, factor)
-    return np.asarray(blocks.mean(axis=(1, 3), dtype="float64"), dtype="float32")
-
-
-def master_grid(grid: TargetGrid) -> LonLatGrid:
-    """The 30″ lon/lat grid covering the target grid plus a margin, edges on whole 0.5°.
-
-    0.5° is a whole number of 0.1°, 0.25° and 1/240° pixels, so the coarse climate products are
-    exact block means of the master grid and all EPSG:4326 products share its edges.
-    """
-    extent = grid.geobox.extent.buffer(COVER_MARGIN_M).to_crs("EPSG:4326", resolution=5000)
-    west, south, east, north = extent.boundingbox
-    west, south = math.floor(west * 2) / 2, math.floor(south * 2) / 2
-    east, north = math.ceil(east * 2) / 2, math.ceil(north * 2) / 2
-    per_degree = round(1 / MASTER_RES_DEG)
-    return LonLatGrid(
-        west,
-        north,
-        MASTER_RES_DEG,
-        round((east - west) * per_degree),
-        round((north - south) * per_degree),
-    )
-
-
-def plateau_distance_km(master: LonLatGrid) -> F32:
-    """Signed distance (km) to :data:`PLATEAU_OUTLINE`, positive inside.
-
-    Computed on a fixed 0.02° grid over the whole plateau and sampled, so the value at a place
-    does not depend on which part of the world is being generated.
-    """
-    coarse = LonLatGrid(74.0, 43.0, 0.02, 1750, 950)
-    inside = rasterize(
-        [{"type": "Polygon", "coordinates": [list(PLATEAU_OUTLINE)]}],
-        out_shape=(coarse.height, coarse.width),
-        transform=coarse.transform,
-        fill=0,
-        default_value=1,
-        dtype="uint8",
-    ).astype(bool)
-    pixel_km = (coarse.res * KM_PER_DEG_LAT, coarse.res * KM_PER_DEG_LON)
-    signed = (
-        distance_transform_edt(inside, sampling=pixel_km)
-        - distance_transform_edt(~inside, sampling=pixel_km)
-    ).astype("float32")
-    lon, lat = np.meshgrid(master.lons(), master.lats())
-    return coarse.sample(signed, lon, lat)
 
 
 def elevation_m(master: LonLatGrid, dist: F32, seed: int) -> F32:
@@ -608,11 +462,6 @@ def _pixel_lonlat(box: GeoBox, crs: str) -> tuple[F64, F64]:
     to_lonlat = Transformer.from_crs(crs, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(np.asarray(x), np.asarray(y))
     return np.asarray(lon), np.asarray(lat)
-
-
-def affine_xy(affine: Affine, col: F64, row: F64) -> tuple[F64, F64]:
-    """CRS coordinates of fractional pixel positions (col, row) under a north-up affine."""
-    return affine.a * col + affine.b * row + affine.c, affine.d * col + affine.e * row + affine.f
 
 
 def _filled(values: F32, nodata: float) -> F32:
@@ -1018,12 +867,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     (out_dir / "truth").mkdir(exist_ok=True)
     # The completeness marker goes first, so an interrupted overwrite never looks complete.
     (out_dir / "truth" / "truth.json").unlink(missing_ok=True)
-
-
-def grid_spec(size: str) -> GridSpec:
-    if size not in SIZES:
-        raise ConfigError(f"unknown plateau size {size!r}: choose one of {', '.join(SIZES)}")
-    return SIZES[size]
 
 
 def plateau_files(out_dir: Path) -> PlateauFiles:
