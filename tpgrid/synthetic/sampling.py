@@ -46,6 +46,7 @@ class SiteDesign:
     outliers_per_element: dict[str, int]
 
 
+# The field protocol: three samples along a 15 m transect, at sites soil teams can reach.
 SAMPLES_PER_SITE = 3
 SITE_MAX_ELEVATION_M = 5600.0
 TRANSECT_M = (0.0, 7.5, 15.0)
