@@ -17,19 +17,16 @@ from tpgrid.sources import load_catalog, open_layer
 from tpgrid.synthetic import (
     ELEMENTS,
     LITHOLOGY_FACTORS,
-    RESPONSES,
     SIZES,
     VEGETATION_FACTORS,
     XRF_BIAS,
-    NativeRaster,
     PlateauFiles,
     log_truth_without_intercept,
-    on_target_grid,
-    response_functions,
-    site_density,
-    site_design,
     write_plateau,
 )
+from tpgrid.synthetic.products import NativeRaster, on_target_grid
+from tpgrid.synthetic.sampling import site_density, site_design
+from tpgrid.synthetic.truth import RESPONSES, response_functions
 
 
 @pytest.fixture(scope="module")
