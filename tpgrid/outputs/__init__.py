@@ -1,0 +1,69 @@
+"""The product of a prediction run: its layers and attributes, and how it is published.
+
+A run is one Zarr v3 group on the cube's grid (written by :mod:`tpgrid.predict`) holding, per
+element, the variables ``{element}_{layer}`` (mean, variance, sd, unseen) with CF attributes,
+a ``spatial_ref`` grid mapping and ACDD discovery attributes. Publishing turns the group into
+a directory that GIS users and catalogues can read without Zarr (GDAL cannot read Zarr v3):
+one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per element (mean and sd
+with colour bars) and a STAC item describing the run and its assets, each with its size and
+checksum. The directory is assembled beside its final path and swapped in when complete. The
+COGs have the grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG.
+
+The modules, each using only those after it: :mod:`~tpgrid.outputs.maps` publishes the maps
+of a run; :mod:`~tpgrid.outputs.stac` makes, writes and reads its STAC item;
+:mod:`~tpgrid.outputs.quicklook` draws the quicklooks; :mod:`~tpgrid.outputs.cog` writes the
+COGs; :mod:`~tpgrid.outputs.names` names the published files; :mod:`~tpgrid.outputs.layers`
+lays out the prediction group. The names callers use are re-exported here.
+"""
+
+from tpgrid.outputs.cog import write_cog
+from tpgrid.outputs.layers import (
+    ATTR_RUN,
+    LAYERS,
+    global_attrs,
+    layer_layouts,
+    open_prediction,
+    variable_name,
+)
+from tpgrid.outputs.maps import (
+    PublishReport,
+    check_readable,
+    element_digest,
+    publish,
+    write_maps,
+)
+from tpgrid.outputs.names import STAC_ITEM
+from tpgrid.outputs.quicklook import quicklook_figure
+from tpgrid.outputs.stac import (
+    COG_MEDIA_TYPE,
+    MapFiles,
+    asset_records,
+    published_run,
+    read_item,
+    stac_item,
+    write_item,
+)
+
+__all__ = [
+    "ATTR_RUN",
+    "COG_MEDIA_TYPE",
+    "LAYERS",
+    "STAC_ITEM",
+    "MapFiles",
+    "PublishReport",
+    "asset_records",
+    "check_readable",
+    "element_digest",
+    "global_attrs",
+    "layer_layouts",
+    "open_prediction",
+    "publish",
+    "published_run",
+    "quicklook_figure",
+    "read_item",
+    "stac_item",
+    "variable_name",
+    "write_cog",
+    "write_item",
+    "write_maps",
+]

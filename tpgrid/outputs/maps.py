@@ -1,0 +1,228 @@
+"""Publishing the maps of a run: COGs, quicklooks and the STAC item in one directory.
+
+The directory is assembled beside its final path and swapped in when complete; the COGs are
+written one Dask task each. With an earlier publication of the same product, the files of
+every element whose maps are unchanged (equal :func:`element_digest`) are hard-linked from it
+once checked against its STAC item, so an unchanged element is not rendered again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import rasterio
+
+from tpgrid.errors import OutputExistsError
+from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.integrity import Damage, FileRecord, check_file
+from tpgrid.outputs.cog import write_cog
+from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
+from tpgrid.outputs.names import STAC_ITEM, cog_name, element_files, quicklook_name
+from tpgrid.outputs.quicklook import quicklook_figure
+from tpgrid.outputs.stac import (
+    ITEM_DIGESTS,
+    MapFiles,
+    asset_records,
+    published_run,
+    read_item,
+    write_item,
+)
+from tpgrid.store import link_file, staging_path, swap_in
+from tpgrid.tasks import Progress, task_runner
+
+log = logging.getLogger(__name__)
+
+#: Part of every element digest: a change in how files are made invalidates earlier ones.
+FORMAT_VERSION = "tpgrid-publication/2"
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    """Where :func:`publish` put the run's files; ``up_to_date`` when they were already there."""
+
+    directory: Path
+    cogs: tuple[Path, ...]
+    quicklooks: tuple[Path, ...]
+    stac_item: Path
+    up_to_date: bool
+    reused: tuple[str, ...] = ()  # elements whose files were linked from a previous publication
+    damaged: tuple[Damage, ...] = ()  # files of the previous publication rendered afresh
+
+
+def publish(
+    prediction: str | Path,
+    directory: str | Path,
+    *,
+    overwrite: bool = False,
+    previous: str | Path | None = None,
+) -> PublishReport:
+    """Write COGs, quicklook PNGs and a STAC item of the run at ``prediction`` into ``directory``.
+
+    A directory already holding this run is left as it is; one holding anything else is only
+    replaced when ``overwrite``. COGs are written by the current Dask client, if any. With
+    ``previous`` (an earlier publication of the same product), the files of every element whose
+    maps are byte-identical to those published there are hard-linked from it, not written again,
+    once each has been checked against the size and checksum its STAC item records.
+    """
+    prediction, directory = Path(prediction), Path(directory)
+    _, run = open_prediction(prediction)
+    elements = list(run["models"])
+    if published_run(directory) == run["run_id"]:
+        log.info("%s already holds run %s: nothing to publish", directory, run["run_id"][:12])
+        return _report(directory, elements, up_to_date=True)
+    if directory.exists() and not overwrite:
+        raise OutputExistsError(
+            f"{directory} exists and does not hold run {run['run_id'][:12]}: choose another "
+            "directory or pass --overwrite to replace it"
+        )
+    staging = staging_path(directory)
+    staging.mkdir(parents=True)
+    try:
+        maps = write_maps(prediction, staging, previous=previous)
+        write_item(maps)
+        swap_in(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _report(directory, elements, up_to_date=False, reused=maps.reused, damaged=maps.damaged)
+
+
+def write_maps(
+    prediction: str | Path,
+    directory: str | Path,
+    *,
+    previous: str | Path | None = None,
+    progress: Progress | None = None,
+) -> MapFiles:
+    """Write the COGs and quicklooks of the run at ``prediction`` into the existing, empty
+    ``directory`` (no STAC item: :func:`write_item` writes it, last).
+
+    With ``previous``, a file of an element whose maps are unchanged is hard-linked from there
+    if it matches the size and checksum recorded in its STAC item; a file that does not is
+    rendered afresh and listed in ``damaged``. ``progress("maps" | "quicklooks", done, total)``
+    is called as files are written.
+    """
+    prediction, directory = Path(prediction), Path(directory)
+    ds, run = open_prediction(prediction)
+    elements = tuple(run["models"])
+    grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
+    digests = {element: element_digest(prediction, element) for element in elements}
+    linked: dict[str, FileRecord] = {}
+    damaged: list[Damage] = []
+    if previous is not None:
+        linked, damaged = _link_unchanged(Path(previous), directory, digests)
+    cogs = [(e, layer) for e in elements for layer in LAYERS if cog_name(e, layer) not in linked]
+    with task_runner(local_threads=1) as runner:
+        written = [
+            runner.submit(
+                write_cog,
+                prediction / variable_name(e, layer),
+                directory / cog_name(e, layer),
+                grid,
+            )
+            for e, layer in cogs
+        ]
+        runner.gather(written, _stage(progress, "maps"))
+    drawn = [e for e in elements if quicklook_name(e) not in linked]
+    for done, element in enumerate(drawn, 1):
+        quicklook_figure(directory, element).savefig(directory / quicklook_name(element), dpi=100)
+        if progress is not None:
+            progress("quicklooks", done, len(drawn))
+    with rasterio.open(directory / cog_name(elements[0], LAYERS[0])) as cog:
+        cog_shape = (cog.height, cog.width)
+    reused = tuple(e for e in elements if all(n in linked for n in element_files(e)))
+    if reused:
+        log.info("%s: files of %s linked from %s", directory, list(reused), previous)
+    return MapFiles(
+        directory,
+        ds.attrs,
+        run,
+        grid,
+        elements,
+        digests,
+        cog_shape,
+        linked,
+        reused,
+        tuple(damaged),
+    )
+
+
+def _link_unchanged(
+    previous: Path, directory: Path, digests: Mapping[str, str]
+) -> tuple[dict[str, FileRecord], list[Damage]]:
+    """Hard-link into ``directory`` the files of every element whose maps equal those of the
+    publication at ``previous``, each only if it matches its record there; the linked files'
+    records, and the files that did not match."""
+    try:
+        item = read_item(previous)
+        published: dict[str, str] = dict(item["properties"].get(ITEM_DIGESTS, {}))
+        records = asset_records(item)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        log.warning("%s: no readable STAC item (%s): every file is rendered afresh", previous, exc)
+        return {}, [Damage(previous / STAC_ITEM, f"missing or unreadable: {exc}")]
+    linked: dict[str, FileRecord] = {}
+    damaged: list[Damage] = []
+    for element, digest in digests.items():
+        if published.get(element) != digest:
+            continue
+        for name in element_files(element):
+            record = records.get(name)
+            if record is None:  # nothing to check it against (published without checksums)
+                continue
+            damage = check_readable(previous / name, record)
+            if damage is not None:
+                log.warning("%s: rendered afresh", damage)
+                damaged.append(damage)
+                continue
+            link_file(previous / name, directory / name)
+            linked[name] = record
+    return linked, damaged
+
+
+def check_readable(path: Path, record: FileRecord) -> Damage | None:
+    """:func:`check_file`, with a file that cannot be read reported as damage too."""
+    try:
+        return check_file(path, record)
+    except OSError as exc:
+        return Damage(path, f"unreadable: {exc.strerror or exc}")
+
+
+def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
+def element_digest(prediction: Path, element: str) -> str:
+    """SHA-256 of an element's stored maps: every layer's metadata and chunk files. Equal
+    digests mean byte-identical maps (unchanged chunks are hard-linked between runs)."""
+    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    for layer in LAYERS:
+        array = prediction / variable_name(element, layer)
+        for path in sorted(p for p in array.rglob("*") if p.is_file()):
+            digest.update(str(path.relative_to(prediction)).encode() + b"\0")
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def _report(
+    directory: Path,
+    elements: Sequence[str],
+    up_to_date: bool,
+    reused: Sequence[str] = (),
+    damaged: Sequence[Damage] = (),
+) -> PublishReport:
+    return PublishReport(
+        directory=directory,
+        reused=tuple(sorted(reused)),
+        damaged=tuple(damaged),
+        cogs=tuple(directory / cog_name(e, layer) for e in elements for layer in LAYERS),
+        quicklooks=tuple(directory / quicklook_name(e) for e in elements),
+        stac_item=directory / STAC_ITEM,
+        up_to_date=up_to_date,
+    )
