@@ -32,7 +32,7 @@ COG_CACHE_MB = 128
 
 def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
     """Write the Zarr array at ``array`` (a layer on ``grid``) as a Cloud-Optimized GeoTIFF.
-    Run by :func:`publish` as one Dask task per COG.
+    Run by :func:`~tpgrid.outputs.maps.publish` as one Dask task per COG.
 
     The layer is copied chunk by chunk into a tiled GeoTIFF beside ``path``, which GDAL's COG
     driver then turns into the COG (deflate, 256-px tiles, overviews averaged, or nearest for

@@ -40,9 +40,10 @@ SHA256_MULTIHASH = "1220"
 
 @dataclass(frozen=True, eq=False)
 class MapFiles:
-    """The maps of a run written into ``directory`` by :func:`write_maps`, and what its STAC
-    item (:func:`write_item`) needs: the run, its elements and their digests, the COG shape,
-    and the records of files linked from a previous publication (checked, not hashed again)."""
+    """The maps of a run written into ``directory`` by
+    :func:`~tpgrid.outputs.maps.write_maps`, and what its STAC item (:func:`write_item`) needs:
+    the run, its elements and their digests, the COG shape, and the records of files linked
+    from a previous publication (checked, not hashed again)."""
 
     directory: Path
     attrs: Mapping[str, Any]
