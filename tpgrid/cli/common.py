@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tpgrid.errors import StorageError, TpgridError
@@ -48,7 +49,9 @@ R = TypeVar("R")
 
 
 def _exit_with(error: TpgridError) -> NoReturn:
-    console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True)
+    # Notes say where it happened (a chunk task adds its elements, chunk and stores).
+    where = "".join(f"\n  {note}" for note in getattr(error, "__notes__", ()))
+    console.print(f"[bold red]error:[/] {escape(f'{error}{where}')}", highlight=False)
     raise typer.Exit(code=error.exit_code)
 
 
@@ -114,6 +117,8 @@ def user_errors(command: Callable[P, R]) -> Callable[P, R]:
             if not StorageError.covers(exc):
                 raise  # e.g. a lost connection: not the user's file system, keep its traceback
             error = StorageError.from_os_error(exc)
+            for note in getattr(exc, "__notes__", ()):
+                error.add_note(note)
         except KeyboardInterrupt:
             # Publishing is atomic and prediction resumes from its done markers.
             console.print(
