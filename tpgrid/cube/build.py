@@ -1,0 +1,149 @@
+"""Building or updating the cube: :func:`build_cube` and the report of what it did.
+
+This is the orchestration: plan the variables, carry over what is unchanged, write what is
+new, changed or damaged, derive ``valid``, and swap the complete cube in beside the old one
+only at the end, so a failed build leaves any previous cube untouched. The work itself is done
+by :mod:`~tpgrid.cube.variables`, :mod:`~tpgrid.cube.carry` and :mod:`~tpgrid.cube.write`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from tpgrid.cube.carry import carry_over, previous_cube, previous_records, recomputed, said
+from tpgrid.cube.read import ATTR_FINGERPRINTS, ATTR_HASHES, VALID, ChunkKey
+from tpgrid.cube.variables import plan_variables
+from tpgrid.cube.write import create_cube_layout, finish_cube, valid_variable, write_variable
+from tpgrid.grid import TargetGrid
+from tpgrid.integrity import Damage
+from tpgrid.sources import Catalog
+from tpgrid.store import ChunkFiles, remove_leftovers, staging_path, swap_in
+from tpgrid.tasks import Progress
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerUpdate:
+    """What a build did to one variable."""
+
+    name: str
+    action: str  # "new", "unchanged" (carried over unread), "updated" or "repaired"
+    chunks_written: int
+    chunks_total: int
+    chunks_repaired: int = 0  # of those written: damaged in the previous cube, recomputed
+
+
+@dataclass(frozen=True)
+class CubeReport:
+    """What :func:`build_cube` did; ``repaired``: what it found damaged (chunk files, leftovers
+    of killed builds, a previous cube it could not verify) and recomputed or removed."""
+
+    path: Path
+    layers: tuple[LayerUpdate, ...]
+    shape: tuple[int, int]
+    repaired: tuple[Damage, ...] = ()
+
+    @property
+    def chunks_written(self) -> int:
+        return sum(update.chunks_written for update in self.layers)
+
+
+def build_cube(
+    catalog: Catalog,
+    grid: TargetGrid,
+    path: str | Path,
+    *,
+    overwrite: bool = False,
+    progress: Progress | None = None,
+) -> CubeReport:
+    """Build the cube at ``path``, or update the cube already there.
+
+    An existing cube built for the same grid is updated incrementally; one built for another
+    grid (or a directory that is not a tpgrid cube) is only replaced when ``overwrite``.
+    ``progress(layer, done, total)`` is called as chunks finish.
+    """
+    path = Path(path)
+    previous = previous_cube(path, grid, overwrite)
+    repaired = [
+        said(Damage(p, "left by an interrupted build; removed")) for p in remove_leftovers(path)
+    ]
+    old_hashes: dict[str, dict[ChunkKey, str]] = previous.get(ATTR_HASHES, {})
+    old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
+    old_files = previous_records(path, previous, repaired)
+
+    variables = plan_variables(catalog, grid)
+    staging = staging_path(path)
+    try:
+        create_cube_layout(staging, grid, variables)
+        updates: list[LayerUpdate] = []
+        hashes: dict[str, dict[ChunkKey, str]] = {}
+        files: dict[str, ChunkFiles] = {}
+        for var in variables:
+            carried = (
+                var.fingerprint == old_prints.get(var.name)
+                and var.name in old_hashes
+                and var.name in old_files
+            )
+            if carried:
+                hashes[var.name] = dict(old_hashes[var.name])
+                files[var.name] = dict(old_files[var.name])
+                damaged = carry_over(
+                    path, staging, var.name, old_hashes[var.name], old_files[var.name]
+                )
+                if not damaged:
+                    updates.append(LayerUpdate(var.name, "unchanged", 0, len(hashes[var.name])))
+                    log.info("%s: unchanged source, carried over", var.name)
+                    continue
+                # Only the damaged chunks are recomputed from the (unchanged) source.
+                new_hashes, new_files, written, _ = write_variable(
+                    staging, path, var, {}, {}, progress, only=set(damaged)
+                )
+                hashes[var.name].update(new_hashes)
+                files[var.name].update(new_files)
+                repaired += [said(recomputed(damage)) for damage in damaged.values()]
+                updates.append(
+                    LayerUpdate(var.name, "repaired", written, len(hashes[var.name]), len(damaged))
+                )
+                continue
+            hashes[var.name], files[var.name], written, damage = write_variable(
+                staging,
+                path,
+                var,
+                old_hashes.get(var.name, {}),
+                old_files.get(var.name, {}),
+                progress,
+            )
+            repaired += [said(recomputed(d)) for d in damage]
+            updates.append(_update(var.name, old_hashes, hashes[var.name], written, len(damage)))
+
+        valid = valid_variable(staging, grid, variables, hashes)
+        hashes[VALID], files[VALID], written, damage = write_variable(
+            staging, path, valid, old_hashes.get(VALID, {}), old_files.get(VALID, {}), progress
+        )
+        repaired += [said(recomputed(d)) for d in damage]
+        updates.append(_update(VALID, old_hashes, hashes[VALID], written, len(damage)))
+        finish_cube(staging, grid, variables, hashes, files)
+        swap_in(staging, path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return CubeReport(path=path, layers=tuple(updates), shape=grid.shape, repaired=tuple(repaired))
+
+
+def _update(
+    name: str,
+    old_hashes: dict[str, dict[ChunkKey, str]],
+    hashes: dict[ChunkKey, str],
+    written: int,
+    repaired: int,
+) -> LayerUpdate:
+    if name not in old_hashes:
+        action = "new"
+    else:
+        action = "updated" if written > repaired else "repaired" if repaired else "unchanged"
+    log.info("%s: %s, %d of %d chunks written", name, action, written, len(hashes))
+    return LayerUpdate(name, action, written, len(hashes), repaired)

@@ -1,0 +1,205 @@
+"""Writing a cube being built: its layout, each variable chunk by chunk, ``valid``, its records.
+
+Each chunk is computed on the current Dask scheduler, checked, hashed and written on its own,
+so memory is bounded by the chunk size, not the map; a chunk whose content hash and file are
+those of the previous cube is hard-linked from it instead. ``valid`` is derived from the staged
+layers once they are written, and the group attributes (hashes, file records, fingerprints,
+grid) are recorded last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import numpy.typing as npt
+import zarr
+from dask.base import compute
+from dask.delayed import delayed
+
+from tpgrid import __version__
+from tpgrid.cube.read import (
+    ATTR_FEATURES,
+    ATTR_FINGERPRINTS,
+    ATTR_GRID,
+    ATTR_HASHES,
+    VALID,
+    ChunkKey,
+)
+from tpgrid.cube.variables import Variable
+from tpgrid.grid import TargetGrid, chunk_key
+from tpgrid.integrity import Damage, FileRecord, check_file
+from tpgrid.sources import CATEGORICAL_NODATA
+from tpgrid.store import (
+    ATTR_CHUNK_FILES,
+    ChunkFiles,
+    VariableLayout,
+    create_layout,
+    finish,
+    link_file,
+    records_to_json,
+    stored_record,
+)
+from tpgrid.tasks import Progress, gather
+
+
+def chunk_hash(block: npt.NDArray[Any]) -> str:
+    """Content hash of one decoded chunk: dtype, shape and bytes."""
+    digest = hashlib.sha256(f"{block.dtype.str}{block.shape}".encode())
+    digest.update(np.ascontiguousarray(block).tobytes())
+    return digest.hexdigest()[:32]
+
+
+def create_cube_layout(staging: Path, grid: TargetGrid, variables: Iterable[Variable]) -> None:
+    """Write coordinates, grid mapping and empty variable metadata (no data chunks)."""
+    layouts = {
+        var.name: VariableLayout(str(var.data.dtype), var.fill_value, var.attrs)
+        for var in variables
+    }
+    layouts[VALID] = VariableLayout(
+        "uint8",
+        0,
+        {
+            "long_name": "pixel inside the area of interest with every covariate present",
+            "flag_values": [0, 1],
+            "flag_meanings": "invalid valid",
+        },
+    )
+    create_layout(staging, grid, layouts)
+
+
+def write_variable(
+    staging: Path,
+    previous: Path,
+    var: Variable,
+    old_hashes: dict[ChunkKey, str],
+    old_files: ChunkFiles,
+    progress: Progress | None,
+    only: set[ChunkKey] | None = None,
+) -> tuple[dict[ChunkKey, str], ChunkFiles, int, list[Damage]]:
+    """Compute, check, hash and store every chunk of one variable (or those in ``only``).
+
+    A chunk whose content hash is that of ``previous``, and whose file there matches its
+    record, is hard-linked from it; every other chunk is written. Returns hashes, file records,
+    the number of chunks written and the damaged files of ``previous`` written afresh.
+    """
+    blocks = var.data.to_delayed()
+    indices = [(i, j) for i in range(blocks.shape[0]) for j in range(blocks.shape[1])]
+    tasks = [
+        delayed(_store_chunk)(
+            blocks[i, j],
+            staging,
+            previous,
+            var.name,
+            (i, j),
+            var.check,
+            _old(chunk_key((i, j)), old_hashes, old_files),
+        )
+        for i, j in indices
+        if only is None or chunk_key((i, j)) in only
+    ]
+    results = _compute_with_progress(tasks, var.name, progress)
+    hashes = {key: digest for key, digest, _, _, _ in results}
+    files = {key: record for key, _, _, record, _ in results}
+    damaged = [damage for *_, damage in results if damage is not None]
+    written = sum(written for _, _, written, _, _ in results)
+    return dict(sorted(hashes.items())), dict(sorted(files.items())), written, damaged
+
+
+def _old(
+    key: ChunkKey, old_hashes: dict[ChunkKey, str], old_files: ChunkFiles
+) -> tuple[str, FileRecord | None] | None:
+    """A chunk's hash and file record in the previous cube; None when either is unknown (then
+    it cannot be verified, so it is written, not linked)."""
+    if key not in old_hashes or key not in old_files:
+        return None
+    return old_hashes[key], old_files[key]
+
+
+def _store_chunk(
+    block: npt.NDArray[Any],
+    staging: Path,
+    previous: Path,
+    name: str,
+    index: tuple[int, int],
+    check: Callable[[npt.NDArray[Any]], None],
+    old: tuple[str, FileRecord | None] | None,
+) -> tuple[ChunkKey, str, bool, FileRecord | None, Damage | None]:
+    """Store one chunk: (key, content hash, written?, file record, damage found in previous)."""
+    check(block)
+    digest = chunk_hash(block)
+    array = zarr.open_array(staging / name, mode="r+", zarr_format=3)
+    relative = array.metadata.encode_chunk_key(index)
+    i, j = index
+    damage = None
+    if old is not None and digest == old[0]:
+        source = previous / name / relative
+        damage = check_file(source, old[1])
+        if damage is None:
+            if old[1] is not None:  # else a fill-value chunk: no file to link
+                link_file(source, staging / name / relative)
+            return chunk_key(index), digest, False, old[1], None
+    rows, cols = array.chunks
+    array[i * rows : i * rows + block.shape[0], j * cols : j * cols + block.shape[1]] = block
+    return chunk_key(index), digest, True, stored_record(staging / name / relative), damage
+
+
+def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:
+    """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        results = list(compute(*tasks))
+        if progress:
+            progress(name, len(tasks), len(tasks))
+        return results
+    report = (lambda done, total: progress(name, done, total)) if progress else None
+    return gather(client.compute(tasks), report)
+
+
+def valid_variable(
+    staging: Path,
+    grid: TargetGrid,
+    variables: list[Variable],
+    hashes: dict[str, dict[ChunkKey, str]],
+) -> Variable:
+    """``valid`` = inside the area of interest and no layer missing, from the staged layers."""
+    valid = grid.mask()
+    for var in variables:
+        stored = da.from_zarr(zarr.open_array(staging / var.name, mode="r", zarr_format=3))
+        stored = stored.rechunk(grid.chunks)
+        present = stored != CATEGORICAL_NODATA if stored.dtype == np.uint8 else ~da.isnan(stored)
+        valid = valid & present
+    inputs = json.dumps({name: hashes[name] for name in sorted(hashes)} | {"mask": grid.spec.mask})
+    return Variable(
+        VALID, valid.astype("uint8"), {}, 0, hashlib.sha256(inputs.encode()).hexdigest()
+    )
+
+
+def finish_cube(
+    staging: Path,
+    grid: TargetGrid,
+    variables: list[Variable],
+    hashes: dict[str, dict[ChunkKey, str]],
+    files: dict[str, ChunkFiles],
+) -> None:
+    """Record hashes, file records, fingerprints and grid, mark complete, consolidate."""
+    finish(
+        staging,
+        {
+            ATTR_GRID: grid.spec.model_dump(mode="json"),
+            ATTR_HASHES: hashes,
+            ATTR_CHUNK_FILES: records_to_json(files),
+            ATTR_FINGERPRINTS: {var.name: var.fingerprint for var in variables},
+            ATTR_FEATURES: [var.name for var in variables],
+            "tpgrid:version": __version__,
+            "Conventions": "CF-1.10",
+        },
+    )
