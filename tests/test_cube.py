@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from tpgrid.errors import CubeError, LayerValueError, OutputExistsError, SourceE
 from tpgrid.grid import GridSpec, TargetGrid
 from tpgrid.sources import load_catalog
 from tpgrid.store import ATTR_CHUNK_FILES, link_file
+from tpgrid.terrain import TERRAIN_LAYERS
 
 BuildCube = Callable[..., Any]
 
@@ -171,6 +173,40 @@ def test_unchanged_sources_are_carried_over_without_writing(
     report = build(standard_sources, terrain="dem")
     assert report.chunks_written == 0
     assert {u.action for u in report.layers} == {"unchanged"}
+
+
+def test_an_unchanged_cube_is_left_as_it_is_not_rebuilt(
+    build: BuildCube, standard_sources: dict[str, Any], tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    cube = tmp_path / "cube.zarr"
+    files = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cube.rglob("*") if p.is_file()}
+    report = build(standard_sources, terrain="dem")
+    assert [u.name for u in report.layers] == ["dem", "landcover", *TERRAIN_LAYERS, VALID]
+    assert {u.action for u in report.layers} == {"unchanged"}
+    # Not one file replaced, the group's metadata included: no staging copy was swapped in.
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in files} == files
+    assert sorted(p for p in cube.rglob("*") if p.is_file()) == sorted(files)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".cube.zarr")] == []
+
+
+def test_a_mask_file_is_read_again_on_every_build(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    """A mask file may change under its name: the build recomputes ``valid`` to see it."""
+    mask = tmp_path / "mask.geojson"
+    west, south, east, north = 90.5, 30.5, 93.5, 32.5
+    ring = [[west, south], [east, south], [east, north], [west, north], [west, south]]
+    mask.write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    grid = TargetGrid.from_spec(small_grid.spec.model_copy(update={"mask": str(mask)}))
+    build(standard_sources, grid=grid)
+    before = chunk_hashes(tmp_path / "cube.zarr")[VALID]
+    smaller = [[west, south], [92.0, south], [92.0, north], [west, north], [west, south]]
+    mask.write_text(json.dumps({"type": "Polygon", "coordinates": [smaller]}))
+    report = build(standard_sources, grid=grid)
+    (valid,) = [u for u in report.layers if u.name == VALID]
+    assert valid.chunks_written > 0
+    assert chunk_hashes(tmp_path / "cube.zarr")[VALID] != before
 
 
 def test_a_source_changed_in_one_region_rewrites_only_the_chunks_it_touches(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpgrid.cube.carry import carry_over, previous_cube, previous_records, recomputed, said
+from tpgrid.cube.plan import expected_fingerprints, verify_cube
 from tpgrid.cube.read import ATTR_FINGERPRINTS, ATTR_HASHES, VALID, ChunkKey
 from tpgrid.cube.variables import plan_variables
 from tpgrid.cube.write import create_cube_layout, finish_cube, valid_variable, write_variable
@@ -73,6 +74,14 @@ def build_cube(
     ]
     old_hashes: dict[str, dict[ChunkKey, str]] = previous.get(ATTR_HASHES, {})
     old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
+    # A mask given as a file may change under the same name: only the full build sees that.
+    fixed_mask = grid.spec.mask in ("plateau", "bbox")
+    unchanged = fixed_mask and old_prints and old_prints == expected_fingerprints(catalog)
+    if unchanged and not verify_cube(path):
+        # Nothing to do, and every chunk file checked: no staging copy, no reading of sources.
+        log.info("%s: every source unchanged and every chunk file intact", path)
+        layers = [LayerUpdate(name, "unchanged", 0, len(old_hashes[name])) for name in old_hashes]
+        return CubeReport(path, tuple(layers), grid.shape, tuple(repaired))
     old_files = previous_records(path, previous, repaired)
 
     variables = plan_variables(catalog, grid)

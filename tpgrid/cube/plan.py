@@ -17,6 +17,7 @@ from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage
 from tpgrid.sources import Catalog, check_overlap, fingerprint, open_layer
 from tpgrid.store import ATTR_COMPLETE, check_variable, read_attrs, records_from_json, verify_group
+from tpgrid.terrain import TERRAIN_LAYERS
 
 
 def open_sources(catalog: Catalog, grid: TargetGrid) -> dict[str, xr.DataArray]:
@@ -34,6 +35,21 @@ def verify_cube(path: str | Path) -> list[Damage]:
     (missing, changed, or a file where none was written), and a cube not marked complete.
     Reads the records and the files only: nothing is decoded, no Dask."""
     return verify_group(Path(path), "cube")
+
+
+def expected_fingerprints(catalog: Catalog) -> dict[str, str]:
+    """The fingerprint every variable built from ``catalog`` gets (``valid`` aside), without
+    opening a raster: the catalog layers' own, and the terrain layers' from their DEM."""
+    prints = {name: fingerprint(catalog, name) for name in catalog.layers}
+    if catalog.terrain is not None:
+        derived = terrain_fingerprint(prints[catalog.terrain.dem])
+        prints |= dict.fromkeys(TERRAIN_LAYERS, derived)
+    return prints
+
+
+def terrain_fingerprint(dem_fingerprint: str) -> str:
+    """A derived terrain layer changes exactly when its DEM does."""
+    return "terrain:" + dem_fingerprint
 
 
 def plan_cube(catalog: Catalog, grid: TargetGrid, path: str | Path) -> dict[str, str]:

@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 from odc.geo.xr import xr_reproject
 
-from tpgrid.cube.plan import open_sources
+from tpgrid.cube.plan import open_sources, terrain_fingerprint
 from tpgrid.cube.values import checked_cast, value_check
 from tpgrid.grid import TargetGrid
 from tpgrid.sources import (
@@ -80,7 +80,11 @@ def plan_variables(catalog: Catalog, grid: TargetGrid) -> list[Variable]:
         for name, data in terrain_layers(dem.data, widths, height).items():
             variables.append(
                 Variable(
-                    name, data, _terrain_attrs(name, dem.name), np.nan, "terrain:" + dem.fingerprint
+                    name,
+                    data,
+                    _terrain_attrs(name, dem.name),
+                    np.nan,
+                    terrain_fingerprint(dem.fingerprint),
                 )
             )
     return variables
