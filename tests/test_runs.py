@@ -434,6 +434,7 @@ def test_an_element_left_with_too_few_sites_is_dropped_with_its_model_and_maps(
     )
     assert result.exit_code == 0, result.output
     assert f"dropped {TOO_FEW_FE}" in one_line(result.output)
+    assert "report analyses" in result.output  # the report has its progress bar
     record = list_runs(config)[-1]
     fit = next(s for s in record["steps"] if s["name"] == "fit")
     assert fit["detail"] == f"refitted none; kept ['Ni']; dropped {TOO_FEW_FE}"

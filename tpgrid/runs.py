@@ -314,6 +314,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 prediction=config.prediction_path,
                 settings=config.report,
                 not_mapped=unfit,
+                progress=_labelled(progress, "report"),
             )
 
         publication = publish_version(
