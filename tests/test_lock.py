@@ -24,7 +24,7 @@ import pytest
 import rasterio
 from typer.testing import CliRunner
 
-from tests.conftest import start_dask_processes, stop_dask_processes
+from tests.conftest import DaskProcesses
 from tests.test_runs import write_config
 from tpgrid.cli import app
 from tpgrid.config import load_pipeline
@@ -342,12 +342,8 @@ def recorded_pid_or_none(directory: Path) -> int | None:
 
 
 @pytest.fixture(scope="module")
-def scheduler_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    scheduler, processes = start_dask_processes(tmp_path_factory.mktemp("dask"))
-    try:
-        yield processes.address
-    finally:
-        stop_dask_processes(scheduler, processes)
+def scheduler_address(dask_processes: DaskProcesses) -> str:
+    return dask_processes.address
 
 
 @pytest.fixture(scope="module")

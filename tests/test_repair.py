@@ -12,7 +12,7 @@ import rasterio
 from distributed import Client
 from typer.testing import CliRunner
 
-from tests.conftest import start_dask_processes, stop_dask_processes
+from tests.conftest import DaskProcesses
 from tests.test_runs import copy_run, step, write_config
 from tpgrid.artifact import FOREST_FILE, MODEL_FILE, load_model, verify_models
 from tpgrid.cli import app
@@ -27,13 +27,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    scheduler, processes = start_dask_processes(tmp_path_factory.mktemp("dask"))
-    try:
-        with Client(processes.address) as client:
-            yield client
-    finally:
-        stop_dask_processes(scheduler, processes)
+def cluster(dask_processes: DaskProcesses) -> Iterator[Client]:
+    with Client(dask_processes.address) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")

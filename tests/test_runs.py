@@ -19,7 +19,7 @@ import yaml
 from distributed import Client
 from typer.testing import CliRunner
 
-from tests.conftest import start_dask_processes, stop_dask_processes
+from tests.conftest import DaskProcesses, start_dask_processes, stop_dask_processes
 from tpgrid.cli import EXIT_UNCHANGED, app
 from tpgrid.config import PipelineConfig, load_pipeline
 from tpgrid.cube import chunk_hashes
@@ -53,13 +53,9 @@ def write_config(workdir: Path, **changes: Any) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    scheduler, processes = start_dask_processes(tmp_path_factory.mktemp("dask"))
-    try:
-        with Client(processes.address) as client:
-            yield client
-    finally:
-        stop_dask_processes(scheduler, processes)
+def cluster(dask_processes: DaskProcesses) -> Iterator[Client]:
+    with Client(dask_processes.address) as client:
+        yield client
 
 
 @pytest.fixture(scope="module")
