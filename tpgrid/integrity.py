@@ -77,6 +77,14 @@ def check_file(path: str | Path, recorded: FileRecord | None) -> Damage | None:
     return None
 
 
+def check_readable(path: str | Path, record: FileRecord) -> Damage | None:
+    """:func:`check_file`, with a file that cannot be read reported as damage too."""
+    try:
+        return check_file(path, record)
+    except OSError as exc:
+        return Damage(Path(path), f"unreadable: {exc.strerror or exc}")
+
+
 def check_files(root: Path, records: Mapping[str, FileRecord | None]) -> list[Damage]:
     """Every file of ``records`` (paths relative to ``root``) that does not match its record."""
     found = (check_file(root / name, record) for name, record in records.items())

@@ -35,11 +35,10 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tpgrid.errors import OutputExistsError
-from tpgrid.integrity import Damage, FileRecord, file_record
+from tpgrid.integrity import Damage, FileRecord, check_readable, file_record
 from tpgrid.outputs import (
     STAC_ITEM,
     asset_records,
-    check_readable,
     open_prediction,
     published_run,
     read_item,

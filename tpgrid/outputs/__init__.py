@@ -27,7 +27,6 @@ from tpgrid.outputs.layers import (
 )
 from tpgrid.outputs.maps import (
     PublishReport,
-    check_readable,
     element_digest,
     publish,
     write_maps,
@@ -52,7 +51,6 @@ __all__ = [
     "MapFiles",
     "PublishReport",
     "asset_records",
-    "check_readable",
     "element_digest",
     "global_attrs",
     "layer_layouts",

@@ -19,7 +19,7 @@ import rasterio
 
 from tpgrid.errors import OutputExistsError
 from tpgrid.grid import GridSpec, TargetGrid
-from tpgrid.integrity import Damage, FileRecord, check_file
+from tpgrid.integrity import Damage, FileRecord, check_readable
 from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
 from tpgrid.outputs.names import STAC_ITEM, cog_name, element_files, quicklook_name
@@ -182,14 +182,6 @@ def _link_unchanged(
             link_file(previous / name, directory / name)
             linked[name] = record
     return linked, damaged
-
-
-def check_readable(path: Path, record: FileRecord) -> Damage | None:
-    """:func:`check_file`, with a file that cannot be read reported as damage too."""
-    try:
-        return check_file(path, record)
-    except OSError as exc:
-        return Damage(path, f"unreadable: {exc.strerror or exc}")
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
