@@ -13,11 +13,13 @@ from tpgrid.client import (
     JobqueueSpec,
     LocalSpec,
     SchedulerFileSpec,
+    client_when_needed,
     dask_client,
     load_cluster_spec,
     parse_cluster_spec,
 )
 from tpgrid.errors import ClusterError, ConfigError
+from tpgrid.tasks import current_client, task_runner
 
 CLUSTER_DIR = Path(__file__).resolve().parents[1] / "cluster"
 
@@ -94,3 +96,38 @@ def test_unknown_keys_and_kinds_are_config_errors_naming_them() -> None:
         parse_cluster_spec({"kind": "local", "workerz": 2})
     with pytest.raises(ConfigError, match="yarn"):
         parse_cluster_spec({"kind": "yarn"})
+
+
+def test_a_client_when_needed_connects_at_the_first_task_and_not_before(
+    dask_processes: DaskProcesses,
+) -> None:
+    opened: list[str] = []
+    spec = AddressSpec(kind="address", address=dask_processes.address)
+    with client_when_needed(spec, started=lambda c: opened.append(c.scheduler.address)):
+        assert opened == []  # nothing needed a client yet
+        with task_runner() as runner:
+            assert opened == [dask_processes.address]
+            assert runner.gather([runner.submit(pow, 2, 10)]) == [1024]
+        assert current_client() is not None
+        with task_runner():
+            assert len(opened) == 1  # the same client, not a second one
+    assert current_client() is None  # closed with the block
+
+
+def test_a_client_when_needed_that_is_never_needed_starts_nothing() -> None:
+    opened: list[object] = []
+    with client_when_needed(LocalSpec(workers=1), started=opened.append):
+        pass
+    assert opened == []
+    assert current_client() is None
+
+
+def test_a_client_when_needed_checks_its_spec_at_once(tmp_path: Path) -> None:
+    with (
+        pytest.raises(ClusterError, match="not of the form"),
+        client_when_needed(address="nonsense"),
+    ):
+        pass
+    spec = SchedulerFileSpec(kind="scheduler_file", scheduler_file=tmp_path / "nope.json")
+    with pytest.raises(ClusterError, match=r"nope\.json"), client_when_needed(spec):
+        pass

@@ -106,6 +106,17 @@ def test_a_rerun_with_nothing_changed_computes_nothing(
     assert step(record, "fit").counts == {"refitted": 0}
     assert step(record, "predict").counts == {"chunks_computed": 0}
     assert step(record, "publish").action == "unchanged"
+    # From the command line, with no client open: nothing to compute, so no cluster is
+    # started or connected to (its dashboard link is printed when one is).
+    again = subprocess.run(
+        [sys.executable, "-m", "tpgrid", "run", str(tmp_path / "work.yaml"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "Dask dashboard" not in again.stdout
+    assert not list_runs(config)[-1]["changed"]
 
 
 def test_a_covariate_changed_in_one_region_recomputes_only_its_chunks(

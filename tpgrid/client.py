@@ -24,7 +24,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +34,7 @@ from distributed import Client, LocalCluster
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from tpgrid.errors import ClusterError
+from tpgrid.tasks import client_on_demand
 from tpgrid.yamlfile import read_mapping, validated
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
@@ -148,27 +149,66 @@ def dask_client(spec: ClusterSpec | None = None, *, address: str | None = None) 
     A cluster this function starts is closed when the block ends; an existing scheduler is
     left running.
     """
-    # Set but empty counts as given (and malformed): a blank variable silently starting a
-    # local cluster instead of using the intended scheduler would be worse than an error.
-    address = address if address is not None else os.environ.get(ADDRESS_ENV)
-    if address is not None:
-        spec = AddressSpec(kind="address", address=address)
-    spec = spec or LocalSpec()
+    spec = chosen_spec(spec, address)
+    check_spec(spec)
     with ExitStack() as stack:
         if isinstance(spec, AddressSpec):
-            check_address(spec.address)
             client = _connect(spec.address, stack)
         elif isinstance(spec, SchedulerFileSpec):
-            if not spec.scheduler_file.is_file():
-                raise ClusterError(
-                    f"scheduler file {spec.scheduler_file} does not exist: start the scheduler "
-                    "with `dask scheduler --scheduler-file` first, or fix the path"
-                )
             client = stack.enter_context(Client(scheduler_file=str(spec.scheduler_file)))
         else:
             cluster = stack.enter_context(_start_cluster(spec))
             client = stack.enter_context(Client(cluster))
         yield client
+
+
+@contextmanager
+def client_when_needed(
+    spec: ClusterSpec | None = None,
+    *,
+    address: str | None = None,
+    started: Callable[[Client], None] | None = None,
+) -> Iterator[None]:
+    """:func:`dask_client` opened only when the first task needs a client (see
+    :func:`tpgrid.tasks.client_on_demand`), then ``started(client)``; closed when the block
+    ends. The spec is checked at once, so a wrong address or a missing backend fails before
+    any work."""
+    spec = chosen_spec(spec, address)
+    check_spec(spec)
+    with ExitStack() as stack:
+
+        def start() -> Client:
+            client = stack.enter_context(dask_client(spec))
+            if started is not None:
+                started(client)
+            return client
+
+        with client_on_demand(start):
+            yield
+
+
+def chosen_spec(spec: ClusterSpec | None, address: str | None) -> ClusterSpec:
+    """``address`` (or ``$DASK_SCHEDULER_ADDRESS``) if given, else ``spec``, else local."""
+    # Set but empty counts as given (and malformed): a blank variable silently starting a
+    # local cluster instead of using the intended scheduler would be worse than an error.
+    address = address if address is not None else os.environ.get(ADDRESS_ENV)
+    if address is not None:
+        return AddressSpec(kind="address", address=address)
+    return spec or LocalSpec()
+
+
+def check_spec(spec: ClusterSpec) -> None:
+    """A :class:`ClusterError` for what can be known wrong before connecting or starting."""
+    if isinstance(spec, AddressSpec):
+        check_address(spec.address)
+    elif isinstance(spec, SchedulerFileSpec):
+        if not spec.scheduler_file.is_file():
+            raise ClusterError(
+                f"scheduler file {spec.scheduler_file} does not exist: start the scheduler "
+                "with `dask scheduler --scheduler-file` first, or fix the path"
+            )
+    elif not isinstance(spec, LocalSpec):
+        _import_backend(spec.kind)
 
 
 #: ``[scheme://]host:port``: a host name, an IPv4 address or a bracketed IPv6 one.

@@ -29,13 +29,13 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-from distributed import Client, Future, Worker, get_client
+from distributed import Client, Future, Worker
 
 from tpgrid.cube import VALID, read_window
 from tpgrid.errors import ClusterError
 from tpgrid.grid import ChunkWindow, TargetGrid
 from tpgrid.store import VariableLayout, create_layout, finish, swap_in
-from tpgrid.tasks import Progress, as_finished
+from tpgrid.tasks import Progress, as_finished, current_client
 
 #: Folder of per-chunk completion markers inside a staging group (removed before swap-in).
 DONE_DIR = "_tpgrid_done"
@@ -97,13 +97,13 @@ def read_done(staging: Path, element: str, window: ChunkWindow) -> Any:
 
 def cluster_client(what: str) -> Client:
     """The current Dask client; a :class:`ClusterError` saying how to open one if none is."""
-    try:
-        return get_client()
-    except ValueError as exc:
+    client: Client | None = current_client()
+    if client is None:
         raise ClusterError(
             f"{what} needs a Dask client: open one first (tpgrid.client.dask_client(), or "
             "distributed.Client())"
-        ) from exc
+        )
+    return client
 
 
 class ChunkRun:

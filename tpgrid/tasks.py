@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -20,17 +21,45 @@ from typing import Any
 Progress = Callable[[str, int, int], None]
 
 
+_start_client: Callable[[], Any] | None = None
+_starting = threading.Lock()
+
+
+@contextmanager
+def client_on_demand(start: Callable[[], Any]) -> Iterator[None]:
+    """Within the block, the first :func:`current_client` that finds no client calls ``start()``,
+    which must open one and make it current. A run whose every step is already up to date so
+    never pays for starting (and stopping) a cluster."""
+    global _start_client
+    previous, _start_client = _start_client, start
+    try:
+        yield
+    finally:
+        _start_client = previous
+
+
+def current_client() -> Any | None:
+    """The current Dask client; one started by :func:`client_on_demand` if that is in force and
+    none is open yet; None when there is none (work then runs in this process)."""
+    from distributed import get_client
+
+    try:
+        return get_client()
+    except ValueError:
+        pass
+    with _starting:  # two threads needing a client at once start one cluster
+        try:
+            return get_client()
+        except ValueError:
+            return None if _start_client is None else _start_client()
+
+
 class TaskRunner:
     """Runs tasks on the current Dask client, or on ``local_threads`` threads when there is
     none (default: one per core)."""
 
     def __init__(self, local_threads: int | None = None) -> None:
-        from distributed import get_client
-
-        try:
-            self.client: Any = get_client()
-        except ValueError:
-            self.client = None
+        self.client: Any = current_client()
         threads = local_threads or os.cpu_count() or 1
         self._pool = concurrent.futures.ThreadPoolExecutor(threads) if self.client is None else None
         if self.client is not None:

@@ -209,12 +209,17 @@ def _interrupter() -> threading.Event:
 def command_cluster(
     address: str | None, workers: int | None, spec: ClusterSpec | None = None
 ) -> Iterator[None]:
-    """A Dask client for the command: ``address`` wins, then ``spec``, then a LocalCluster."""
-    from tpgrid.client import LocalSpec, dask_client
+    """A Dask client for the command, opened when its first task needs one (a command with
+    nothing to compute starts no cluster): ``address`` wins, then ``spec``, then a
+    LocalCluster."""
+    from tpgrid.client import LocalSpec, client_when_needed
 
     chosen = spec if spec is not None and workers is None else LocalSpec(workers=workers)
-    with dask_client(chosen, address=address) as client:
+
+    def started(client: Any) -> None:
         console.print(f"Dask dashboard: {client.dashboard_link}", highlight=False)
+
+    with client_when_needed(chosen, address=address, started=started):
         yield
 
 

@@ -45,7 +45,7 @@ from tpgrid.store import (
     records_to_json,
     stored_record,
 )
-from tpgrid.tasks import Progress, gather
+from tpgrid.tasks import Progress, current_client, gather
 
 
 def chunk_hash(block: npt.NDArray[Any]) -> str:
@@ -151,11 +151,8 @@ def _store_chunk(
 
 def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:
     """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
+    client = current_client()
+    if client is None:
         results = list(compute(*tasks))
         if progress:
             progress(name, len(tasks), len(tasks))
