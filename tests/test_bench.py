@@ -6,6 +6,7 @@ A tiny forest and a few hundred rows: these tests check behaviour, never speed.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,16 +22,21 @@ from tpgrid.bench import (
     BenchSettings,
     EndToEndResult,
     Engine,
+    JobRun,
     KernelResult,
     ScalingRun,
     check_engine,
+    job_benchmark,
     kernel_benchmark,
     reference_prediction,
     targets,
     write_report,
 )
+from tpgrid.bench.job import change_one_window
 from tpgrid.cli import app
-from tpgrid.errors import ConfigError, EngineMismatchError
+from tpgrid.errors import BenchmarkError, ConfigError, EngineMismatchError
+from tpgrid.synthetic import PlateauFiles
+from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
 
 N_FEATURES = 4
 
@@ -175,3 +181,72 @@ def test_the_command_names_a_bad_option_without_a_traceback(tmp_path: Path) -> N
     assert result.exit_code == 2
     assert "unknown benchmark sections" in result.output
     assert "Traceback" not in result.output
+
+
+def job_runs() -> list[JobRun]:
+    steps = {"plateau": 2.0, "cube": 8.0, "fit": 9.0, "predict": 2.0, "publish": 15.0}
+    return [
+        JobRun("baseline", "small, first run", 45.0, steps),
+        JobRun("this tpgrid", "small, first run", 28.0, steps | {"publish": 5.0}),
+        JobRun("baseline", "full, first run", 170.0, steps | {"predict": 17.0}),
+        JobRun("this tpgrid", "full, first run", 120.0, steps | {"predict": 24.0}),
+    ]
+
+
+def test_the_job_section_targets_this_tpgrid_and_tabulates_both(
+    kernel: KernelResult, tmp_path: Path
+) -> None:
+    result = BenchResult({"seed": 0}, fake_result(kernel).machine, job=job_runs())
+    found = {(t.name, t.rows): t for t in targets(result)}
+    first = found["tpgrid demo, wall seconds", "small, first run"]
+    assert (first.measured, first.goal, first.met) == (28.0, 30.0, True)
+    assert found["tpgrid demo, wall seconds", "full, first run"].met
+    share = found["tpgrid demo, predict's share of the wall", "full, first run"]
+    assert share.measured == pytest.approx(24.0 / 120.0)
+    assert not share.met
+    assert all(t.rows != "baseline" for t in found.values())
+    text = write_report(result, tmp_path / "out").markdown.read_text()
+    assert "|  | baseline | this tpgrid |" in text
+    assert "| **wall** | **45.0** | **28.0** |" in text
+    assert "| predict's share of the wall | 10.0% | 20.0% |" in text
+
+
+def test_one_window_change_scales_ndvi_in_20_by_20_pixels_away_from_every_site(
+    plateau: PlateauFiles, tmp_path: Path
+) -> None:
+    import pandas as pd
+    import rasterio
+    from pyproj import Transformer
+
+    copy = Path(shutil.copytree(plateau.root, tmp_path / "plateau"))
+    ndvi = copy / "covariates" / "ndvi.tif"
+    with rasterio.open(ndvi) as src:
+        before = src.read(1)
+    row, col = change_one_window(copy, 20)
+    with rasterio.open(ndvi) as src:
+        after = src.read(1)
+        sites = pd.read_csv(plateau.sites)
+        x, y = Transformer.from_crs("EPSG:4326", src.crs, always_xy=True).transform(
+            sites["lon"].to_numpy(), sites["lat"].to_numpy()
+        )
+        site_rows, site_cols = rasterio.transform.rowcol(src.transform, x, y)
+    changed = np.argwhere(after != before)
+    assert changed.min(axis=0).tolist() == [row, col]
+    assert changed.max(axis=0).tolist() == [row + 19, col + 19]
+    assert len(changed) == 400
+    window = (slice(row, row + 20), slice(col, col + 20))
+    np.testing.assert_allclose(after[window], (before[window] * 1.05).astype(before.dtype))
+    inside = (
+        (np.asarray(site_rows) >= row)
+        & (np.asarray(site_rows) < row + 20)
+        & (np.asarray(site_cols) >= col)
+        & (np.asarray(site_cols) < col + 20)
+    )
+    assert not inside.any()
+
+
+def test_a_baseline_that_is_not_an_executable_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(BenchmarkError, match="is not a file"):
+        job_benchmark(tmp_path, baseline=tmp_path / "nope", cases=())
+    with pytest.raises(ConfigError, match="end_to_end_job section only"):
+        BenchSettings(workdir=tmp_path, sections=("kernel",), baseline=tmp_path / "tpgrid")

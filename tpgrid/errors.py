@@ -145,6 +145,11 @@ class EngineMismatchError(TpgridError):
     """A benchmarked engine whose predictions differ from scikit-learn's: it is not timed."""
 
 
+class BenchmarkError(TpgridError):
+    """A benchmark that cannot run as asked: a baseline that is not an executable, a timed
+    command that failed."""
+
+
 def describe_validation(exc: ValidationError) -> str:
     """One line per pydantic error: the dotted key and what is wrong with it."""
     lines = []

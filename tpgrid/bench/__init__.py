@@ -18,6 +18,9 @@ Three sections, each returning plain data (:func:`run_benchmark` runs them in tu
 3. **End to end** (:mod:`~tpgrid.bench.end_to_end`): every element over the full plateau, with
    the task time and the bare kernel time (same chunks, same parallelism, no Dask, no I/O)
    beside the wall time, so the cluster's overhead shows apart from the kernel.
+4. **End-to-end job** (:mod:`~tpgrid.bench.job`): ``tpgrid demo`` as a user runs it, as
+   separate processes: the small demo's first run, a no-op re-run, a re-run after a one-window
+   covariate change, and the full plateau's job; optionally beside a baseline install.
 
 The forests are those :func:`tpgrid.fit.fit_models` fits on the synthetic plateau (500 trees
 per element, hyperparameters as its search picks them), so tree depth is what users get.
@@ -31,6 +34,7 @@ is met; :mod:`~tpgrid.bench.report` writes them out.
 
 from tpgrid.bench.end_to_end import EndToEndResult, end_to_end_benchmark
 from tpgrid.bench.engines import EXACT, FLOAT32, Engine, check_engine, reference_prediction
+from tpgrid.bench.job import CASES, JobRun, job_benchmark
 from tpgrid.bench.kernel import EngineTiming, KernelResult, RowsResult, kernel_benchmark
 from tpgrid.bench.report import ReportFiles, markdown, write_report
 from tpgrid.bench.result import BenchResult, Target, kernel_rows, targets
@@ -39,6 +43,7 @@ from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
 from tpgrid.bench.settings import SECTIONS, BenchSettings
 
 __all__ = [
+    "CASES",
     "EXACT",
     "FLOAT32",
     "SECTIONS",
@@ -47,6 +52,7 @@ __all__ = [
     "EndToEndResult",
     "Engine",
     "EngineTiming",
+    "JobRun",
     "KernelResult",
     "ReportFiles",
     "RowsResult",
@@ -54,6 +60,7 @@ __all__ = [
     "Target",
     "check_engine",
     "end_to_end_benchmark",
+    "job_benchmark",
     "kernel_benchmark",
     "kernel_rows",
     "markdown",

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from tpgrid.bench.job import JobRun
 from tpgrid.bench.result import BenchResult, kernel_rows, targets
 from tpgrid.jsonable import plain
 
@@ -92,6 +93,8 @@ def markdown(result: BenchResult) -> str:
             f"{e2e.chunk}², {e2e.workers} workers.\n\n"
             + markdown_table([{"": name, "value": value} for name, value in rows_])
         )
+    if result.job:
+        parts.append(job_markdown(result.job))
     found = targets(result)
     if found:
         table = [
@@ -106,6 +109,28 @@ def markdown(result: BenchResult) -> str:
         ]
         parts.append("### Targets\n\n" + markdown_table(table))
     return "\n\n".join(parts) + "\n"
+
+
+def job_markdown(runs: Sequence[JobRun]) -> str:
+    """One table per case: the seconds of each step and the wall time, per version."""
+    parts = ["### The whole job (`tpgrid demo`, one process per run)"]
+    versions = list(dict.fromkeys(run.version for run in runs))
+    for case in dict.fromkeys(run.case for run in runs):
+        by_version = {run.version: run for run in runs if run.case == case}
+        steps = list(dict.fromkeys(name for run in by_version.values() for name in run.steps))
+        rows = [
+            {"": step} | {v: f"{by_version[v].steps.get(step, 0.0):.1f}" for v in versions}
+            for step in steps
+        ]
+        rows.append(
+            {"": "**wall**"} | {v: f"**{by_version[v].wall_seconds:.1f}**" for v in versions}
+        )
+        rows.append(
+            {"": "predict's share of the wall"}
+            | {v: f"{by_version[v].prediction_share:.1%}" for v in versions}
+        )
+        parts.append(f"**{case}** (seconds)\n\n" + markdown_table(rows))
+    return "\n\n".join(parts)
 
 
 def markdown_table(rows: Sequence[Mapping[str, Any]]) -> str:

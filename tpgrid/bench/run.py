@@ -19,6 +19,7 @@ from tpgrid.bench.inputs import (
     prepare_plateau,
     random_rows,
 )
+from tpgrid.bench.job import job_benchmark
 from tpgrid.bench.kernel import kernel_benchmark
 from tpgrid.bench.result import BenchResult
 from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
@@ -39,7 +40,7 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
             "coherent": coherent_rows(settings.rows, n_features, settings.seed),
             "random": random_rows(settings.rows, n_features, settings.seed),
         }
-    else:
+    elif set(settings.sections) - {"end_to_end_job"}:
         inputs = prepare_plateau(settings.workdir, settings.size, settings.seed, log)
         if "kernel" in settings.sections:
             model = _model_of(inputs, settings.element)
@@ -57,12 +58,15 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         scaling = scaling_benchmark(settings.workdir, inputs, chunks, settings.workers, log)
     if inputs is not None and "end_to_end" in settings.sections:
         end_to_end = end_to_end_benchmark(inputs, settings.workdir, max(settings.workers), log)
+    job = []
+    if "end_to_end_job" in settings.sections:
+        job = job_benchmark(settings.workdir, settings.baseline, seed=settings.seed, log=log)
     machine = machine_info() | {
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-    return BenchResult(chosen, machine, kernel, scaling, end_to_end)
+    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job)
 
 
 def _model_of(inputs: PlateauInputs, element: str) -> ModelArtifact:

@@ -14,7 +14,7 @@ from tpgrid.errors import ConfigError
 
 Log = Callable[[str], None]
 
-SECTIONS = ("kernel", "scaling", "end_to_end")
+SECTIONS = ("kernel", "scaling", "end_to_end", "end_to_end_job")
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,7 @@ class BenchSettings:
     sections: tuple[str, ...] = SECTIONS
     chunks: tuple[int, ...] | None = None  # default: the grid's chunk / 2, x1, x2, x4
     workers: tuple[int, ...] = (1, 2)
+    baseline: Path | None = None  # another install's tpgrid executable, for the job section
 
     def __post_init__(self) -> None:
         unknown = set(self.sections) - set(SECTIONS)
@@ -41,5 +42,7 @@ class BenchSettings:
             )
         if self.forest not in ("plateau", "reference"):
             raise ConfigError(f"forest {self.forest!r} is not 'plateau' or 'reference'")
+        if self.baseline is not None and "end_to_end_job" not in self.sections:
+            raise ConfigError("a baseline is compared in the end_to_end_job section only")
         if self.forest == "reference" and set(self.sections) - {"kernel"}:
             raise ConfigError("the reference forest has no plateau: run only the kernel section")

@@ -47,7 +47,9 @@ def bench(
     repeats: Annotated[int, typer.Option(help="Timed repeats of every engine.")] = 5,
     section: Annotated[
         list[str] | None,
-        typer.Option(help="kernel, scaling or end_to_end (repeat it); default: all three."),
+        typer.Option(
+            help="kernel, scaling, end_to_end or end_to_end_job (repeat it); default: all four."
+        ),
     ] = None,
     chunk: Annotated[
         list[int] | None,
@@ -56,8 +58,16 @@ def bench(
     workers: Annotated[
         list[int] | None, typer.Option(help="Worker counts of the scaling runs (repeat it) [1, 2].")
     ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            help="The tpgrid executable of another install (e.g. an older commit in its own "
+            "venv), timed beside this one in the end_to_end_job section."
+        ),
+    ] = None,
 ) -> None:
-    """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite."""
+    """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite, and
+    the whole `tpgrid demo` job (first run, no-op, one-window change) beside a baseline."""
     from tpgrid.bench import SECTIONS, BenchSettings, run_benchmark, targets, write_report
 
     settings = BenchSettings(
@@ -72,6 +82,7 @@ def bench(
         sections=tuple(section) if section else SECTIONS,
         chunks=tuple(chunk) if chunk else None,
         workers=tuple(workers) if workers else (1, 2),
+        baseline=baseline.resolve() if baseline else None,
     )
     started = time.perf_counter()
     result = run_benchmark(
