@@ -23,7 +23,7 @@ import rasterio
 
 from tpgrid.errors import OutputExistsError
 from tpgrid.grid import GridSpec, TargetGrid
-from tpgrid.integrity import Damage, FileRecord, check_readable
+from tpgrid.integrity import Damage, FileRecord, check_readable, file_record
 from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
 from tpgrid.outputs.names import STAC_ITEM, cog_name, element_files, quicklook_name
@@ -127,23 +127,9 @@ def write_maps(
         linked, damaged = _link_unchanged(Path(previous), directory, digests)
     cogs = [(e, layer) for e in elements for layer in LAYERS if cog_name(e, layer) not in linked]
     drawn = [e for e in elements if quicklook_name(e) not in linked]
-    # One thread without a client: matplotlib is not thread-safe, and GDAL's cache is per COG.
-    with task_runner(local_threads=1) as runner:
-        written = [
-            runner.submit(
-                write_cog,
-                prediction / variable_name(e, layer),
-                directory / cog_name(e, layer),
-                grid,
-            )
-            for e, layer in cogs
-        ]
-        runner.gather(written, _stage(progress, "maps"))
-        # After every COG: a quicklook is drawn from its element's mean and sd COGs.
-        runner.gather(
-            [runner.submit(write_quicklook, directory, e) for e in drawn],
-            _stage(progress, "quicklooks"),
-        )
+    rendered: dict[str, FileRecord] = {}
+    if cogs or drawn:  # else no runner: a publication that renders nothing needs no cluster
+        rendered = _render(prediction, directory, grid, cogs, drawn, progress)
     with rasterio.open(directory / cog_name(elements[0], LAYERS[0])) as cog:
         cog_shape = (cog.height, cog.width)
     reused = tuple(e for e in elements if all(n in linked for n in element_files(e)))
@@ -160,9 +146,46 @@ def write_maps(
         digests,
         cog_shape,
         linked,
+        rendered,
         reused,
         tuple(damaged),
     )
+
+
+def _render(
+    prediction: Path,
+    directory: Path,
+    grid: TargetGrid,
+    cogs: Sequence[tuple[str, str]],
+    quicklooks: Sequence[str],
+    progress: Progress | None,
+) -> dict[str, FileRecord]:
+    """Write ``cogs`` ((element, layer) pairs), then the ``quicklooks`` of those elements, as
+    tasks on the current Dask client (on one thread without: matplotlib is not thread-safe);
+    the record of each file written."""
+    with task_runner(local_threads=1) as runner:
+        written = [
+            runner.submit(
+                _recorded,
+                write_cog,
+                prediction / variable_name(e, layer),
+                directory / cog_name(e, layer),
+                grid,
+            )
+            for e, layer in cogs
+        ]
+        records = runner.gather(written, _stage(progress, "maps"))
+        # After every COG: a quicklook is drawn from its element's mean and sd COGs.
+        drawn = [runner.submit(_recorded, write_quicklook, directory, e) for e in quicklooks]
+        records += runner.gather(drawn, _stage(progress, "quicklooks"))
+    return dict(records)
+
+
+def _recorded(write: Callable[..., Path], *args: Any) -> tuple[str, FileRecord]:
+    """Run ``write(*args)`` and hash the file it wrote, in the task that wrote it (the STAC item
+    records every file's SHA-256: hashed where it was written, in parallel, and once)."""
+    path = write(*args)
+    return path.name, file_record(path)
 
 
 def _link_unchanged(

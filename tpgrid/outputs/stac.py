@@ -44,7 +44,8 @@ class MapFiles:
     """The maps of a run written into ``directory`` by
     :func:`~tpgrid.outputs.maps.write_maps`, and what its STAC item (:func:`write_item`) needs:
     the run, its elements, the digest of each file, the COG shape, and the records of files linked
-    from a previous publication (checked, not hashed again)."""
+    from a previous publication (checked, not hashed again) and of files rendered (hashed by
+    the task that wrote them)."""
 
     directory: Path
     attrs: Mapping[str, Any]
@@ -54,6 +55,7 @@ class MapFiles:
     digests: Mapping[str, str]  # by file name
     cog_shape: tuple[int, int]
     linked: Mapping[str, FileRecord]
+    rendered: Mapping[str, FileRecord]
     reused: tuple[str, ...]  # elements all of whose files were linked
     damaged: tuple[Damage, ...]  # files of the previous publication that failed their check
 
@@ -71,7 +73,9 @@ def write_item(
     item["links"].extend(dict(link) for link in links)
     for asset in item["assets"].values():
         name = _relative(asset["href"])
-        record = maps.linked.get(name) or file_record(maps.directory / name)
+        record = (
+            maps.linked.get(name) or maps.rendered.get(name) or file_record(maps.directory / name)
+        )
         asset["file:size"] = record.size
         asset["file:checksum"] = record.multihash
     path = maps.directory / STAC_ITEM
