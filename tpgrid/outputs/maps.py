@@ -207,8 +207,8 @@ def _link_unchanged(
         # No record: nothing to check it against (published without checksums).
         if published.get(name) == digest and (record := records.get(name)) is not None
     }
-    # Hashing the candidates is most of the time a fully reused publication takes: hashlib
-    # releases the GIL, so threads share it out.
+    # ~300 MB to hash for the full plateau's maps: hashlib releases the GIL, so threads share
+    # it out.
     with ThreadPoolExecutor(_CHECK_THREADS) as pool:
         found = dict(
             zip(
