@@ -28,6 +28,7 @@ from tpgrid.outputs import (
     COG_MEDIA_TYPE,
     LAYERS,
     STAC_ITEM,
+    file_digests,
     layer_layouts,
     open_prediction,
     publish,
@@ -123,6 +124,21 @@ def test_only_the_changed_layer_and_a_quicklook_showing_it_are_rendered_the_rest
     }
     again = publish(changed, tmp_path / "maps-again", previous=tmp_path / "maps")
     assert again.reused == ("Fe", "Mo")
+
+
+def test_file_digests_change_with_the_grid_and_a_quicklook_only_with_mean_and_sd(
+    run: Path, tmp_path: Path
+) -> None:
+    _, record = open_prediction(run)
+    digests = file_digests(run, record, "Mo")
+    moved = record | {"grid": record["grid"] | {"bbox": [90.5, 30.0, 94.5, 33.0]}}
+    elsewhere = file_digests(run, moved, "Mo")
+    assert all(elsewhere[name] != digests[name] for name in digests)  # a COG is georeferenced
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(run, changed)
+    zarr.open_array(changed / "Mo_variance", mode="r+", zarr_format=3)[0:2, 0:2] = 1
+    after = file_digests(changed, record, "Mo")
+    assert {name for name in digests if after[name] != digests[name]} == {"Mo_variance.tif"}
 
 
 @pytest.mark.parametrize("where", ["threads", pytest.param("cluster", marks=pytest.mark.slow)])
