@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import pytest
 import rasterio
 import xarray as xr
+import zarr
+from distributed import Client
 from rio_cogeo.cogeo import cog_validate
 
-from tests.conftest import SMALL_SPEC
+from tests.conftest import SMALL_SPEC, DaskProcesses
 from tests.run_groups import known_layers, write_run_group
 from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError
@@ -25,13 +28,15 @@ from tpgrid.outputs import (
     COG_MEDIA_TYPE,
     LAYERS,
     STAC_ITEM,
+    file_digests,
     layer_layouts,
     open_prediction,
     publish,
     quicklook_figure,
     variable_name,
 )
-from tpgrid.store import create_layout, write_window
+from tpgrid.outputs.names import element_files
+from tpgrid.store import create_layout
 
 ELEMENTS = ("Fe", "Mo")
 RUN_ID = "ab" * 32
@@ -90,29 +95,108 @@ def test_published_directory_holds_the_product_files_and_nothing_else(published:
     assert {path.name for path in published.iterdir()} == expected
 
 
-def test_elements_whose_maps_did_not_change_are_linked_from_the_previous_publication(
-    run: Path, published: Path, grid: TargetGrid, tmp_path: Path
+@pytest.mark.parametrize(
+    ("layer", "rendered"),
+    [
+        ("mean", {"Mo_mean.tif", "Mo_quicklook.png"}),  # the quicklook shows mean and sd
+        ("variance", {"Mo_variance.tif"}),
+        ("unseen", {"Mo_unseen.tif"}),
+    ],
+)
+def test_only_the_changed_layer_and_a_quicklook_showing_it_are_rendered_the_rest_linked(
+    run: Path, published: Path, tmp_path: Path, layer: str, rendered: set[str]
 ) -> None:
     changed = tmp_path / "changed.zarr"
     shutil.copytree(run, changed)  # copies: equal bytes, other files
-    window = next(iter(grid.windows()))
-    block = np.full(
-        (window.rows.stop - window.rows.start, window.cols.stop - window.cols.start), 7.0
-    )
-    write_window(changed, "Mo_mean", window, block.astype(np.float32))
+    array = zarr.open_array(changed / f"Mo_{layer}", mode="r+", zarr_format=3)
+    array[0:10, 0:10] = 1
     report = publish(changed, tmp_path / "maps", previous=published)
     assert report.reused == ("Fe",)
-    for name in ("Fe_mean.tif", "Fe_unseen.tif", "Fe_quicklook.png"):
-        assert (tmp_path / "maps" / name).stat().st_ino == (published / name).stat().st_ino
-    assert (tmp_path / "maps" / "Mo_sd.tif").stat().st_ino != (
-        published / "Mo_sd.tif"
-    ).stat().st_ino
-    with rasterio.open(tmp_path / "maps" / "Mo_mean.tif") as cog:
-        assert (cog.read(1, window=((0, 10), (0, 10))) == 7.0).all()
+    for name in (n for e in ELEMENTS for n in element_files(e)):
+        same = (tmp_path / "maps" / name).stat().st_ino == (published / name).stat().st_ino
+        assert same == (name not in rendered), name
+    with rasterio.open(tmp_path / "maps" / f"Mo_{layer}.tif") as cog:
+        assert (cog.read(1, window=((0, 10), (0, 10))) == 1).all()
+        assert (cog.read(1, window=((0, 10), (10, 20))) != 1).all()
     item = json.loads((tmp_path / "maps" / STAC_ITEM).read_text())
-    assert set(item["properties"]["tpgrid:element_digests"]) == set(ELEMENTS)
+    assert set(item["properties"]["tpgrid:file_digests"]) == {
+        name for e in ELEMENTS for name in element_files(e)
+    }
     again = publish(changed, tmp_path / "maps-again", previous=tmp_path / "maps")
     assert again.reused == ("Fe", "Mo")
+
+
+def test_file_digests_change_with_the_grid_and_a_quicklook_only_with_mean_and_sd(
+    run: Path, tmp_path: Path
+) -> None:
+    _, record = open_prediction(run)
+    digests = file_digests(run, record, "Mo")
+    moved = record | {"grid": record["grid"] | {"bbox": [90.5, 30.0, 94.5, 33.0]}}
+    elsewhere = file_digests(run, moved, "Mo")
+    assert all(elsewhere[name] != digests[name] for name in digests)  # a COG is georeferenced
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(run, changed)
+    zarr.open_array(changed / "Mo_variance", mode="r+", zarr_format=3)[0:2, 0:2] = 1
+    after = file_digests(changed, record, "Mo")
+    assert {name for name in digests if after[name] != digests[name]} == {"Mo_variance.tif"}
+
+
+@pytest.mark.parametrize("where", ["threads", pytest.param("cluster", marks=pytest.mark.slow)])
+def test_maps_published_with_reuse_are_byte_identical_to_maps_published_fresh(
+    run: Path,
+    published: Path,
+    grid: TargetGrid,
+    tmp_path: Path,
+    where: str,
+    request: pytest.FixtureRequest,
+) -> None:
+    changed = tmp_path / "changed.zarr"
+    shutil.copytree(run, changed)
+    window = list(grid.windows())[-1]
+    for layer in ("mean", "sd"):
+        array = zarr.open_array(changed / f"Mo_{layer}", mode="r+", zarr_format=3)
+        array[window.rows, window.cols] = np.asarray(array[window.rows, window.cols]) * 2
+    with ExitStack() as stack:
+        if where == "cluster":  # rendered on the workers of a real cluster, the rest linked
+            cluster: DaskProcesses = request.getfixturevalue("dask_processes")
+            stack.enter_context(Client(cluster.address))
+        reused = publish(changed, tmp_path / "reused", previous=published)
+    fresh = publish(changed, tmp_path / "fresh")  # all rendered here, on a thread
+    assert reused.reused == ("Fe",)
+    assert fresh.reused == ()
+    linked = {p.name for p in (tmp_path / "reused").iterdir() if p.stat().st_nlink > 1}
+    assert linked == {n for e in ELEMENTS for n in element_files(e)} - {
+        "Mo_mean.tif",
+        "Mo_sd.tif",
+        "Mo_quicklook.png",
+    }
+    for name in (n for e in ELEMENTS for n in element_files(e)):
+        assert (tmp_path / "reused" / name).read_bytes() == (
+            tmp_path / "fresh" / name
+        ).read_bytes(), name
+    for cog in fresh.cogs:
+        with rasterio.open(cog) as a, rasterio.open(tmp_path / "reused" / cog.name) as b:
+            assert a.profile | {"nodata": 0} == b.profile | {"nodata": 0}
+            assert np.array_equal([a.nodata], [b.nodata], equal_nan=True)
+            assert a.tags(1) == b.tags(1)
+            assert np.array_equal(a.read(1), b.read(1), equal_nan=True)
+            assert np.array_equal(
+                a.read(1, out_shape=(40, 40)), b.read(1, out_shape=(40, 40)), equal_nan=True
+            )
+    with rasterio.open(tmp_path / "reused" / "Mo_sd.tif") as cog:
+        values = cog.read(
+            1, window=((window.rows.start, window.rows.stop), (window.cols.start, window.cols.stop))
+        )
+    expected = known_layers(grid, "Mo")["sd"][window.rows, window.cols] * 2
+    assert np.array_equal(values, expected, equal_nan=True)
+    items = [
+        json.loads((d / STAC_ITEM).read_text()) for d in (tmp_path / "reused", tmp_path / "fresh")
+    ]
+    assert (
+        items[0]["properties"]["tpgrid:file_digests"]
+        == items[1]["properties"]["tpgrid:file_digests"]
+    )
+    assert items[0]["assets"] == items[1]["assets"]
 
 
 def test_cog_has_the_grid_crs_and_transform(published: Path, grid: TargetGrid) -> None:

@@ -332,6 +332,7 @@ def test_a_damaged_file_of_the_previous_version_is_rendered_afresh_not_linked(
     runs: dict[str, Path], tmp_path: Path, small_grid: TargetGrid
 ) -> None:
     old = publish_version(runs["a1"], tmp_path).directory
+    intact = (old / "Mo_sd.tif").read_bytes()
     flip_byte(old / "Mo_sd.tif")
     new = publish_version(runs["b2"], tmp_path)  # same maps, another run: files are linked
     assert [(d.path, d.problem) for d in new.damaged] == [
@@ -343,6 +344,7 @@ def test_a_damaged_file_of_the_previous_version_is_rendered_afresh_not_linked(
         assert inode(new.directory / name) == inode(old / name)
     with rasterio.open(new.directory / "Mo_sd.tif") as cog:
         np.testing.assert_array_equal(cog.read(1), known_layers(small_grid, "Mo")["sd"])
+    assert (new.directory / "Mo_sd.tif").read_bytes() == intact  # rendered as it was first
     assert verify_version(new.directory) == []
 
 

@@ -7,7 +7,8 @@ a directory that GIS users and catalogues can read without Zarr (GDAL cannot rea
 one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per element (mean and sd
 with colour bars) and a STAC item describing the run and its assets, each with its size and
 checksum. The directory is assembled beside its final path and swapped in when complete. The
-COGs have the grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG.
+COGs have the grid's shape and transform; GDAL's COG driver writes them, one Dask task per COG,
+and a file whose layer did not change since the previous publication is linked from it.
 
 The modules, each using only those after it: :mod:`~tpgrid.outputs.maps` publishes the maps
 of a run; :mod:`~tpgrid.outputs.stac` makes, writes and reads its STAC item;
@@ -27,12 +28,12 @@ from tpgrid.outputs.layers import (
 )
 from tpgrid.outputs.maps import (
     PublishReport,
-    element_digest,
+    file_digests,
     publish,
     write_maps,
 )
 from tpgrid.outputs.names import STAC_ITEM
-from tpgrid.outputs.quicklook import quicklook_figure
+from tpgrid.outputs.quicklook import quicklook_figure, write_quicklook
 from tpgrid.outputs.stac import (
     COG_MEDIA_TYPE,
     MapFiles,
@@ -51,7 +52,7 @@ __all__ = [
     "MapFiles",
     "PublishReport",
     "asset_records",
-    "element_digest",
+    "file_digests",
     "global_attrs",
     "layer_layouts",
     "open_prediction",
@@ -64,4 +65,5 @@ __all__ = [
     "write_cog",
     "write_item",
     "write_maps",
+    "write_quicklook",
 ]

@@ -1,29 +1,33 @@
 """Publishing the maps of a run: COGs, quicklooks and the STAC item in one directory.
 
 The directory is assembled beside its final path and swapped in when complete; the COGs are
-written one Dask task each. With an earlier publication of the same product, the files of
-every element whose maps are unchanged (equal :func:`element_digest`) are hard-linked from it
-once checked against its STAC item, so an unchanged element is not rendered again.
+written one Dask task each, then the quicklooks. With an earlier publication of the same
+product, every file made from what it would be made from now (equal :func:`file_digests`: a
+COG from its layer, a quicklook from its element's mean and sd) is hard-linked from it once
+checked against its STAC item, so only the layers that changed are rendered again.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import rasterio
 
 from tpgrid.errors import OutputExistsError
 from tpgrid.grid import GridSpec, TargetGrid
-from tpgrid.integrity import Damage, FileRecord, check_readable
+from tpgrid.integrity import Damage, FileRecord, check_readable, file_record
 from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
 from tpgrid.outputs.names import STAC_ITEM, cog_name, element_files, quicklook_name
-from tpgrid.outputs.quicklook import quicklook_figure
+from tpgrid.outputs.quicklook import write_quicklook
 from tpgrid.outputs.stac import (
     ITEM_DIGESTS,
     MapFiles,
@@ -37,8 +41,8 @@ from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
 
-#: Part of every element digest: a change in how files are made invalidates earlier ones.
-FORMAT_VERSION = "tpgrid-publication/2"
+#: Part of every file digest: a change in how files are made invalidates earlier ones.
+FORMAT_VERSION = "tpgrid-publication/3"
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,7 @@ class PublishReport:
     quicklooks: tuple[Path, ...]
     stac_item: Path
     up_to_date: bool
-    reused: tuple[str, ...] = ()  # elements whose files were linked from a previous publication
+    reused: tuple[str, ...] = ()  # elements all of whose files were linked from a previous one
     damaged: tuple[Damage, ...] = ()  # files of the previous publication rendered afresh
 
 
@@ -102,42 +106,37 @@ def write_maps(
     """Write the COGs and quicklooks of the run at ``prediction`` into the existing, empty
     ``directory`` (no STAC item: :func:`write_item` writes it, last).
 
-    With ``previous``, a file of an element whose maps are unchanged is hard-linked from there
-    if it matches the size and checksum recorded in its STAC item; a file that does not is
-    rendered afresh and listed in ``damaged``. ``progress("maps" | "quicklooks", done, total)``
-    is called as files are written.
+    With ``previous``, a file whose :func:`file_digests` entry is unchanged is hard-linked from
+    there if it matches the size and checksum recorded in its STAC item; a file that does not
+    is rendered afresh and listed in ``damaged``. Only the rest is rendered, as tasks on the
+    current Dask client's workers: COGs, then the quicklooks drawn from them.
+    ``progress("maps" | "quicklooks", done, total)`` is called as files are written.
     """
     prediction, directory = Path(prediction), Path(directory)
     ds, run = open_prediction(prediction)
     elements = tuple(run["models"])
     grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
-    digests = {element: element_digest(prediction, element) for element in elements}
+    digests = {
+        name: digest
+        for element in elements
+        for name, digest in file_digests(prediction, run, element).items()
+    }
     linked: dict[str, FileRecord] = {}
     damaged: list[Damage] = []
     if previous is not None:
         linked, damaged = _link_unchanged(Path(previous), directory, digests)
     cogs = [(e, layer) for e in elements for layer in LAYERS if cog_name(e, layer) not in linked]
-    with task_runner(local_threads=1) as runner:
-        written = [
-            runner.submit(
-                write_cog,
-                prediction / variable_name(e, layer),
-                directory / cog_name(e, layer),
-                grid,
-            )
-            for e, layer in cogs
-        ]
-        runner.gather(written, _stage(progress, "maps"))
     drawn = [e for e in elements if quicklook_name(e) not in linked]
-    for done, element in enumerate(drawn, 1):
-        quicklook_figure(directory, element).savefig(directory / quicklook_name(element), dpi=100)
-        if progress is not None:
-            progress("quicklooks", done, len(drawn))
+    rendered: dict[str, FileRecord] = {}
+    if cogs or drawn:  # else no runner: a publication that renders nothing needs no cluster
+        rendered = _render(prediction, directory, grid, cogs, drawn, progress)
     with rasterio.open(directory / cog_name(elements[0], LAYERS[0])) as cog:
         cog_shape = (cog.height, cog.width)
     reused = tuple(e for e in elements if all(n in linked for n in element_files(e)))
-    if reused:
-        log.info("%s: files of %s linked from %s", directory, list(reused), previous)
+    if linked:
+        log.info(
+            "%s: %d of %d files linked from %s", directory, len(linked), len(digests), previous
+        )
     return MapFiles(
         directory,
         ds.attrs,
@@ -147,17 +146,54 @@ def write_maps(
         digests,
         cog_shape,
         linked,
+        rendered,
         reused,
         tuple(damaged),
     )
 
 
+def _render(
+    prediction: Path,
+    directory: Path,
+    grid: TargetGrid,
+    cogs: Sequence[tuple[str, str]],
+    quicklooks: Sequence[str],
+    progress: Progress | None,
+) -> dict[str, FileRecord]:
+    """Write ``cogs`` ((element, layer) pairs), then the ``quicklooks`` of those elements, as
+    tasks on the current Dask client (on one thread without: matplotlib is not thread-safe);
+    the record of each file written."""
+    with task_runner(local_threads=1) as runner:
+        written = [
+            runner.submit(
+                _recorded,
+                write_cog,
+                prediction / variable_name(e, layer),
+                directory / cog_name(e, layer),
+                grid,
+            )
+            for e, layer in cogs
+        ]
+        records = runner.gather(written, _stage(progress, "maps"))
+        # After every COG: a quicklook is drawn from its element's mean and sd COGs.
+        drawn = [runner.submit(_recorded, write_quicklook, directory, e) for e in quicklooks]
+        records += runner.gather(drawn, _stage(progress, "quicklooks"))
+    return dict(records)
+
+
+def _recorded(write: Callable[..., Path], *args: Any) -> tuple[str, FileRecord]:
+    """Run ``write(*args)`` and hash the file it wrote, in the task that wrote it (the STAC item
+    records every file's SHA-256: hashed where it was written, in parallel, and once)."""
+    path = write(*args)
+    return path.name, file_record(path)
+
+
 def _link_unchanged(
     previous: Path, directory: Path, digests: Mapping[str, str]
 ) -> tuple[dict[str, FileRecord], list[Damage]]:
-    """Hard-link into ``directory`` the files of every element whose maps equal those of the
-    publication at ``previous``, each only if it matches its record there; the linked files'
-    records, and the files that did not match."""
+    """Hard-link into ``directory`` every file of the publication at ``previous`` made from
+    what its file would be made from now (equal ``digests``), each only if it matches its
+    record there; the linked files' records, and the files that did not match."""
     try:
         item = read_item(previous)
         published: dict[str, str] = dict(item["properties"].get(ITEM_DIGESTS, {}))
@@ -165,23 +201,37 @@ def _link_unchanged(
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         log.warning("%s: no readable STAC item (%s): every file is rendered afresh", previous, exc)
         return {}, [Damage(previous / STAC_ITEM, f"missing or unreadable: {exc}")]
+    candidates = {
+        name: record
+        for name, digest in digests.items()
+        # No record: nothing to check it against (published without checksums).
+        if published.get(name) == digest and (record := records.get(name)) is not None
+    }
+    # ~300 MB to hash for the full plateau's maps: hashlib releases the GIL, so threads share
+    # it out.
+    with ThreadPoolExecutor(_CHECK_THREADS) as pool:
+        found = dict(
+            zip(
+                candidates,
+                pool.map(lambda n: check_readable(previous / n, candidates[n]), candidates),
+                strict=True,
+            )
+        )
     linked: dict[str, FileRecord] = {}
     damaged: list[Damage] = []
-    for element, digest in digests.items():
-        if published.get(element) != digest:
+    for name, record in candidates.items():
+        damage = found[name]
+        if damage is not None:
+            log.warning("%s: rendered afresh", damage)
+            damaged.append(damage)
             continue
-        for name in element_files(element):
-            record = records.get(name)
-            if record is None:  # nothing to check it against (published without checksums)
-                continue
-            damage = check_readable(previous / name, record)
-            if damage is not None:
-                log.warning("%s: rendered afresh", damage)
-                damaged.append(damage)
-                continue
-            link_file(previous / name, directory / name)
-            linked[name] = record
+        link_file(previous / name, directory / name)
+        linked[name] = record
     return linked, damaged
+
+
+#: Threads hashing the previous publication's files.
+_CHECK_THREADS = 4
 
 
 def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -190,16 +240,24 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
     return lambda done, total: progress(stage, done, total)
 
 
-def element_digest(prediction: Path, element: str) -> str:
-    """SHA-256 of an element's stored maps: every layer's metadata and chunk files. Equal
-    digests mean byte-identical maps (unchanged chunks are hard-linked between runs)."""
-    digest = hashlib.sha256(FORMAT_VERSION.encode())
+def file_digests(prediction: Path, run: Mapping[str, Any], element: str) -> dict[str, str]:
+    """SHA-256 of what each published file of ``element`` is made from, by file name: a COG
+    from its layer's stored metadata and chunk files and the run's grid, the quicklook from
+    the mean and sd COGs. Equal digests mean byte-identical files, so a file whose digest is
+    unchanged is linked from the previous publication, and only the rest rendered."""
+    grid = json.dumps(run["grid"], sort_keys=True).encode()
+    layers = {}
     for layer in LAYERS:
+        digest = hashlib.sha256(FORMAT_VERSION.encode() + b"\0" + grid)
         array = prediction / variable_name(element, layer)
         for path in sorted(p for p in array.rglob("*") if p.is_file()):
-            digest.update(str(path.relative_to(prediction)).encode() + b"\0")
+            digest.update(b"\0" + str(path.relative_to(prediction)).encode() + b"\0")
             digest.update(path.read_bytes())
-    return digest.hexdigest()
+        layers[layer] = digest.hexdigest()
+    digests = {cog_name(element, layer): layers[layer] for layer in LAYERS}
+    drawn_from = f"{FORMAT_VERSION}\0{quicklook_name(element)}\0{layers['mean']}\0{layers['sd']}"
+    digests[quicklook_name(element)] = hashlib.sha256(drawn_from.encode()).hexdigest()
+    return digests
 
 
 def _report(

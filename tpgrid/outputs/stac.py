@@ -25,8 +25,9 @@ from tpgrid.jsonable import plain
 from tpgrid.outputs.layers import LAYERS, UNITS, VARIANCE_UNITS, variable_name
 from tpgrid.outputs.names import STAC_ITEM, cog_name, quicklook_name
 
-#: STAC item property: per element, the digest of the maps its files were made from.
-ITEM_DIGESTS = "tpgrid:element_digests"
+#: STAC item property: per published file, the digest of what it was made from
+#: (:func:`~tpgrid.outputs.maps.file_digests`).
+ITEM_DIGESTS = "tpgrid:file_digests"
 COG_MEDIA_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 STAC_EXTENSIONS = [
     "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
@@ -42,17 +43,19 @@ SHA256_MULTIHASH = "1220"
 class MapFiles:
     """The maps of a run written into ``directory`` by
     :func:`~tpgrid.outputs.maps.write_maps`, and what its STAC item (:func:`write_item`) needs:
-    the run, its elements and their digests, the COG shape, and the records of files linked
-    from a previous publication (checked, not hashed again)."""
+    the run, its elements, the digest of each file, the COG shape, and the records of files linked
+    from a previous publication (checked, not hashed again) and of files rendered (hashed by
+    the task that wrote them)."""
 
     directory: Path
     attrs: Mapping[str, Any]
     run: Mapping[str, Any]
     grid: TargetGrid
     elements: tuple[str, ...]
-    digests: Mapping[str, str]
+    digests: Mapping[str, str]  # by file name
     cog_shape: tuple[int, int]
     linked: Mapping[str, FileRecord]
+    rendered: Mapping[str, FileRecord]
     reused: tuple[str, ...]  # elements all of whose files were linked
     damaged: tuple[Damage, ...]  # files of the previous publication that failed their check
 
@@ -70,7 +73,9 @@ def write_item(
     item["links"].extend(dict(link) for link in links)
     for asset in item["assets"].values():
         name = _relative(asset["href"])
-        record = maps.linked.get(name) or file_record(maps.directory / name)
+        record = (
+            maps.linked.get(name) or maps.rendered.get(name) or file_record(maps.directory / name)
+        )
         asset["file:size"] = record.size
         asset["file:checksum"] = record.multihash
     path = maps.directory / STAC_ITEM
