@@ -64,7 +64,9 @@ def test_field_linear_in_lonlat_is_reproduced_at_pixel_centres(
     dem = cube["dem"].values[rows, cols]
     assert cube["mat"].attrs["tpgrid:resampling"] == "bilinear"
     assert cube["dem"].attrs["tpgrid:resampling"] == "average"
-    np.testing.assert_allclose(mat, expected, atol=0.05)  # bilinear is exact on a plane
+    # Bilinear is exact on a plane, up to GDAL's approximation of the transformation (within
+    # 1/8 source pixel per warped chunk): here within 0.12 of values near 3,500.
+    np.testing.assert_allclose(mat, expected, atol=0.15)
     # Pixels at the rim of the DEM void average only their valid side, so leave them out.
     void = ~np.isfinite(cube["dem"].values)
     near_void = binary_dilation(void, iterations=2)[rows, cols]
