@@ -60,8 +60,7 @@ def chunk_hash(block: npt.NDArray[Any]) -> str:
 def create_cube_layout(staging: Path, grid: TargetGrid, variables: Iterable[Variable]) -> None:
     """Write coordinates, grid mapping and empty variable metadata (no data chunks)."""
     layouts = {
-        var.name: VariableLayout(str(var.dtype), var.fill_value, var.attrs)
-        for var in variables
+        var.name: VariableLayout(str(var.dtype), var.fill_value, var.attrs) for var in variables
     }
     layouts[VALID] = VariableLayout(
         "uint8",
