@@ -147,15 +147,32 @@ def build_cube(
                 )
 
         valid = valid_variable(staging, grid, variables, hashes)
-        done = write_variables(
-            staging,
-            path,
-            [Pending(valid, old_hashes.get(VALID, {}), old_files.get(VALID, {}))],
-            progress,
-        )[VALID]
-        hashes[VALID], files[VALID] = done.hashes, done.files
+        # valid's chunk depends only on the layers' chunks there and the mask: where none of
+        # them changed, it is carried over (checked), not recomputed from every layer.
+        same_layers = set(old_hashes) - {VALID} == {var.name for var in variables}
+        kept: dict[ChunkKey, str] = {}
+        if fixed_mask and same_layers and VALID in old_hashes and VALID in old_files:
+            changed = {
+                key
+                for var in variables
+                for key, digest in hashes[var.name].items()
+                if old_hashes[var.name].get(key) != digest
+            }
+            kept = {k: h for k, h in old_hashes[VALID].items() if k not in changed}
+            # A damaged one is recomputed below, and reported there.
+            valid_damage = carry_over(path, staging, VALID, kept, old_files[VALID])
+            kept = {k: h for k, h in kept.items() if k not in valid_damage}
+        recompute = Pending(
+            valid,
+            old_hashes.get(VALID, {}),
+            old_files.get(VALID, {}),
+            only={window.key for window in grid.windows()} - set(kept) if kept else None,
+        )
+        done = write_variables(staging, path, [recompute], progress)[VALID]
+        hashes[VALID] = dict(sorted((kept | done.hashes).items()))
+        files[VALID] = dict(sorted(({k: old_files[VALID][k] for k in kept} | done.files).items()))
         repaired += [said(recomputed(d)) for d in done.damaged]
-        updates.append(_update(VALID, old_hashes, done.hashes, done.written, len(done.damaged)))
+        updates.append(_update(VALID, old_hashes, hashes[VALID], done.written, len(done.damaged)))
         finish_cube(staging, grid, variables, hashes, files)
         swap_in(staging, path)
     except BaseException:
