@@ -188,9 +188,12 @@ def _compute_with_progress(
 
         client = get_client()
     except (ImportError, ValueError):
-        results = list(compute(*tasks))
-        if progress:
-            for name, total in totals.items():
+        # No cluster (tests, the memory benchmark): one variable after another, each reported
+        # when done, so a failing layer fails after the layers before it are reported.
+        results: list[Any] = []
+        for name, total in totals.items():
+            results += compute(*[task for task, of in zip(tasks, names, strict=True) if of == name])
+            if progress:
                 progress(name, total, total)
         return results
     futures = client.compute(tasks)
