@@ -215,6 +215,34 @@ def test_a_predictor_of_zero_weight_does_not_move_the_di() -> None:
     np.testing.assert_allclose(dissimilarity(space, [[5.0, 100.0]]), [1.2])
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_di_equals_the_brute_force_nearest_site_on_random_data(seed: int) -> None:
+    # Sites in clusters and pixels along a smooth path through and beyond them (as a chunk's
+    # pixels run), some on a site exactly, some with a missing value, some weights 0: the
+    # search's first guess and its bounds must never change which site is the nearest.
+    rng = np.random.default_rng(seed)
+    n_columns = 12
+    centres = rng.normal(size=(6, n_columns)) * 3
+    X = centres[rng.integers(0, 6, 90)] + rng.normal(size=(90, n_columns))
+    sites = np.repeat(np.arange(30), 3)
+    weights = rng.uniform(size=n_columns) * (rng.uniform(size=n_columns) > 0.2)
+    weights[0] = 1.0
+    features = FeatureSpec(tuple(f"v{k}" for k in range(n_columns)))
+    space = training_space(X, sites, sites % 5, weights, features)
+    path = np.cumsum(rng.normal(scale=0.3, size=(3000, n_columns)), axis=0)
+    pixels = np.concatenate([path, rng.normal(scale=6, size=(500, n_columns)), X[::3]])
+    pixels[rng.integers(0, len(pixels), 50), rng.integers(0, n_columns, 50)] = np.nan
+    transformed = space.transform(pixels)
+    brute = np.sqrt(((transformed[:, None, :] - space.points[None]) ** 2).sum(axis=2)).min(axis=1)
+    expected = np.where(np.isfinite(pixels).all(axis=1), brute, np.nan) / space.mean_distance
+    di = dissimilarity(space, pixels.astype(np.float32))
+    np.testing.assert_allclose(
+        di, dissimilarity(space, pixels.astype(np.float32).astype(np.float64)), rtol=0
+    )
+    np.testing.assert_allclose(dissimilarity(space, pixels), expected, rtol=1e-12, atol=1e-14)
+    assert (dissimilarity(space, X[::3]) == 0).all()
+
+
 def test_rows_with_a_missing_predictor_get_no_di() -> None:
     assert np.isnan(dissimilarity(line_space(), [[np.nan]])[0])
 

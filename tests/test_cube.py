@@ -64,7 +64,9 @@ def test_field_linear_in_lonlat_is_reproduced_at_pixel_centres(
     dem = cube["dem"].values[rows, cols]
     assert cube["mat"].attrs["tpgrid:resampling"] == "bilinear"
     assert cube["dem"].attrs["tpgrid:resampling"] == "average"
-    np.testing.assert_allclose(mat, expected, atol=0.05)  # bilinear is exact on a plane
+    # Bilinear is exact on a plane, up to GDAL's approximation of the transformation (within
+    # 1/8 source pixel per warped chunk): here within 0.12 of values near 3,500.
+    np.testing.assert_allclose(mat, expected, atol=0.15)
     # Pixels at the rim of the DEM void average only their valid side, so leave them out.
     void = ~np.isfinite(cube["dem"].values)
     near_void = binary_dilation(void, iterations=2)[rows, cols]
@@ -233,7 +235,35 @@ def test_a_source_changed_in_one_region_rewrites_only_the_chunks_it_touches(
     assert after["landcover"] == before["landcover"]
 
 
-def write_dem_with_bump(tmp_path: Path, lon: tuple[float, float], lat: tuple[float, float]) -> str:
+def test_valid_is_recomputed_only_where_a_layer_changed_and_equals_a_fresh_build(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    build(standard_sources, terrain="dem")
+    before = chunk_hashes(tmp_path / "cube.zarr")
+    # A void in the DEM around 91.9 °E, 32.4 °N: valid changes in that chunk (and, through
+    # the terrain's halo, at most its neighbours), and must not be carried over there.
+    voided = write_dem_with_bump(tmp_path, lon=(91.8, 92.0), lat=(32.3, 32.5), void=True)
+    sources = standard_sources | {"dem": standard_sources["dem"] | {"path": voided}}
+    report = build(sources, terrain="dem")
+    after = chunk_hashes(tmp_path / "cube.zarr")
+    changed = {key for key in after[VALID] if after[VALID][key] != before[VALID][key]}
+    row, col, _ = small_grid.pixel_index([91.9], [32.4])
+    assert f"{int(row[0]) // 128}.{int(col[0]) // 128}" in changed
+    actions = {u.name: (u.action, u.chunks_written) for u in report.layers}
+    assert actions[VALID] == ("updated", len(changed))
+    fresh = build_cube(load_catalog(tmp_path / "catalog.yaml"), small_grid, tmp_path / "fresh.zarr")
+    assert fresh.chunks_written
+    np.testing.assert_array_equal(
+        open_cube(tmp_path / "cube.zarr")[VALID].values,
+        open_cube(tmp_path / "fresh.zarr")[VALID].values,
+    )
+    assert after[VALID] == chunk_hashes(tmp_path / "fresh.zarr")[VALID]
+    assert verify_cube(tmp_path / "cube.zarr") == []
+
+
+def write_dem_with_bump(
+    tmp_path: Path, lon: tuple[float, float], lat: tuple[float, float], *, void: bool = False
+) -> str:
     from tests.conftest import source_lonlat
 
     src_lon, src_lat = source_lonlat()
@@ -245,7 +275,10 @@ def write_dem_with_bump(tmp_path: Path, lon: tuple[float, float], lat: tuple[flo
         & (src_lat[:, None] > lat[0])
         & (src_lat[:, None] < lat[1])
     )
-    dem[inside] += 100.0
+    if void:
+        dem[inside] = -9999.0
+    else:
+        dem[inside] += 100.0
     write_tif(tmp_path / "dem_bump.tif", dem, nodata=-9999.0)
     return "dem_bump.tif"
 

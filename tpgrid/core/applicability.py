@@ -10,8 +10,16 @@ is the upper whisker of the training sites' own DI, each computed against the si
 neighbours); the area of applicability (AOA) is DI ≤ threshold.
 
 Training points are one per site: a site's triplicates share one pixel, hence one predictor
-vector, and adding it three times would only add zero distances to the mean. A 512 × 512 chunk
-of ~30 columns queries a k-d tree of ~500 sites in under a second.
+vector, and adding it three times would only add zero distances to the mean.
+
+A map's nearest site is found by :func:`_nearest_distance`, exact, not by a k-d tree: in ~30
+weighted dimensions a k-d tree prunes little and visits most of the ~300 sites per pixel.
+Neighbouring pixels have nearly the same predictors, so the previous pixel's nearest site is a
+close first guess ``g``; the sites are then visited in order of their distance from ``g`` and
+the search stops at the first site farther from ``g`` than ``d(x, g) + best`` (no later site
+can be nearer, by the triangle inequality), each distance summed with the heaviest weights
+first and abandoned once it exceeds the best so far. On the full plateau this is 5-10x faster
+than the k-d tree for the same distances.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
+import numba
 import numpy as np
 import numpy.typing as npt
 from scipy.spatial import cKDTree
-from scipy.spatial.distance import pdist
+from scipy.spatial.distance import cdist, pdist
 
 from tpgrid.core.arrays import F64
 from tpgrid.core.features import FeatureSpec
@@ -56,6 +66,18 @@ class TrainingSpace:
         """Rows of ``X`` (predictor units) in the weighted, standardized space."""
         result: F64 = (np.asarray(X, dtype=np.float64) - self.centre) / self.scale * self.weights
         return result
+
+    @cached_property
+    def search(self) -> tuple[npt.NDArray[np.intp], F64, npt.NDArray[np.intp], F64]:
+        """What :func:`_nearest_distance` searches: the weighted columns, heaviest first (a
+        column of weight 0 adds exactly 0 to every distance), the points in those columns, and
+        per point every point in order of distance from it, with those distances."""
+        order = np.argsort(-self.weights, kind="stable")
+        order = order[self.weights[order] > 0]
+        points = np.ascontiguousarray(self.points[:, order])
+        between = cdist(points, points)
+        neighbours = np.argsort(between, axis=1, kind="stable")
+        return order, points, neighbours, np.take_along_axis(between, neighbours, axis=1)
 
     def content_hash(self) -> str:
         """SHA-256 over every array and number, to name the scattered copy on the cluster."""
@@ -142,10 +164,78 @@ def training_space(
 def dissimilarity(space: TrainingSpace, X: npt.ArrayLike) -> F64:
     """DI of each row of ``X``: distance to the nearest training site / mean inter-site
     distance, in the weighted standardized space; NaN for rows with a NaN predictor."""
-    A = np.asarray(X, dtype=np.float64)
-    di = np.full(A.shape[0], np.nan)
-    complete = np.isfinite(A).all(axis=1)
-    if complete.any():
-        distance, _ = cKDTree(space.points).query(space.transform(A[complete]))
-        di[complete] = distance / space.mean_distance
+    A = np.asarray(X)
+    if A.dtype not in (np.float32, np.float64):
+        A = A.astype(np.float64)
+    order, points, neighbours, spacing = space.search
+    margin = _SLACK * (1.0 + float(np.sqrt((points**2).sum(axis=1)).max(initial=0.0)))
+    distance = _nearest_distance(
+        np.ascontiguousarray(A),
+        space.centre,
+        space.scale,
+        space.weights,
+        order,
+        points,
+        neighbours,
+        spacing,
+        margin,
+    )
+    di: F64 = distance / space.mean_distance
     return di
+
+
+#: Slack on the triangle-inequality bound, relative to the distances and to the size of the
+#: points, far above the rounding of the distances it compares: no site that could be the
+#: nearest is skipped.
+_SLACK = 1e-9
+
+
+@numba.njit(nogil=True, cache=True)
+def _nearest_distance(  # type: ignore[no-untyped-def]
+    X, centre, scale, weights, order, points, neighbours, spacing, margin
+):
+    """Distance from each row of ``X`` (predictor units) to the nearest of ``points`` in the
+    weighted standardized space; NaN for a row with a non-finite value. See the module doc."""
+    n, n_columns = X.shape
+    m = points.shape[0]
+    d = order.shape[0]
+    out = np.empty(n)
+    q = np.empty(d)
+    guess = 0
+    for i in range(n):
+        complete = True
+        for k in range(n_columns):
+            if not np.isfinite(X[i, k]):
+                complete = False
+                break
+        if not complete:
+            out[i] = np.nan
+            continue
+        # As TrainingSpace.transform, operation by operation.
+        for a in range(d):
+            k = order[a]
+            q[a] = (np.float64(X[i, k]) - centre[k]) / scale[k] * weights[k]
+        best = 0.0
+        for a in range(d):
+            u = q[a] - points[guess, a]
+            best += u * u
+        nearest = guess
+        anchor = np.sqrt(best)
+        reach = 2.0 * anchor * (1.0 + _SLACK) + margin
+        for t in range(m):
+            if spacing[guess, t] > reach:
+                break  # this site, and every later one, is farther than the best so far
+            j = neighbours[guess, t]
+            s = 0.0
+            for a in range(d):
+                u = q[a] - points[j, a]
+                s += u * u
+                if s >= best:
+                    break
+            if s < best:
+                best = s
+                nearest = j
+                reach = (anchor + np.sqrt(best)) * (1.0 + _SLACK) + margin
+        out[i] = np.sqrt(best)
+        guess = nearest
+    return out

@@ -17,7 +17,13 @@ from tpgrid.cube.carry import carry_over, previous_cube, previous_records, recom
 from tpgrid.cube.plan import expected_fingerprints, verify_cube
 from tpgrid.cube.read import ATTR_FINGERPRINTS, ATTR_HASHES, VALID, ChunkKey
 from tpgrid.cube.variables import plan_variables
-from tpgrid.cube.write import create_cube_layout, finish_cube, valid_variable, write_variable
+from tpgrid.cube.write import (
+    Pending,
+    create_cube_layout,
+    finish_cube,
+    valid_variable,
+    write_variables,
+)
 from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage
 from tpgrid.sources import Catalog
@@ -88,53 +94,85 @@ def build_cube(
     staging = staging_path(path)
     try:
         create_cube_layout(staging, grid, variables)
-        updates: list[LayerUpdate] = []
         hashes: dict[str, dict[ChunkKey, str]] = {}
         files: dict[str, ChunkFiles] = {}
+        damaged: dict[str, dict[ChunkKey, Damage]] = {}
+        pending: list[Pending] = []
         for var in variables:
             carried = (
                 var.fingerprint == old_prints.get(var.name)
                 and var.name in old_hashes
                 and var.name in old_files
             )
-            if carried:
-                hashes[var.name] = dict(old_hashes[var.name])
-                files[var.name] = dict(old_files[var.name])
-                damaged = carry_over(
-                    path, staging, var.name, old_hashes[var.name], old_files[var.name]
-                )
-                if not damaged:
-                    updates.append(LayerUpdate(var.name, "unchanged", 0, len(hashes[var.name])))
-                    log.info("%s: unchanged source, carried over", var.name)
-                    continue
-                # Only the damaged chunks are recomputed from the (unchanged) source.
-                new_hashes, new_files, written, _ = write_variable(
-                    staging, path, var, {}, {}, progress, only=set(damaged)
-                )
-                hashes[var.name].update(new_hashes)
-                files[var.name].update(new_files)
-                repaired += [said(recomputed(damage)) for damage in damaged.values()]
-                updates.append(
-                    LayerUpdate(var.name, "repaired", written, len(hashes[var.name]), len(damaged))
+            if not carried:
+                pending.append(
+                    Pending(var, old_hashes.get(var.name, {}), old_files.get(var.name, {}))
                 )
                 continue
-            hashes[var.name], files[var.name], written, damage = write_variable(
-                staging,
-                path,
-                var,
-                old_hashes.get(var.name, {}),
-                old_files.get(var.name, {}),
-                progress,
+            hashes[var.name] = dict(old_hashes[var.name])
+            files[var.name] = dict(old_files[var.name])
+            damaged[var.name] = carry_over(
+                path, staging, var.name, old_hashes[var.name], old_files[var.name]
             )
-            repaired += [said(recomputed(d)) for d in damage]
-            updates.append(_update(var.name, old_hashes, hashes[var.name], written, len(damage)))
+            if damaged[var.name]:
+                # Only the damaged chunks are recomputed from the (unchanged) source.
+                pending.append(Pending(var, {}, {}, only=set(damaged[var.name])))
+            else:
+                log.info("%s: unchanged source, carried over", var.name)
+        written = write_variables(staging, path, pending, progress)
+
+        updates: list[LayerUpdate] = []
+        for var in variables:
+            if var.name not in written:
+                updates.append(LayerUpdate(var.name, "unchanged", 0, len(hashes[var.name])))
+            elif var.name in damaged:
+                hashes[var.name].update(written[var.name].hashes)
+                files[var.name].update(written[var.name].files)
+                repaired += [said(recomputed(damage)) for damage in damaged[var.name].values()]
+                updates.append(
+                    LayerUpdate(
+                        var.name,
+                        "repaired",
+                        written[var.name].written,
+                        len(hashes[var.name]),
+                        len(damaged[var.name]),
+                    )
+                )
+            else:
+                done = written[var.name]
+                hashes[var.name], files[var.name] = done.hashes, done.files
+                repaired += [said(recomputed(d)) for d in done.damaged]
+                updates.append(
+                    _update(var.name, old_hashes, done.hashes, done.written, len(done.damaged))
+                )
 
         valid = valid_variable(staging, grid, variables, hashes)
-        hashes[VALID], files[VALID], written, damage = write_variable(
-            staging, path, valid, old_hashes.get(VALID, {}), old_files.get(VALID, {}), progress
+        # valid's chunk depends only on the layers' chunks there and the mask: where none of
+        # them changed, it is carried over (checked), not recomputed from every layer.
+        same_layers = set(old_hashes) - {VALID} == {var.name for var in variables}
+        kept: dict[ChunkKey, str] = {}
+        if fixed_mask and same_layers and VALID in old_hashes and VALID in old_files:
+            changed = {
+                key
+                for var in variables
+                for key, digest in hashes[var.name].items()
+                if old_hashes[var.name].get(key) != digest
+            }
+            kept = {k: h for k, h in old_hashes[VALID].items() if k not in changed}
+            # A damaged one is recomputed below, and reported there.
+            valid_damage = carry_over(path, staging, VALID, kept, old_files[VALID])
+            kept = {k: h for k, h in kept.items() if k not in valid_damage}
+        recompute = Pending(
+            valid,
+            old_hashes.get(VALID, {}),
+            old_files.get(VALID, {}),
+            only={window.key for window in grid.windows()} - set(kept) if kept else None,
         )
-        repaired += [said(recomputed(d)) for d in damage]
-        updates.append(_update(VALID, old_hashes, hashes[VALID], written, len(damage)))
+        done = write_variables(staging, path, [recompute], progress)[VALID]
+        hashes[VALID] = dict(sorted((kept | done.hashes).items()))
+        files[VALID] = dict(sorted(({k: old_files[VALID][k] for k in kept} | done.files).items()))
+        repaired += [said(recomputed(d)) for d in done.damaged]
+        updates.append(_update(VALID, old_hashes, hashes[VALID], done.written, len(done.damaged)))
         finish_cube(staging, grid, variables, hashes, files)
         swap_in(staging, path)
     except BaseException:

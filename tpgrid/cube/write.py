@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ from tpgrid.store import (
     records_to_json,
     stored_record,
 )
-from tpgrid.tasks import Progress, current_client, gather
+from tpgrid.tasks import Progress, as_finished, current_client
 
 
 def chunk_hash(block: npt.NDArray[Any]) -> str:
@@ -58,8 +60,7 @@ def chunk_hash(block: npt.NDArray[Any]) -> str:
 def create_cube_layout(staging: Path, grid: TargetGrid, variables: Iterable[Variable]) -> None:
     """Write coordinates, grid mapping and empty variable metadata (no data chunks)."""
     layouts = {
-        var.name: VariableLayout(str(var.data.dtype), var.fill_value, var.attrs)
-        for var in variables
+        var.name: VariableLayout(str(var.dtype), var.fill_value, var.attrs) for var in variables
     }
     layouts[VALID] = VariableLayout(
         "uint8",
@@ -73,42 +74,69 @@ def create_cube_layout(staging: Path, grid: TargetGrid, variables: Iterable[Vari
     create_layout(staging, grid, layouts)
 
 
-def write_variable(
-    staging: Path,
-    previous: Path,
-    var: Variable,
-    old_hashes: dict[ChunkKey, str],
-    old_files: ChunkFiles,
-    progress: Progress | None,
-    only: set[ChunkKey] | None = None,
-) -> tuple[dict[ChunkKey, str], ChunkFiles, int, list[Damage]]:
-    """Compute, check, hash and store every chunk of one variable (or those in ``only``).
+@dataclass(frozen=True)
+class Pending:
+    """A variable to compute: its chunks in ``only`` (all when None), and what the previous
+    cube recorded of it (hashes and file records, to link a chunk that came out the same)."""
 
-    A chunk whose content hash is that of ``previous``, and whose file there matches its
-    record, is hard-linked from it; every other chunk is written. Returns hashes, file records,
-    the number of chunks written and the damaged files of ``previous`` written afresh.
+    var: Variable
+    old_hashes: dict[ChunkKey, str]
+    old_files: ChunkFiles
+    only: set[ChunkKey] | None = None
+
+
+@dataclass(frozen=True)
+class Written:
+    """What computing one variable's chunks did: their hashes and file records, how many were
+    written (not linked), and the damaged files of the previous cube written afresh."""
+
+    hashes: dict[ChunkKey, str]
+    files: ChunkFiles
+    written: int
+    damaged: list[Damage]
+
+
+def write_variables(
+    staging: Path, previous: Path, pending: Sequence[Pending], progress: Progress | None
+) -> dict[str, Written]:
+    """Compute, check, hash and store the chunks of every pending variable, in one graph.
+
+    One graph, not one per variable: the scheduler keeps both workers busy across variables,
+    and a graph node shared by variables (the DEM under slope, northness and eastness) is
+    computed once. A chunk whose content hash is that of ``previous``, and whose file there
+    matches its record, is hard-linked from it; every other chunk is written.
     """
-    blocks = var.data.to_delayed()
-    indices = [(i, j) for i in range(blocks.shape[0]) for j in range(blocks.shape[1])]
-    tasks = [
-        delayed(_store_chunk)(
-            blocks[i, j],
-            staging,
-            previous,
-            var.name,
-            (i, j),
-            var.check,
-            _old(chunk_key((i, j)), old_hashes, old_files),
+    tasks, names = [], []
+    for job in pending:
+        blocks = job.var.data.to_delayed()
+        for i in range(blocks.shape[0]):
+            for j in range(blocks.shape[1]):
+                key = chunk_key((i, j))
+                if job.only is not None and key not in job.only:
+                    continue
+                tasks.append(
+                    delayed(_store_chunk)(
+                        blocks[i, j],
+                        staging,
+                        previous,
+                        job.var.name,
+                        (i, j),
+                        job.var.check,
+                        _old(key, job.old_hashes, job.old_files),
+                    )
+                )
+                names.append(job.var.name)
+    results = _compute_with_progress(tasks, names, progress)
+    done: dict[str, Written] = {}
+    for job in pending:
+        mine = [result for result, name in zip(results, names, strict=True) if name == job.var.name]
+        done[job.var.name] = Written(
+            dict(sorted((key, digest) for key, digest, _, _, _ in mine)),
+            dict(sorted((key, record) for key, _, _, record, _ in mine)),
+            sum(written for _, _, written, _, _ in mine),
+            [damage for *_, damage in mine if damage is not None],
         )
-        for i, j in indices
-        if only is None or chunk_key((i, j)) in only
-    ]
-    results = _compute_with_progress(tasks, var.name, progress)
-    hashes = {key: digest for key, digest, _, _, _ in results}
-    files = {key: record for key, _, _, record, _ in results}
-    damaged = [damage for *_, damage in results if damage is not None]
-    written = sum(written for _, _, written, _, _ in results)
-    return dict(sorted(hashes.items())), dict(sorted(files.items())), written, damaged
+    return done
 
 
 def _old(
@@ -149,16 +177,31 @@ def _store_chunk(
     return chunk_key(index), digest, True, stored_record(staging / name / relative), damage
 
 
-def _compute_with_progress(tasks: list[Any], name: str, progress: Progress | None) -> list[Any]:
-    """Compute delayed tasks on the current scheduler; report chunks done as they finish."""
+def _compute_with_progress(
+    tasks: list[Any], names: list[str], progress: Progress | None
+) -> list[Any]:
+    """Compute delayed tasks on the current scheduler; report each variable's chunks done
+    (``names``: the variable of every task) as they finish."""
+    totals = Counter(names)
     client = current_client()
     if client is None:
-        results = list(compute(*tasks))
-        if progress:
-            progress(name, len(tasks), len(tasks))
+        # No cluster (tests, the memory benchmark): one variable after another, each reported
+        # when done, so a failing layer fails after the layers before it are reported.
+        results: list[Any] = []
+        for name, total in totals.items():
+            results += compute(*[task for task, of in zip(tasks, names, strict=True) if of == name])
+            if progress:
+                progress(name, total, total)
         return results
-    report = (lambda done, total: progress(name, done, total)) if progress else None
-    return gather(client.compute(tasks), report)
+    futures = client.compute(tasks)
+    of = {future.key: name for future, name in zip(futures, names, strict=True)}
+    finished: Counter[str] = Counter()
+    for future in as_finished(futures):
+        name = of[future.key]
+        finished[name] += 1
+        if progress:
+            progress(name, finished[name], totals[name])
+    return [future.result() for future in futures]
 
 
 def valid_variable(
@@ -175,8 +218,9 @@ def valid_variable(
         present = stored != CATEGORICAL_NODATA if stored.dtype == np.uint8 else ~da.isnan(stored)
         valid = valid & present
     inputs = json.dumps({name: hashes[name] for name in sorted(hashes)} | {"mask": grid.spec.mask})
+    data = valid.astype("uint8")
     return Variable(
-        VALID, valid.astype("uint8"), {}, 0, hashlib.sha256(inputs.encode()).hexdigest()
+        VALID, lambda: data, data.dtype, {}, 0, hashlib.sha256(inputs.encode()).hexdigest()
     )
 
 
