@@ -16,6 +16,7 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 from typer.testing import CliRunner
 
+from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
 from tpgrid.bench import (
     EXACT,
     BenchResult,
@@ -36,7 +37,6 @@ from tpgrid.bench.job import change_one_window
 from tpgrid.cli import app
 from tpgrid.errors import BenchmarkError, ConfigError, EngineMismatchError
 from tpgrid.synthetic import PlateauFiles
-from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
 
 N_FEATURES = 4
 
