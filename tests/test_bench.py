@@ -212,7 +212,8 @@ def test_the_job_section_targets_this_tpgrid_and_tabulates_both(
 
 
 def test_one_window_change_scales_ndvi_in_20_by_20_pixels_away_from_every_site(
-    plateau: PlateauFiles, tmp_path: Path
+    plateau: PlateauFiles,  # noqa: F811  (the fixture)
+    tmp_path: Path,
 ) -> None:
     import pandas as pd
     import rasterio
