@@ -290,12 +290,6 @@ def report(
         ),
     ] = None,
     level: Annotated[float, typer.Option(help="Nominal level of the intervals.")] = 0.9,
-    cv_trees: Annotated[
-        int | None,
-        typer.Option(
-            help="Trees of each refitted CV forest (default: as many as the final forest)."
-        ),
-    ] = None,
     applicability: Annotated[
         bool,
         typer.Option(help="Compute the dissimilarity index and area of applicability maps."),
@@ -314,7 +308,7 @@ def report(
     find_elements(models)  # a wrong directory fails before a cluster is started
 
     chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
-    given = {"level": level, "cv_trees": cv_trees, "applicability": applicability, **chosen}
+    given = {"level": level, "applicability": applicability, **chosen}
     settings = validated(ReportSettings.model_validate, given, "report options")
     started = time.perf_counter()
     with command_cluster(scheduler_address, workers), chunk_progress() as progress:
