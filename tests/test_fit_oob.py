@@ -6,7 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tpgrid.fit.oob import TREES_PER_TASK, grow_tree, oob_block, site_draws, site_oob_search
+from tpgrid.fit.oob import (
+    TREES_PER_TASK,
+    grow_tree,
+    oob_block,
+    oob_forest_size,
+    site_draws,
+    site_oob_search,
+)
 from tpgrid.tasks import task_runner
 
 N_SITES, PER_SITE = 8, 3
@@ -103,3 +110,11 @@ def test_site_draws_are_reproducible_per_seed_and_tree(seed: int) -> None:
     np.testing.assert_array_equal(a, b)
     assert state_a == state_b
     assert not np.array_equal(a, c)
+
+
+def test_the_oob_forest_gives_each_row_as_many_trees_as_asked_on_average() -> None:
+    n_sites, wanted = 200, 100
+    trees = oob_forest_size(wanted, n_sites)
+    left_out = sum((site_draws(n_sites, 0, t)[0] == 0) for t in range(trees))
+    assert 270 <= trees <= 275
+    assert np.mean(left_out) == pytest.approx(wanted, rel=0.05)

@@ -13,6 +13,7 @@ the trees are shared among tasks or workers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +27,16 @@ from tpgrid.tasks import TaskRunner
 #: Trees per task: enough to amortise a task's overhead, few enough that a small search still
 #: makes several tasks per worker.
 TREES_PER_TASK = 25
+
+
+def oob_forest_size(n_trees: int, n_sites: int) -> int:
+    """Trees of a site-bootstrap forest whose out-of-bag predictions average ``n_trees`` trees
+    per row on average. A tree leaves a site out with probability (1 − 1/n)ⁿ ≈ 0.37: an
+    out-of-bag error of a forest of ``n_trees`` trees would be that of a forest of ~0.37 times
+    as many, which favours candidates whose trees are individually stronger but more alike
+    (a larger ``max_features``) over those a larger forest averages better."""
+    left_out = (1.0 - 1.0 / n_sites) ** n_sites
+    return max(1, math.ceil(n_trees / left_out))
 
 
 def site_draws(n_sites: int, seed: int, tree: int) -> tuple[I64, int]:

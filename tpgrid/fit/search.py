@@ -26,7 +26,7 @@ from tpgrid.core.arrays import F64, I64
 from tpgrid.core.explain import predictor_columns
 from tpgrid.core.metrics import cv_metrics, r2_score
 from tpgrid.fit.heldout import HeldOutResults, held_out_fold
-from tpgrid.fit.oob import site_oob_search
+from tpgrid.fit.oob import oob_forest_size, site_oob_search
 from tpgrid.fit.settings import FitSettings
 from tpgrid.grid import TargetGrid
 from tpgrid.tasks import Progress, task_runner
@@ -165,8 +165,10 @@ def fit_forest(
         shared = (X_shared, y_shared)
         candidates = settings.search_grid.candidates()
         started = time.perf_counter()
+        # As many trees per out-of-bag prediction as a CV forest has (see oob_forest_size).
+        oob_trees = oob_forest_size(trees, int(site_index.max()) + 1)
         search = site_oob_search(
-            runner, X_shared, y_shared, site_index, candidates, trees, seed, report("search")
+            runner, X_shared, y_shared, site_index, candidates, oob_trees, seed, report("search")
         )
         search_wall = time.perf_counter() - started
         scored = search.oob_trees > 0
@@ -220,7 +222,11 @@ def fit_forest(
         },
         "search": {
             "scheme": "out-of-bag error of forests bootstrapping whole sites",
-            "trees_per_fit": trees,
+            "trees_per_fit": oob_trees,
+            "trees_per_fit_why": (
+                f"a site is left out by ~37 % of the trees: {oob_trees} trees give each row "
+                f"an out-of-bag prediction from ~{trees} trees, as many as a CV forest has"
+            ),
             "selected_by": (
                 "lowest out-of-bag RMSE; a row's out-of-bag prediction averages the trees whose "
                 "bootstrap did not draw its site"
