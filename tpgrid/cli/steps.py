@@ -104,7 +104,8 @@ def fit(
     ] = None,
     trees: Annotated[int | None, typer.Option(help="Trees of each final forest [500].")] = None,
     search_trees: Annotated[
-        int | None, typer.Option(help="Trees of each CV forest in search and assessment [100].")
+        int | None,
+        typer.Option(help="Trees of each CV forest (the search's out-of-bag mean too) [100]."),
     ] = None,
     folds: Annotated[int | None, typer.Option(help="CV folds [10].")] = None,
     block_km: Annotated[
@@ -126,7 +127,8 @@ def fit(
     workers: WorkersOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
+    """Fit one random forest per element: site-bootstrap out-of-bag grid search and CVs on Dask,
+    central final fit."""
     workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.fit import fit_models, fit_settings
 
