@@ -219,8 +219,6 @@ def test_cli_report_writes_the_report_and_prints_the_coverage(
             str(models),
             "--out",
             str(out),
-            "--cv-trees",
-            "20",
             "--effect",
             "slope",
             "--no-applicability",
