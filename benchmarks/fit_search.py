@@ -8,6 +8,9 @@ checkouts on the same workdir, one after the other, to compare them::
 
     python benchmarks/fit_search.py /tmp/demo /tmp/models
     python benchmarks/fit_search.py /tmp/full --full /tmp/models
+
+With ``--analyse`` it then times the report's analyses of the fitted models
+(``analyse_element`` of each element, one after another in this process, after one warm-up).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ def main() -> None:
     parser.add_argument("workdir", type=Path, help="a `tpgrid demo` output directory")
     parser.add_argument("out", type=Path, help="model directory (replaced)")
     parser.add_argument("--full", action="store_true", help="the full plateau's settings")
+    parser.add_argument("--analyse", action="store_true", help="time the report's analyses")
     args = parser.parse_args()
     settings = demo_config(args.out.parent / "config-unused", full=args.full).fit
     shutil.rmtree(args.out, ignore_errors=True)
@@ -46,7 +50,24 @@ def main() -> None:
         }
         for f in report.fitted
     }
-    print(json.dumps({"wall_s": round(wall, 2), "elements": selected}))
+    result: dict[str, object] = {"wall_s": round(wall, 2), "elements": selected}
+    if args.analyse:
+        result["analyses_s"] = round(time_analyses(args.out), 2)
+    print(json.dumps(result))
+
+
+def time_analyses(models: Path) -> float:
+    """Seconds of ``analyse_element`` over every element in ``models`` (report defaults)."""
+    from tpgrid.report.analysis import analyse_element
+    from tpgrid.report.inputs import find_elements, load_element
+    from tpgrid.report.settings import ReportSettings
+
+    loaded = [load_element(directory) for directory in find_elements(models)]
+    analyse_element(loaded[-1], {}, ReportSettings())  # compiles or loads the kernels
+    started = time.perf_counter()
+    for model in loaded:
+        analyse_element(model, {}, ReportSettings())
+    return time.perf_counter() - started
 
 
 if __name__ == "__main__":
