@@ -23,13 +23,13 @@ from tpgrid.aoa import ElementApplicability, applicability_cube
 from tpgrid.artifact import ModelArtifact
 from tpgrid.core.applicability import TrainingSpace, column_weights, dissimilarity, training_space
 from tpgrid.core.blocks import AOA_NODATA, applicability_block
-from tpgrid.core.explain import HeldOut, permutation_importance
+from tpgrid.core.explain import importance_table
 from tpgrid.core.features import CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest
-from tpgrid.core.uncertainty import cross_fit
 from tpgrid.cube import build_cube, cube_grid, open_cube
 from tpgrid.errors import AnalysisError, FeatureMismatchError, OutputExistsError
 from tpgrid.fit.design import cube_layers, feature_spec, training_table
+from tpgrid.fit.heldout import held_out_fold
 from tpgrid.fit.search import group_folds
 from tpgrid.fit.sites import extract_covariates, locate_sites, read_sites
 from tpgrid.grid import TargetGrid, load_grid_spec
@@ -111,12 +111,12 @@ def applicability(
     y = frame["value"].to_numpy()
     folds = group_folds(frame["site_id"].to_numpy(), 5, seed=0)
     forest = RandomForestRegressor(n_estimators=40, min_samples_leaf=2, random_state=0, n_jobs=2)
-    cv = cross_fit(forest, X, y, folds)
-    held_out = [
-        HeldOut(lambda A, f=f: f.predict_mean_variance(A)[0], cv.rows(k))
-        for k, f in enumerate(cv.forests)
-    ]
-    importance = permutation_importance(held_out, X, y, features.column_variables, n_repeats=2)
+    variables = list(features.column_variables)
+    params = {"min_samples_leaf": 2}
+    parts = [held_out_fold(X, y, folds, f, params, 40, 0, variables, 2) for f in range(5)]
+    importance = importance_table(
+        sum(part.base_sse for part in parts), sum(part.sse for part in parts), variables
+    )
     weights = column_weights(importance["incmse"].to_dict(), features.column_variables)
     space = training_space(X, frame["site_id"], folds, weights, features)
     artifact = ModelArtifact("Fe", pack_forest(forest.fit(X, y)), features)

@@ -17,19 +17,32 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
-from tpgrid.artifact import FOREST_FILE, MODEL_FILE, SKLEARN_FILE, load_estimator, load_model
+from tpgrid.artifact import (
+    FOREST_FILE,
+    HELD_OUT_FILE,
+    MODEL_FILE,
+    SKLEARN_FILE,
+    check_model,
+    load_estimator,
+    load_held_out,
+    load_model,
+    verify_models,
+)
 from tpgrid.cli import app
-from tpgrid.core.metrics import lins_ccc, r2_score
+from tpgrid.core.metrics import lins_ccc, r2_score, rmse
 from tpgrid.errors import ArtifactError, CubeError, FitError, OutputExistsError
 from tpgrid.fit import (
     CV_PREDICTIONS_FILE,
     TRAINING_FILE,
     FitReport,
     FitSettings,
+    HeldOutResults,
     SearchGrid,
     fit_models,
 )
 from tpgrid.fit.design import training_hash
+from tpgrid.fit.heldout import held_out_fold
+from tpgrid.fit.oob import oob_forest_size
 from tpgrid.fit.search import fit_forest
 from tpgrid.synthetic import PlateauFiles
 
@@ -62,6 +75,12 @@ def record(fitted: FitReport, element: str) -> dict[str, Any]:
 
 def predictions(fitted: FitReport, element: str) -> pd.DataFrame:
     return pd.read_parquet(model_dir(fitted, element) / CV_PREDICTIONS_FILE)
+
+
+def assert_same_arrays(got: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    assert set(got) == set(expected)
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array)
 
 
 # --- fitting the small plateau --------------------------------------------------------------
@@ -115,12 +134,47 @@ def test_cv_metrics_are_those_of_the_saved_out_of_fold_predictions(fitted: FitRe
 
 
 @pytest.mark.slow
-def test_the_search_selects_the_candidate_with_the_lowest_grouped_rmse(fitted: FitReport) -> None:
+def test_the_search_selects_the_candidate_with_the_lowest_site_oob_rmse(fitted: FitReport) -> None:
     search = record(fitted, "Fe")["search"]
     best = min(search["candidates"], key=lambda c: c["rmse"])
     assert search["selected"] == best["params"]
-    assert search["n_fits"] == 2 * QUICK.cv_folds
+    assert search["n_forests"] == 2
     assert record(fitted, "Fe")["hyperparameters"]["n_estimators"] == QUICK.n_trees
+    # The candidates' RMSEs are those of the stored out-of-bag predictions.
+    held = HeldOutResults.from_arrays(load_held_out(model_dir(fitted, "Fe")))
+    observed = predictions(fitted, "Fe")["observed"].to_numpy()
+    scored = held.search_oob_trees > 0
+    for candidate, oob in zip(search["candidates"], held.search_oob, strict=True):
+        assert candidate["rmse"] == pytest.approx(rmse(observed[scored], oob[scored]), 1e-12)
+    assert search["oob_trees_per_row"]["min"] == held.search_oob_trees.min() > 0
+
+
+@pytest.mark.slow
+def test_the_held_out_results_are_those_of_the_grouped_folds_and_stored_exactly(
+    fitted: FitReport,
+) -> None:
+    directory = model_dir(fitted, "Ni")
+    held = HeldOutResults.from_arrays(load_held_out(directory))
+    table = pd.read_parquet(directory / TRAINING_FILE)
+    artifact = load_model(directory)
+    X = table[list(artifact.features.columns)].to_numpy(np.float32)
+    y = table["observed"].to_numpy()
+    folds = predictions(fitted, "Ni")["fold_grouped"].to_numpy(np.int64)
+    np.testing.assert_array_equal(held.folds, folds)
+    # The grouped CV's out-of-fold prediction is the held-out trees' mean.
+    np.testing.assert_array_equal(predictions(fitted, "Ni")["predicted_grouped"], held.mean)
+    params = record(fitted, "Ni")["search"]["selected"]
+    variables = list(artifact.features.column_variables)
+    for fold in (0, QUICK.cv_folds - 1):
+        again = held_out_fold(
+            X, y, folds, fold, params, QUICK.search_trees, QUICK.seed, variables, 3
+        )
+        np.testing.assert_array_equal(held.trees[folds == fold], again.trees)
+        assert held.importance_base_sse[fold] == again.base_sse
+        np.testing.assert_array_equal(held.importance_sse[fold], again.sse)
+    assert held.trees.shape == (len(y), QUICK.search_trees)
+    assert held.importance_sse.shape == (QUICK.cv_folds, len(set(variables)), 3)
+    assert list(held.variables) == list(dict.fromkeys(variables))
 
 
 @pytest.mark.slow
@@ -171,7 +225,8 @@ def test_the_artifact_reproduces_the_fit_with_both_forests(fitted: FitReport) ->
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "load"), [(FOREST_FILE, load_model), (SKLEARN_FILE, load_estimator)]
+    ("name", "load"),
+    [(FOREST_FILE, load_model), (SKLEARN_FILE, load_estimator), (HELD_OUT_FILE, load_held_out)],
 )
 def test_a_truncated_or_tampered_artifact_fails_clearly(
     fitted: FitReport, tmp_path: Path, name: str, load: Any
@@ -184,16 +239,23 @@ def test_a_truncated_or_tampered_artifact_fails_clearly(
     with pytest.raises(ArtifactError, match="damaged"):
         load(truncated)
     arrays = dict(np.load(tampered / name))
-    arrays["threshold"] = arrays["threshold"] * 0.5
+    changed = "trees" if name == HELD_OUT_FILE else "threshold"
+    arrays[changed] = arrays[changed] * 0.5
     np.savez(tampered / name, **arrays)
     with pytest.raises(ArtifactError, match="does not match the hash"):
         load(tampered)
+    # What a run's verification and a reusing fit check: the damaged file is named.
+    for copy in (truncated, tampered):
+        with pytest.raises(ArtifactError):
+            check_model(copy)
+        assert [d.path.name for d in verify_models(copy)] == [name]
 
 
 @pytest.mark.slow
 def test_model_json_says_which_trees_the_cv_used(fitted: FitReport) -> None:
     doc = json.loads((model_dir(fitted, "Fe") / MODEL_FILE).read_text())
-    assert doc["record"]["search"]["trees_per_fit"] == QUICK.search_trees
+    n_sites = doc["record"]["training"]["n_sites"]
+    assert doc["record"]["search"]["trees_per_fit"] == oob_forest_size(QUICK.search_trees, n_sites)
     assert doc["record"]["cv"]["trees_per_fit"] == QUICK.search_trees
     assert doc["sklearn_trees"]["params"]["n_estimators"] == QUICK.n_trees
 
@@ -261,6 +323,7 @@ def test_reuse_refits_only_the_elements_whose_training_table_changed(
     )
     assert [f.element for f in again.unchanged] == ["Ni", "Mo"]
     assert again.fitted == ()
+    kept_held_out = (models / "Mo" / HELD_OUT_FILE).read_bytes()
 
     # One corrected Ni value: only the Ni model is refitted.
     table = pd.read_csv(plateau.sites)
@@ -273,6 +336,9 @@ def test_reuse_refits_only_the_elements_whose_training_table_changed(
     assert [f.element for f in report.unchanged] == ["Mo"]
     assert load_model(models / "Mo").model_hash == hashes["Mo"]
     assert load_model(models / "Ni").model_hash != hashes["Ni"]
+    # A kept model keeps its held-out results, as they were and still checked by their hash.
+    assert (models / "Mo" / HELD_OUT_FILE).read_bytes() == kept_held_out
+    assert HeldOutResults.from_arrays(load_held_out(models / "Mo")).trees.shape[1] == 20
 
 
 @pytest.mark.slow
@@ -289,6 +355,8 @@ def test_reuse_refits_a_damaged_model_with_a_warning_and_reports_it(
     arrays = dict(np.load(models / "Ni" / FOREST_FILE))
     arrays["value"] = arrays["value"] + 1.0
     np.savez(models / "Ni" / FOREST_FILE, **arrays)  # tampered: a valid file, other values
+    held_out = (models / "Ni" / HELD_OUT_FILE).read_bytes()
+    held_out_arrays = load_held_out(models / "Ni")
     text = (models / "Mo" / MODEL_FILE).read_text()
     (models / "Mo" / MODEL_FILE).write_text(text[:100])  # truncated
     with caplog.at_level(logging.WARNING, logger="tpgrid.fit.models"):
@@ -310,6 +378,16 @@ def test_reuse_refits_a_damaged_model_with_a_warning_and_reports_it(
         plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
     )
     assert (again.fitted, again.repaired) == ((), ())
+    assert_same_arrays(load_held_out(models / "Ni"), held_out_arrays)
+
+    # Only the held-out results damaged (half a file): the model is fitted again too.
+    (models / "Ni" / HELD_OUT_FILE).write_bytes(held_out[: len(held_out) // 2])
+    report = fit_models(
+        plateau.sites, cube_path, models, settings, reuse_unchanged=True, local_threads=2
+    )
+    assert [f.element for f in report.fitted] == ["Ni"]
+    assert HELD_OUT_FILE in dict(report.repaired)["Ni"]
+    assert_same_arrays(load_held_out(models / "Ni"), held_out_arrays)
 
 
 def test_a_cube_missing_a_catalogued_layer_is_refused(
@@ -346,16 +424,20 @@ def test_the_search_on_a_dask_cluster_gives_the_local_result(fitted: FitReport) 
     columns = list(load_model(model_dir(fitted, "Ni")).features.columns)
     X, y = table[columns].to_numpy(np.float32), table["observed"].to_numpy()
     sites, blocks = table["site_id"].to_numpy(), table["row"].to_numpy() // 100
-    local = fit_forest(X, y, sites, blocks, QUICK, local_threads=1)
+    variables = load_model(model_dir(fitted, "Ni")).features.column_variables
+    local = fit_forest(X, y, sites, blocks, QUICK, variables, local_threads=1)
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
         Client(cluster),
     ):
-        on_dask = fit_forest(X, y, sites, blocks, QUICK)
+        on_dask = fit_forest(X, y, sites, blocks, QUICK, variables)
     assert on_dask.record["search"]["backend"].startswith("dask: 2 workers")
     assert local.record["search"]["backend"] == "local threads: 1"
     for scheme in ("grouped", "random", "spatial"):
         np.testing.assert_array_equal(on_dask.predictions[scheme], local.predictions[scheme])
+    assert on_dask.record["search"]["candidates"] == local.record["search"]["candidates"]
+    for name, array in local.held_out.to_arrays().items():
+        np.testing.assert_array_equal(on_dask.held_out.to_arrays()[name], array)
 
 
 def test_tpgrid_fit_prints_the_cv_table_and_the_skipped_elements(

@@ -11,14 +11,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import zarr
 from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
+from tpgrid.artifact import HELD_OUT_FILE
 from tpgrid.cli import app
-from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
+from tpgrid.core.applicability import column_weights
+from tpgrid.core.explain import importance_table
+from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES, HeldOutTrees, coverage_table
 from tpgrid.errors import AnalysisError, OutputExistsError
 from tpgrid.fit import FitSettings, SearchGrid, fit_models
 from tpgrid.outputs import ATTR_RUN, open_prediction
@@ -31,10 +35,12 @@ from tpgrid.report import (
     ReportSettings,
     write_report,
 )
+from tpgrid.report.analysis import analyse_element
+from tpgrid.report.inputs import load_element
 from tpgrid.synthetic import PlateauFiles
 
 ELEMENTS = ("Fe", "Ni")  # the most and the fewest sites of the small plateau
-SETTINGS = ReportSettings(cv_trees=30, importance_repeats=2)
+SETTINGS = ReportSettings()
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +69,7 @@ def models(
         search_trees=30,
         search_grid=SearchGrid(max_features=(0.5,), min_samples_leaf=(2,)),
         cv_folds=5,
+        importance_repeats=2,
     )
     fit_models(plateau.sites, cube_path, out, settings, local_threads=2)
     return out
@@ -212,8 +219,6 @@ def test_cli_report_writes_the_report_and_prints_the_coverage(
             str(models),
             "--out",
             str(out),
-            "--cv-trees",
-            "20",
             "--effect",
             "slope",
             "--no-applicability",
@@ -236,3 +241,29 @@ def test_cli_report_names_a_missing_model_directory(tmp_path: Path) -> None:
     )
     assert result.exit_code == 2
     assert "tpgrid fit" in result.output
+
+
+def test_the_analyses_are_what_the_stored_held_out_arrays_imply(models: Path) -> None:
+    # Read held_out.npz directly, not through the loader under test.
+    model = load_element(models / "Fe")
+    with np.load(models / "Fe" / HELD_OUT_FILE, allow_pickle=False) as data:
+        stored = {name: data[name] for name in data.files}
+    analysis = analyse_element(model, {}, SETTINGS.model_copy(update={"level": 0.8}))
+    variables = list(model.artifact.features.column_variables)
+    expected = importance_table(
+        float(np.sum(stored["importance_base_sse"])),
+        stored["importance_sse"].sum(axis=0),
+        variables,
+    )
+    pd.testing.assert_frame_equal(analysis.importance, expected)
+    trees, folds = stored["trees"], stored["folds"]
+    table, k = coverage_table(model.y, HeldOutTrees(folds, trees), 0.8)
+    pd.testing.assert_frame_equal(analysis.coverage, table)
+    assert analysis.k == k
+    # The tree quantile interval at 80 %: the rows' 10th and 90th percentiles of the trees.
+    low, high = np.quantile(trees, [0.1, 0.9], axis=1)
+    inside = np.mean((model.y >= low) & (model.y <= high))
+    assert analysis.achieved(TREE_QUANTILES) == pytest.approx(inside)
+    # The AOA weights are the %IncMSE of the stored errors.
+    weights = column_weights(expected["incmse"].to_dict(), variables)
+    np.testing.assert_array_equal(analysis.space.weights, weights)

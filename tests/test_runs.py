@@ -420,9 +420,7 @@ def test_an_element_left_with_too_few_sites_is_dropped_with_its_model_and_maps(
     first_run: PipelineConfig, cluster: Client, tmp_path: Path
 ) -> None:
     config = copy_run(first_run, tmp_path)
-    path = write_config(
-        config.workdir, report={"enabled": True, "applicability": False, "cv_trees": 10}
-    )
+    path = write_config(config.workdir, report={"enabled": True, "applicability": False})
     config = load_pipeline(path)
     old = current_version(config.published_dir)
     assert old is not None

@@ -1,5 +1,5 @@
-"""Prediction intervals from the trees, grouped cross-fits, and coverage: nominal against
-achieved, on data whose noise is known."""
+"""Prediction intervals from the trees, held-out tree predictions of a grouped CV, and
+coverage: nominal against achieved, on data whose noise is known."""
 
 from __future__ import annotations
 
@@ -7,20 +7,19 @@ import math
 
 import numpy as np
 import pytest
-from sklearn.ensemble import RandomForestRegressor
 
 from tpgrid.core.uncertainty import (
-    CrossFit,
+    HeldOutTrees,
     calibrated_k,
     calibration_scores,
     coverage,
     coverage_table,
-    cross_fit,
     normal_quantile,
     quantile_interval,
     sd_interval,
 )
 from tpgrid.errors import AnalysisError
+from tpgrid.fit.heldout import HeldOutResults, held_out_fold
 from tpgrid.fit.search import group_folds
 
 N_SITES, PER_SITE = 200, 3
@@ -40,10 +39,14 @@ def noisy_sites() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def cv(noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray]) -> CrossFit:
+def cv(noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray]) -> HeldOutTrees:
+    """The fit's grouped CV (its fold tasks, one after another) of a 60-tree forest."""
     X, y, sites = noisy_sites
-    forest = RandomForestRegressor(n_estimators=60, min_samples_leaf=2, random_state=0, n_jobs=2)
-    return cross_fit(forest, X, y, group_folds(sites, 5, seed=0))
+    folds = group_folds(sites, 5, seed=0)
+    params = {"min_samples_leaf": 2}
+    results = [held_out_fold(X, y, folds, f, params, 60, 0, ["a", "b", "c"], 1) for f in range(5)]
+    held = HeldOutResults.from_folds(folds, results, ["a", "b", "c"], np.zeros(0), np.zeros(0))
+    return HeldOutTrees(folds, held.trees)
 
 
 def test_quantile_interval_spans_the_central_share_of_the_trees() -> None:
@@ -75,40 +78,18 @@ def test_calibration_scores_survive_a_zero_tree_spread() -> None:
     assert scores[0] == pytest.approx(1.0 / (1e-6 * 10.0))  # floor: 1e-6 of the mean
 
 
-def test_cross_fit_predicts_each_site_with_a_forest_that_never_saw_it() -> None:
-    # Pure noise per site: a forest that saw a site predicts its triplicates almost exactly,
-    # one that did not can only guess the mean.
-    rng = np.random.default_rng(1)
-    site_x = rng.uniform(0, 1, (60, 2))
-    X = np.repeat(site_x, 3, axis=0).astype(np.float32)
-    y = np.repeat(rng.normal(0, 1, 60), 3)
-    folds = group_folds(np.repeat(np.arange(60), 3), 5, seed=0)
-    forest = RandomForestRegressor(n_estimators=20, bootstrap=False, random_state=0)
-    result = cross_fit(forest, X, y, folds)
-    in_sample = forest.fit(X, y).predict(X)
-    assert np.sqrt(np.mean((in_sample - y) ** 2)) < 0.01
-    assert np.sqrt(np.mean((result.mean - y) ** 2)) > 0.8
-    assert result.trees.shape == (180, 20)
-    assert len(result.forests) == 5
-
-
-def test_cross_fit_can_use_fewer_trees_than_the_estimator() -> None:
-    X = np.random.default_rng(0).uniform(0, 1, (30, 2)).astype(np.float32)
-    forest = RandomForestRegressor(n_estimators=50, oob_score=True, random_state=0)
-    result = cross_fit(forest, X, X[:, 0], np.arange(30) % 3, n_trees=7)
-    assert result.trees.shape == (30, 7)
-
-
-def test_cross_fit_refuses_folds_that_are_not_numbered_from_zero() -> None:
-    X = np.zeros((6, 1), dtype=np.float32)
+def test_held_out_trees_refuse_folds_that_are_not_numbered_from_zero() -> None:
     with pytest.raises(AnalysisError, match="0 … k − 1"):
-        cross_fit(
-            RandomForestRegressor(n_estimators=2), X, np.zeros(6), np.array([1, 1, 2, 2, 3, 3])
-        )
+        HeldOutTrees(np.array([1, 1, 2, 2, 3, 3]), np.zeros((6, 2)))
+
+
+def test_held_out_trees_refuse_predictions_of_other_rows() -> None:
+    with pytest.raises(AnalysisError, match="do not match 6 rows"):
+        HeldOutTrees(np.array([0, 0, 0, 1, 1, 1]), np.zeros((5, 2)))
 
 
 def test_tree_quantile_intervals_cover_far_less_than_their_nominal_level(
-    noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray], cv: CrossFit
+    noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray], cv: HeldOutTrees
 ) -> None:
     _, y, _ = noisy_sites
     table, _ = coverage_table(y, cv, 0.9)
@@ -117,7 +98,7 @@ def test_tree_quantile_intervals_cover_far_less_than_their_nominal_level(
 
 
 def test_calibrated_interval_achieves_its_nominal_coverage_on_held_out_sites(
-    noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray], cv: CrossFit
+    noisy_sites: tuple[np.ndarray, np.ndarray, np.ndarray], cv: HeldOutTrees
 ) -> None:
     _, y, _ = noisy_sites
     table, k = coverage_table(y, cv, 0.9)

@@ -11,6 +11,10 @@ Optionally it also holds ``sklearn_trees.npz``: scikit-learn's own node arrays o
 from which :func:`load_estimator` rebuilds the fitted ``RandomForestRegressor`` for analysis
 (importances, partial dependence). It is hash-checked like the forest and must pack into exactly
 the recorded forest, so the two files can never disagree.
+
+A fitted model also holds ``held_out.npz``: arrays its fitting computed on rows its CV forests
+did not see (``tpgrid.fit.heldout``), for the report. Its hash is recorded in ``model.json``
+too, and :func:`check_model` checks it, so a damaged file makes the model be fitted again.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ FORMAT = "tpgrid-model/1"
 FOREST_FILE = "forest.npz"
 MODEL_FILE = "model.json"
 SKLEARN_FILE = "sklearn_trees.npz"
+HELD_OUT_FILE = "held_out.npz"
 
 #: Per-node arrays of ``sklearn_trees.npz``: the fields of scikit-learn's node record, plus the
 #: node value (one output).
@@ -80,12 +85,17 @@ class ModelArtifact:
 
 
 def save_model(
-    artifact: ModelArtifact, directory: str | Path, *, estimator: Any | None = None
+    artifact: ModelArtifact,
+    directory: str | Path,
+    *,
+    estimator: Any | None = None,
+    held_out: dict[str, npt.NDArray[Any]] | None = None,
 ) -> Path:
     """Write ``artifact`` into ``directory`` (created if needed); returns the directory.
 
     With ``estimator`` (the fitted ``RandomForestRegressor`` the forest was packed from), its
-    node arrays go to ``sklearn_trees.npz`` too, for :func:`load_estimator`. ``model.json`` is
+    node arrays go to ``sklearn_trees.npz`` too, for :func:`load_estimator`; with ``held_out``
+    (plain arrays), they go to ``held_out.npz``, for :func:`load_held_out`. ``model.json`` is
     written last, so a directory without it is an incomplete artifact.
     """
     directory = Path(directory)
@@ -110,6 +120,9 @@ def save_model(
             "sha256": _arrays_hash(arrays),
             "params": _json_params(estimator.get_params()),
         }
+    if held_out is not None:
+        np.savez(directory / HELD_OUT_FILE, allow_pickle=False, **held_out)
+        doc["held_out"] = {"file": HELD_OUT_FILE, "sha256": _arrays_hash(held_out)}
     (directory / MODEL_FILE).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return directory
 
@@ -147,26 +160,49 @@ def load_model(directory: str | Path) -> ModelArtifact:
 
 
 def check_model(directory: str | Path) -> ModelArtifact:
-    """:func:`load_model`, and the scikit-learn tree arrays (when saved) checked against their
-    recorded hash, without rebuilding the estimator: an artifact fit to be reused as it is."""
+    """:func:`load_model`, and the scikit-learn tree arrays and held-out arrays (when saved)
+    checked against their recorded hashes, without rebuilding the estimator: an artifact fit to
+    be reused as it is."""
     directory = Path(directory)
     artifact = load_model(directory)
-    entry = _read_model_json(directory).get("sklearn_trees")
-    if isinstance(entry, dict):
-        path = directory / SKLEARN_FILE
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                digest = _arrays_hash({name: data[name] for name in data.files})
-        except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-            raise ArtifactError(
-                f"{path} cannot be read ({exc}): the artifact is damaged; fit the model again"
-            ) from exc
-        if digest != entry.get("sha256"):
-            raise ArtifactError(
-                f"{path} does not match the hash recorded in {directory / MODEL_FILE}: the "
-                "artifact was changed or damaged; fit the model again"
-            )
+    doc = _read_model_json(directory)
+    for key, name in (("sklearn_trees", SKLEARN_FILE), ("held_out", HELD_OUT_FILE)):
+        if isinstance(doc.get(key), dict):
+            _checked_arrays(directory, doc, key, name)
     return artifact
+
+
+def load_held_out(directory: str | Path) -> dict[str, npt.NDArray[Any]]:
+    """The held-out arrays saved with the model in ``directory``, checked against their
+    recorded hash; :class:`ArtifactError` when there are none or they are damaged."""
+    directory = Path(directory)
+    doc = _read_model_json(directory)
+    if not isinstance(doc.get("held_out"), dict):
+        raise ArtifactError(
+            f"{directory} was saved without held-out results ({HELD_OUT_FILE}): fit the model "
+            "again with this version of `tpgrid fit`"
+        )
+    return _checked_arrays(directory, doc, "held_out", HELD_OUT_FILE)
+
+
+def _checked_arrays(
+    directory: Path, doc: dict[str, Any], key: str, name: str
+) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of ``directory/name``, which ``doc[key]["sha256"]`` must describe."""
+    path = directory / name
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {array: data[array] for array in data.files}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise ArtifactError(
+            f"{path} cannot be read ({exc}): the artifact is damaged; fit the model again"
+        ) from exc
+    if _arrays_hash(arrays) != doc[key].get("sha256"):
+        raise ArtifactError(
+            f"{path} does not match the hash recorded in {directory / MODEL_FILE}: the "
+            "artifact was changed or damaged; fit the model again"
+        )
+    return arrays
 
 
 def verify_models(directory: str | Path) -> list[Damage]:
@@ -206,7 +242,8 @@ def _artifact_dirs(directory: Path) -> list[Path]:
 
 def _failing_file(directory: Path) -> str:
     """The file a failing artifact's check is about: ``model.json`` when it cannot be read, the
-    tree arrays or forest when they do not load or match its hashes, else ``model.json``."""
+    forest, the tree arrays or the held-out arrays when they do not load or match its hashes
+    (in that order of checking)."""
     try:
         doc = _read_model_json(directory)
     except ArtifactError:
@@ -221,7 +258,12 @@ def _failing_file(directory: Path) -> str:
         load_model(directory)
     except ArtifactError:
         return MODEL_FILE
-    return SKLEARN_FILE
+    if isinstance(doc.get("sklearn_trees"), dict):
+        try:
+            _checked_arrays(directory, doc, "sklearn_trees", SKLEARN_FILE)
+        except ArtifactError:
+            return SKLEARN_FILE
+    return HELD_OUT_FILE
 
 
 def _read_model_json(directory: Path) -> dict[str, Any]:
@@ -342,18 +384,7 @@ def load_estimator(directory: str | Path) -> Any:
             f"{directory} was saved without scikit-learn trees: fit the model again with "
             "`tpgrid fit` to analyse it"
         )
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
-        raise ArtifactError(
-            f"{path} cannot be read ({exc}): the artifact is damaged; fit the model again"
-        ) from exc
-    if _arrays_hash(arrays) != entry.get("sha256"):
-        raise ArtifactError(
-            f"{path} does not match the hash recorded in {directory / MODEL_FILE}: the artifact "
-            "was changed or damaged; fit the model again"
-        )
+    arrays = _checked_arrays(directory, doc, "sklearn_trees", SKLEARN_FILE)
     try:
         estimator = rebuild_estimator(arrays, dict(entry["params"]))
     except (KeyError, TypeError, ValueError) as exc:

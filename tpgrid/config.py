@@ -217,7 +217,6 @@ def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> Pipeline
             name="synthetic_1km",
             workdir=workdir,
             synthetic=SyntheticInputs(size="full", seed=seed),
-            report=ReportSection(cv_trees=100),
         )
     return PipelineConfig(
         name="demo",
@@ -230,5 +229,4 @@ def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> Pipeline
             spatial_block_km=50,
             search_grid=SearchGrid(max_features=(0.33, 0.66), min_samples_leaf=(1, 5)),
         ),
-        report=ReportSection(cv_trees=50),
     )

@@ -104,7 +104,8 @@ def fit(
     ] = None,
     trees: Annotated[int | None, typer.Option(help="Trees of each final forest [500].")] = None,
     search_trees: Annotated[
-        int | None, typer.Option(help="Trees of each CV forest in search and assessment [100].")
+        int | None,
+        typer.Option(help="Trees of each CV forest (the search's out-of-bag mean too) [100]."),
     ] = None,
     folds: Annotated[int | None, typer.Option(help="CV folds [10].")] = None,
     block_km: Annotated[
@@ -126,7 +127,8 @@ def fit(
     workers: WorkersOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Fit one random forest per element: grouped-CV grid search on Dask, central final fit."""
+    """Fit one random forest per element: site-bootstrap out-of-bag grid search and CVs on Dask,
+    central final fit."""
     workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.fit import fit_models, fit_settings
 
@@ -290,12 +292,6 @@ def report(
         ),
     ] = None,
     level: Annotated[float, typer.Option(help="Nominal level of the intervals.")] = 0.9,
-    cv_trees: Annotated[
-        int | None,
-        typer.Option(
-            help="Trees of each refitted CV forest (default: as many as the final forest)."
-        ),
-    ] = None,
     applicability: Annotated[
         bool,
         typer.Option(help="Compute the dissimilarity index and area of applicability maps."),
@@ -314,7 +310,7 @@ def report(
     find_elements(models)  # a wrong directory fails before a cluster is started
 
     chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
-    given = {"level": level, "cv_trees": cv_trees, "applicability": applicability, **chosen}
+    given = {"level": level, "applicability": applicability, **chosen}
     settings = validated(ReportSettings.model_validate, given, "report options")
     started = time.perf_counter()
     with command_cluster(scheduler_address, workers), chunk_progress() as progress:

@@ -71,31 +71,101 @@ def permutation_importance(
     one out-of-fold prediction. Returns ``incmse`` (mean over ``n_repeats`` shuffles) and
     ``sd`` (between shuffles), indexed by predictor, by decreasing ``incmse``. Held-out rather
     than training rows: a forest fitted on a site's triplicates predicts them almost exactly,
-    which would inflate every importance.
+    which would inflate every importance. The same as :func:`permutation_errors` of every model
+    summed and passed to :func:`importance_table` (which is how the fit computes it, one model
+    per task).
     """
     X32 = np.asarray(X, dtype=np.float32)
     target = np.asarray(y, dtype=np.float64)
-    if not held_out or not any(part.rows.size for part in held_out):
+    sizes = [part.rows.size for part in held_out]
+    if not any(sizes):
         raise AnalysisError("permutation importance needs held-out rows")
-    base = sum(_sse(part.predict(X32[part.rows]), target[part.rows]) for part in held_out)
+    errors = [
+        permutation_errors(
+            part.predict,
+            X32[part.rows],
+            target[part.rows],
+            column_variables,
+            part=p,
+            part_sizes=sizes,
+            n_repeats=n_repeats,
+            seed=seed,
+        )
+        for p, part in enumerate(held_out)
+    ]
+    base = sum(e[0] for e in errors)
+    sse = np.sum([e[1] for e in errors], axis=0)
+    return importance_table(base, sse, column_variables)
+
+
+def permutation_errors(
+    predict: Predict,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    column_variables: Sequence[str],
+    *,
+    part: int,
+    part_sizes: Sequence[int],
+    n_repeats: int,
+    seed: int,
+) -> tuple[float, F64]:
+    """One held-out model's share of :func:`permutation_importance`: the squared error of
+    ``predict`` on its held-out rows ``X``, ``y`` as they are, and with each predictor's
+    columns shuffled (n_predictors, n_repeats), in :func:`predictor_columns` order.
+
+    The model is number ``part`` of models holding out ``part_sizes`` rows: the shuffles are
+    drawn from one generator seeded with ``seed``, predictor by predictor, repeat by repeat,
+    model by model, and the draws of the other models are replayed and skipped, so every model
+    gets the shuffles it would get if all were computed in one place.
+    """
+    X32 = np.asarray(X, dtype=np.float32)
+    target = np.asarray(y, dtype=np.float64)
+    if X32.shape[0] != part_sizes[part]:
+        raise ValueError(f"model {part} holds out {part_sizes[part]} rows, not {X32.shape[0]}")
+    blocks = predictor_columns(column_variables)
+    base = _sse(predict(X32), target) if X32.shape[0] else 0.0
+    sse = np.zeros((len(blocks), n_repeats))
+    rng = np.random.default_rng(seed)
+    for v, columns in enumerate(blocks.values()):
+        for r in range(n_repeats):
+            for p, size in enumerate(part_sizes):
+                order = rng.permutation(size)
+                if p != part:
+                    continue
+                shuffled = X32.copy()
+                shuffled[:, columns] = shuffled[order][:, columns]
+                sse[v, r] = _sse(predict(shuffled), target)
+    return base, sse
+
+
+def importance_table(
+    base: float, sse: npt.ArrayLike, column_variables: Sequence[str]
+) -> pd.DataFrame:
+    """%IncMSE from pooled held-out squared errors: ``base`` unshuffled, ``sse``
+    (n_predictors, n_repeats) shuffled (sums of :func:`permutation_errors` over the models).
+    Returns ``incmse`` and ``sd`` per predictor, by decreasing ``incmse``."""
+    shuffled = np.asarray(sse, dtype=np.float64)
+    variables = list(predictor_columns(column_variables))
+    if not variables or shuffled.shape[0] != len(variables) or shuffled.shape[1] < 1:
+        raise AnalysisError(
+            f"importance needs errors of {len(variables)} predictors, got shape {shuffled.shape}"
+        )
     if base <= 0:
         raise AnalysisError("the held-out predictions are exact: permutation importance is moot")
-    rng = np.random.default_rng(seed)
-    rows: dict[str, list[float]] = {}
-    for variable, columns in predictor_columns(column_variables).items():
-        increases = []
-        for _ in range(n_repeats):
-            sse = 0.0
-            for part in held_out:
-                shuffled = X32[part.rows]
-                shuffled[:, columns] = shuffled[rng.permutation(part.rows.size)][:, columns]
-                sse += _sse(part.predict(shuffled), target[part.rows])
-            increases.append(100.0 * (sse - base) / base)
-        rows[variable] = increases
+    increases = 100.0 * (shuffled - base) / base
+    n_repeats = shuffled.shape[1]
     table = pd.DataFrame(
         {
-            "incmse": {v: float(np.mean(r)) for v, r in rows.items()},
-            "sd": {v: float(np.std(r, ddof=1)) if n_repeats > 1 else 0.0 for v, r in rows.items()},
+            "incmse": dict(zip(variables, increases.mean(axis=1).tolist(), strict=True)),
+            "sd": dict(
+                zip(
+                    variables,
+                    (
+                        increases.std(axis=1, ddof=1) if n_repeats > 1 else np.zeros(len(variables))
+                    ).tolist(),
+                    strict=True,
+                )
+            ),
         }
     )
     return table.sort_values("incmse", ascending=False)

@@ -4,7 +4,7 @@ The map's uncertainty layer is the variance between the trees' predictions. That
 how much the bootstrap forests disagree about the *mean* at a pixel, not how far a new
 measurement may fall from it, so an interval built from it (tree quantiles, or mean ± z·sd)
 need not cover its nominal share of new sites. This module measures that: every site is
-predicted by forests of a grouped cross-validation that did not see it (:func:`cross_fit`),
+predicted by forests of a grouped cross-validation that did not see it (:class:`HeldOutTrees`),
 and the intervals' achieved coverage is set against their nominal level. It also calibrates
 the interval ``mean ± k·sd`` so that it holds: ``k`` is the ``level`` quantile of the held-out
 scores ``|y − mean| / sd`` (split-conformal with the tree sd as scale), checked fold by fold
@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from scipy import stats
-from sklearn.base import clone
 
 from tpgrid.core.arrays import F64
-from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.errors import AnalysisError
 
 #: Nominal level of the intervals the report shows.
@@ -40,14 +37,24 @@ MIN_RELATIVE_SD = 1e-6
 
 
 @dataclass(frozen=True, eq=False)
-class CrossFit:
-    """Grouped cross-validation of one forest: ``forests[f]`` was fitted without the rows of
-    fold ``f``; ``trees`` (n_rows, n_trees) holds every tree's prediction of each row by the
-    forest that did not see it (mg/kg)."""
+class HeldOutTrees:
+    """Every tree's prediction of each row by a forest of a grouped cross-validation that did
+    not see the row: ``trees`` (n_rows, n_trees), mg/kg; ``folds`` numbers the rows 0 … k − 1,
+    the rows of fold ``f`` predicted by the forest fitted without them (the fit computes these
+    with its grouped CV: ``tpgrid.fit.heldout``)."""
 
     folds: npt.NDArray[np.intp]
-    forests: tuple[PackedForest, ...]
     trees: F64
+
+    def __post_init__(self) -> None:
+        n_folds = int(self.folds.max()) + 1 if self.folds.size else 0
+        if n_folds < 2 or set(np.unique(self.folds).tolist()) != set(range(n_folds)):
+            raise AnalysisError(f"folds must number the rows 0 … k − 1 with k ≥ 2, got {n_folds}")
+        if self.trees.ndim != 2 or self.trees.shape[0] != self.folds.size:
+            raise AnalysisError(
+                f"held-out tree predictions of shape {self.trees.shape} do not match "
+                f"{self.folds.size} rows"
+            )
 
     @property
     def mean(self) -> F64:
@@ -60,50 +67,6 @@ class CrossFit:
         """Out-of-fold spread between the trees (population SD), mg/kg."""
         result: F64 = self.trees.std(axis=1)
         return result
-
-    def rows(self, fold: int) -> npt.NDArray[np.intp]:
-        """Rows held out of ``forests[fold]``."""
-        return np.flatnonzero(self.folds == fold)
-
-
-def cross_fit(
-    estimator: Any,
-    X: npt.ArrayLike,
-    y: npt.ArrayLike,
-    folds: npt.ArrayLike,
-    *,
-    n_trees: int | None = None,
-) -> CrossFit:
-    """Refit (a clone of) the scikit-learn forest ``estimator`` once per fold without that
-    fold's rows, and predict the held-out rows with every tree (numba kernel).
-
-    ``folds`` numbers every row 0 … k − 1 (grouped by site: see ``tpgrid.fit.search.group_folds``).
-    ``n_trees`` overrides the estimator's number of trees (cost control: the spread between
-    trees does not depend on how many there are, only how well it is estimated does).
-    """
-    X32 = np.asarray(X, dtype=np.float32)
-    target = np.asarray(y, dtype=np.float64)
-    fold_ids = np.asarray(folds, dtype=np.intp)
-    n_folds = int(fold_ids.max()) + 1
-    if n_folds < 2 or set(np.unique(fold_ids).tolist()) != set(range(n_folds)):
-        raise AnalysisError(f"folds must number the rows 0 … k − 1 with k ≥ 2, got {n_folds}")
-    # The out-of-bag score of the final fit is of no use here and costs a pass over the data.
-    template = clone(estimator).set_params(oob_score=False)
-    if n_trees is not None:
-        template.set_params(n_estimators=n_trees)
-    forests: list[PackedForest] = []
-    trees: F64 | None = None
-    for fold in range(n_folds):
-        test = fold_ids == fold
-        fitted = clone(template).fit(X32[~test], target[~test])
-        forest = pack_forest(fitted)
-        forests.append(forest)
-        predicted = forest.predict_trees(X32[test])
-        if trees is None:
-            trees = np.full((X32.shape[0], predicted.shape[1]), np.nan)
-        trees[test] = predicted
-    assert trees is not None
-    return CrossFit(folds=fold_ids, forests=tuple(forests), trees=trees)
 
 
 # --- intervals -------------------------------------------------------------------------------
@@ -162,7 +125,7 @@ class CoverageRow:
 
 
 def coverage_table(
-    observed: npt.ArrayLike, cv: CrossFit, level: float = LEVEL
+    observed: npt.ArrayLike, cv: HeldOutTrees, level: float = LEVEL
 ) -> tuple[pd.DataFrame, float]:
     """Achieved coverage of three ``level`` intervals on the held-out rows of ``cv``.
 

@@ -3,11 +3,14 @@
 The modules follow the fit down once: :mod:`~tpgrid.fit.sites` reads the site table and places
 its sites on the grid, :mod:`~tpgrid.fit.settings` says how to fit, :mod:`~tpgrid.fit.design`
 turns one element's values and the covariates at its sites into a design matrix,
-:mod:`~tpgrid.fit.search` searches and cross-validates its forest, and
+:mod:`~tpgrid.fit.search` searches (by the site-bootstrap out-of-bag error of
+:mod:`~tpgrid.fit.oob`) and cross-validates its forest (the grouped CV's folds computing the
+report's held-out results, :mod:`~tpgrid.fit.heldout`), and
 :mod:`~tpgrid.fit.models` runs all of it per element and writes the model directories. The
 entry points are re-exported here.
 """
 
+from tpgrid.fit.heldout import HeldOutResults
 from tpgrid.fit.models import (
     CV_PREDICTIONS_FILE,
     SCHEMES,
@@ -28,6 +31,7 @@ __all__ = [
     "FitReport",
     "FitSettings",
     "FittedElement",
+    "HeldOutResults",
     "SearchGrid",
     "SiteTable",
     "SkippedElement",

@@ -8,8 +8,9 @@ The fit goes down the package once: the site table is read and its sites placed 
 fitted again (``reuse_unchanged``), unless that model fails its checks.
 
 Each element is written to ``<out>/<element>/``: the artifact (:mod:`tpgrid.artifact`, with
-scikit-learn's trees), ``cv_predictions.parquet`` (out-of-fold predictions of the three CVs)
-and ``training.parquet`` (the training table the model saw).
+scikit-learn's trees and the grouped CV's held-out results), ``cv_predictions.parquet``
+(out-of-fold predictions of the three CVs) and ``training.parquet`` (the training table the
+model saw).
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def _fit_element(
         training.frame["site_id"].to_numpy(),
         site_blocks[design.site_index],
         settings,
+        spec.column_variables,
         local_threads=local_threads,
         progress=progress,
         label=element,
@@ -272,7 +274,7 @@ def _fit_element(
         )
     staging = staging_path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    save_model(artifact, staging, estimator=result.estimator)
+    save_model(artifact, staging, estimator=result.estimator, held_out=result.held_out.to_arrays())
     table.to_parquet(staging / TRAINING_FILE, index=False)
     predictions.to_parquet(staging / CV_PREDICTIONS_FILE, index=False)
     swap_in(staging, directory)

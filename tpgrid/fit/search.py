@@ -1,11 +1,13 @@
 """The hyperparameter search and the cross-validations of one element's forest.
 
-A grid search picks hyperparameters by k-fold CV *grouped by site* (triplicates of one site
-share their covariates, so they never sit on both sides of a split); the winner is assessed by
-three CVs side by side — grouped by site, by random sample (the leaky scheme the grouping
-prevents, for comparison) and by spatial blocks — and refitted on all rows with the full
-number of trees. The CV fits are independent tasks on whatever Dask client is current (local
-threads when there is none); the final forest is fitted here.
+A grid search picks hyperparameters by the out-of-bag error of forests that bootstrap whole
+*sites* (:mod:`tpgrid.fit.oob`: triplicates of one site share their covariates, so no tree
+predicts a site it drew); the winner is assessed by three k-fold CVs side by side — grouped by
+site, by random sample (the leaky scheme the grouping prevents, for comparison) and by spatial
+blocks — and refitted on all rows with the full number of trees. The grouped CV's fold tasks
+also compute the report's held-out analyses (:mod:`tpgrid.fit.heldout`). The search blocks and
+CV fits are independent tasks on whatever Dask client is current (local threads when there is
+none); the final forest is fitted here.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import numpy.typing as npt
 from pyproj import Transformer
 
 from tpgrid.core.arrays import F64, I64
+from tpgrid.core.explain import predictor_columns
 from tpgrid.core.metrics import cv_metrics, r2_score
+from tpgrid.fit.heldout import HeldOutResults, held_out_fold
+from tpgrid.fit.oob import oob_forest_size, site_oob_search
 from tpgrid.fit.settings import FitSettings
 from tpgrid.grid import TargetGrid
 from tpgrid.tasks import Progress, task_runner
@@ -99,11 +104,13 @@ def fold_predictions(
 @dataclass(frozen=True, eq=False)
 class ElementFit:
     """What fitting one element produced: the fitted scikit-learn forest, out-of-fold
-    predictions of each CV scheme (NaN where a scheme was skipped), folds, and the record."""
+    predictions of each CV scheme (NaN where a scheme was skipped), folds, the grouped CV's
+    held-out results, and the record."""
 
     estimator: Any
     predictions: dict[str, F64]
     folds: dict[str, I64 | None]
+    held_out: HeldOutResults
     record: dict[str, Any]
 
 
@@ -113,6 +120,7 @@ def fit_forest(
     sites: npt.ArrayLike,
     blocks: I64,
     settings: FitSettings,
+    column_variables: Sequence[str],
     *,
     local_threads: int | None = None,
     progress: Progress | None = None,
@@ -120,11 +128,14 @@ def fit_forest(
 ) -> ElementFit:
     """Search, assess and fit one element's forest on ``X`` (float32) and ``y`` (mg/kg).
 
-    ``sites`` is the site of each row (CV groups), ``blocks`` its spatial block. The search and
-    the three CVs use ``settings.search_trees`` trees per forest; the final forest
-    ``settings.n_trees``.
+    ``sites`` is the site of each row (bootstrap unit and CV groups), ``blocks`` its spatial
+    block, ``column_variables`` the predictor of each column of ``X`` (permutation importance
+    shuffles a predictor's columns together). The search and the three CVs use
+    ``settings.search_trees`` trees per forest; the final forest ``settings.n_trees``.
     """
     k, seed, trees = settings.cv_folds, settings.seed, settings.search_trees
+    _, site_index = np.unique(np.asarray(sites), return_inverse=True)
+    site_index = site_index.ravel().astype(np.int64)
     grouped = group_folds(sites, k, seed)
     n_blocks = int(np.unique(blocks).size)
     assessed = {"random": group_folds(np.arange(y.size), k, seed)}
@@ -150,22 +161,37 @@ def fit_forest(
         return lambda done, total: progress(f"{label} {stage}".strip(), done, total)
 
     with task_runner(local_threads) as runner:
-        shared = runner.share(X, y)
+        X_shared, y_shared = runner.share(X, y)
+        shared = (X_shared, y_shared)
         candidates = settings.search_grid.candidates()
         started = time.perf_counter()
-        futures = [
-            runner.submit(fold_predictions, *shared, grouped, f, params, trees, seed)
-            for params in candidates
-            for f in range(k)
-        ]
-        results = runner.gather(futures, report("search"))
+        # As many trees per out-of-bag prediction as a CV forest has (see oob_forest_size).
+        oob_trees = oob_forest_size(trees, int(site_index.max()) + 1)
+        search = site_oob_search(
+            runner, X_shared, y_shared, site_index, candidates, oob_trees, seed, report("search")
+        )
         search_wall = time.perf_counter() - started
-        oof = [_assemble(grouped, results[c * k : (c + 1) * k]) for c in range(len(candidates))]
-        scores = [cv_metrics(y, pred) for pred in oof]
+        scored = search.oob_trees > 0
+        scores = [cv_metrics(y[scored], pred[scored]) for pred in search.predictions]
         best = int(np.argmin([score["rmse"] for score in scores]))
         params = candidates[best]
 
-        # The winner's other CVs run on the cluster while the final forest is fitted here.
+        # The winner's three CVs run on the cluster while the final forest is fitted here.
+        variables = list(predictor_columns(column_variables))
+        grouped_futures = [
+            runner.submit(
+                held_out_fold,
+                *shared,
+                grouped,
+                f,
+                params,
+                trees,
+                seed,
+                list(column_variables),
+                settings.importance_repeats,
+            )
+            for f in range(k)
+        ]
         pending = {
             scheme: [
                 runner.submit(fold_predictions, *shared, folds, f, params, trees, seed)
@@ -174,7 +200,14 @@ def fit_forest(
             for scheme, folds in assessed.items()
         }
         estimator = _final_forest(X, y, params, settings)
-        predictions = {"grouped": oof[best], "spatial": np.full(y.size, np.nan)}
+        held_out = HeldOutResults.from_folds(
+            grouped,
+            runner.gather(grouped_futures, report("grouped")),
+            variables,
+            search.oob_trees,
+            search.predictions,
+        )
+        predictions = {"grouped": held_out.mean, "spatial": np.full(y.size, np.nan)}
         for scheme, scheme_futures in pending.items():
             results = runner.gather(scheme_futures, report(scheme))
             predictions[scheme] = _assemble(assessed[scheme], results)
@@ -188,20 +221,42 @@ def fit_forest(
             "random_state": seed,
         },
         "search": {
-            "cv": "k-fold grouped by site",
-            "n_folds": k,
-            "trees_per_fit": trees,
-            "selected_by": "lowest pooled grouped-CV RMSE",
+            "scheme": "out-of-bag error of forests bootstrapping whole sites",
+            "trees_per_fit": oob_trees,
+            "trees_per_fit_why": (
+                f"a site is left out by ~37 % of the trees: {oob_trees} trees give each row "
+                f"an out-of-bag prediction from ~{trees} trees, as many as a CV forest has"
+            ),
+            "selected_by": (
+                "lowest out-of-bag RMSE; a row's out-of-bag prediction averages the trees whose "
+                "bootstrap did not draw its site"
+            ),
+            "oob_trees_per_row": {
+                "min": int(search.oob_trees.min()),
+                "median": float(np.median(search.oob_trees)),
+                "max": int(search.oob_trees.max()),
+                "rows_without": int(np.sum(~scored)),
+                "file": "held_out.npz (search_oob_trees)",
+            },
             "candidates": [
                 {"params": c, "r2": score["r2"], "rmse": score["rmse"]}
                 for c, score in zip(candidates, scores, strict=True)
             ],
             "selected": params,
-            "n_fits": len(futures),
+            "n_forests": len(candidates),
             "wall_s": round(search_wall, 3),
             "backend": backend,
         },
         "cv": _cv_record(y, predictions, k, n_blocks, settings),
+        "held_out": {
+            "from": "the grouped CV's fold forests, on the rows each did not see",
+            "trees_per_forest": trees,
+            "importance": {
+                "measure": "%IncMSE, shuffles per predictor pooled over the folds",
+                "n_repeats": settings.importance_repeats,
+                "seed": seed,
+            },
+        },
         "fit": {
             "r2": r2_score(y, estimator.predict(X)),
             "oob_r2": float(estimator.oob_score_),
@@ -212,7 +267,7 @@ def fit_forest(
         },
     }
     folds_by_scheme: dict[str, I64 | None] = {"grouped": grouped, "spatial": None, **assessed}
-    return ElementFit(estimator, predictions, folds_by_scheme, record)
+    return ElementFit(estimator, predictions, folds_by_scheme, held_out, record)
 
 
 def _cv_record(
@@ -231,9 +286,10 @@ def _cv_record(
     return {
         "trees_per_fit": settings.search_trees,
         "note": (
-            "pooled out-of-fold metrics; grouped is the search's own CV of the selected "
-            "candidate (not nested, so slightly optimistic); random splits samples and lets a "
-            "site's triplicates leak across folds, shown for comparison only"
+            "pooled out-of-fold metrics of the selected candidate; grouped holds out whole "
+            "sites and is not the search's criterion (that is the site-bootstrap out-of-bag "
+            "error), so it is not tuned on; random splits samples and lets a site's "
+            "triplicates leak across folds, shown for comparison only"
         ),
         "grouped": {"groups": "site", "n_folds": k, **cv_metrics(y, predictions["grouped"])},
         "random": {"groups": "row", "n_folds": k, **cv_metrics(y, predictions["random"])},

@@ -70,7 +70,7 @@ class FitSettings(BaseModel):
     elements: tuple[str, ...] = Field(ELEMENTS, min_length=1)
     n_trees: int = Field(500, ge=1, description="trees of the final forest")
     search_trees: int = Field(
-        100, ge=1, description="trees of every CV forest (search and assessment): cost control"
+        100, ge=1, description="trees of every search and CV forest: cost control"
     )
     search_grid: SearchGrid = SearchGrid()
     cv_folds: int = Field(10, ge=2)
@@ -82,7 +82,10 @@ class FitSettings(BaseModel):
         ("Zn", "Ni"), description="elements calibrated from XRF to ICP-MS"
     )
     train_on: TrainOn = "samples"
-    seed: int = Field(0, ge=0)
+    importance_repeats: int = Field(
+        3, ge=1, description="shuffles per predictor for %IncMSE (on the grouped CV's folds)"
+    )
+    seed: int = Field(0, ge=0, description="seed of the folds, the forests and the shuffles")
 
     @field_validator("elements")
     @classmethod

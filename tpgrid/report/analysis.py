@@ -1,10 +1,11 @@
-"""What a report computes, as data: per element the cross-fitted importance, effects, interval
+"""What a report computes, as data: per element the held-out importance, effects, interval
 coverage, training space and group comparisons; for the whole report the descriptive table and
 the :class:`ReportContents` that the figures, the summary and the page are made from.
 
-Importance, coverage and the AOA's cross-validated DI use forests refitted on the *grouped*
-folds of the fit (``fold_grouped``), so every number about held-out sites comes from forests
-that never saw them.
+Importance, coverage and the AOA's cross-validated DI come from the forests of the fit's
+*grouped* CV (``fold_grouped``): its fold tasks stored every tree's prediction of the rows they
+held out and permutation importance's squared errors (``ElementModel.held_out``), so every
+number about held-out sites comes from forests that never saw them, and nothing is refitted.
 """
 
 from __future__ import annotations
@@ -22,19 +23,18 @@ import xarray as xr
 from tpgrid.core.applicability import TrainingSpace, column_weights, training_space
 from tpgrid.core.explain import (
     EffectCurve,
-    HeldOut,
     accumulated_local_effects,
     betasq,
     correlated_pairs,
     group_importance,
+    importance_table,
     partial_dependence,
-    permutation_importance,
 )
 from tpgrid.core.features import CategoricalFeature
 from tpgrid.core.forest import PackedForest
 from tpgrid.core.metrics import pineiro_line
 from tpgrid.core.stats import GroupComparison, compare_groups, descriptive_table, site_means
-from tpgrid.core.uncertainty import coverage_table, cross_fit
+from tpgrid.core.uncertainty import HeldOutTrees, coverage_table
 from tpgrid.errors import AnalysisError
 from tpgrid.fit import SCHEMES, read_sites
 from tpgrid.report.inputs import ElementModel
@@ -76,24 +76,18 @@ class ElementAnalysis:
 def analyse_element(
     model: ElementModel, groups: Mapping[str, str], settings: ReportSettings
 ) -> ElementAnalysis:
-    """Cross-fit on the grouped folds, then importance, betasq, effects, coverage, training
-    space and group comparisons of one element. ``groups`` maps cube variables to predictor
-    groups (the cube's ``tpgrid:group`` attributes)."""
+    """Importance, betasq, effects, coverage, training space and group comparisons of one
+    element, held-out parts from the fit's grouped CV. ``groups`` maps cube variables to
+    predictor groups (the cube's ``tpgrid:group`` attributes)."""
     features = model.artifact.features
     X, y = model.X, model.y
-    cross = cross_fit(model.estimator, X, y, model.folds, n_trees=settings.cv_trees)
-    held_out = [
-        HeldOut(_mean_of(forest), cross.rows(fold)) for fold, forest in enumerate(cross.forests)
-    ]
-    importance = permutation_importance(
-        held_out,
-        X,
-        y,
+    held = model.held_out
+    importance = importance_table(
+        float(held.importance_base_sse.sum()),
+        held.importance_sse.sum(axis=0),
         features.column_variables,
-        n_repeats=settings.importance_repeats,
-        seed=settings.seed,
     )
-    coverage, k = coverage_table(y, cross, settings.level)
+    coverage, k = coverage_table(y, HeldOutTrees(model.folds, held.trees), settings.level)
     incmse = {str(name): float(value) for name, value in importance["incmse"].items()}
     weights = column_weights(incmse, features.column_variables)
     space = training_space(X, model.training["site_id"], model.folds, weights, features)

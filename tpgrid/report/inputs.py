@@ -1,5 +1,6 @@
 """What a report reads: the element models ``tpgrid fit`` wrote (artifact, scikit-learn
-estimator, training table, out-of-fold predictions) and the prediction run it maps."""
+estimator, training table, out-of-fold predictions, the grouped CV's held-out results) and the
+prediction run it maps."""
 
 from __future__ import annotations
 
@@ -13,9 +14,16 @@ import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
-from tpgrid.artifact import MODEL_FILE, ModelArtifact, load_estimator, load_model
+from tpgrid.artifact import (
+    HELD_OUT_FILE,
+    MODEL_FILE,
+    ModelArtifact,
+    load_estimator,
+    load_held_out,
+    load_model,
+)
 from tpgrid.errors import AnalysisError, ArtifactError
-from tpgrid.fit import CV_PREDICTIONS_FILE, TRAINING_FILE
+from tpgrid.fit import CV_PREDICTIONS_FILE, TRAINING_FILE, HeldOutResults
 from tpgrid.outputs import open_prediction
 
 
@@ -23,13 +31,15 @@ from tpgrid.outputs import open_prediction
 class ElementModel:
     """An element's artifact, its scikit-learn estimator, its training table (one row per
     training sample: ``site_id``, the feature columns, ``observed`` in mg/kg) and its
-    out-of-fold predictions of the fit's CV schemes, row for row."""
+    out-of-fold predictions of the fit's CV schemes, row for row; and what the grouped CV's
+    forests said about the rows they did not see (``held_out``), row for row too."""
 
     directory: Path
     artifact: ModelArtifact
     estimator: Any
     training: pd.DataFrame
     cv: pd.DataFrame
+    held_out: HeldOutResults
 
     @property
     def element(self) -> str:
@@ -51,7 +61,8 @@ class ElementModel:
 
 def load_element(directory: str | Path) -> ElementModel:
     """Read one element directory written by ``tpgrid fit``; :class:`ArtifactError` if a part
-    is missing or the training table and CV predictions do not match row for row."""
+    is missing or damaged, or the training table, CV predictions and held-out results do not
+    match row for row."""
     directory = Path(directory)
     artifact = load_model(directory)
     estimator = load_estimator(directory)
@@ -67,7 +78,25 @@ def load_element(directory: str | Path) -> ElementModel:
             f"{directory}: {TRAINING_FILE} and {CV_PREDICTIONS_FILE} do not describe the same "
             "rows with grouped folds: fit the model again with `tpgrid fit`"
         )
-    return ElementModel(directory, artifact, estimator, training, cv)
+    try:
+        held_out = HeldOutResults.from_arrays(load_held_out(directory))
+    except ValueError as exc:
+        raise ArtifactError(
+            f"{directory / HELD_OUT_FILE} is not held-out results of this version ({exc}): fit "
+            "the model again with `tpgrid fit`"
+        ) from exc
+    predictors = list(dict.fromkeys(artifact.features.column_variables))
+    if list(held_out.variables) != predictors or held_out.trees.shape[0] != len(training):
+        raise ArtifactError(
+            f"{directory / HELD_OUT_FILE} does not describe this model's rows and predictors: "
+            "fit the model again with `tpgrid fit`"
+        )
+    if not np.array_equal(held_out.folds, cv["fold_grouped"].to_numpy(dtype=np.int64)):
+        raise ArtifactError(
+            f"{directory}: {HELD_OUT_FILE} and {CV_PREDICTIONS_FILE} do not hold the same "
+            "grouped folds: fit the model again with `tpgrid fit`"
+        )
+    return ElementModel(directory, artifact, estimator, training, cv, held_out)
 
 
 def find_elements(models: str | Path) -> list[Path]:

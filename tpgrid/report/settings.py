@@ -1,4 +1,8 @@
-"""What a report computes (:class:`ReportSettings`) and the names of the files it writes."""
+"""What a report computes (:class:`ReportSettings`) and the names of the files it writes.
+
+What it shows about held-out sites (importance, coverage, ``k``) comes from the fit's grouped
+CV (``tpgrid.fit.heldout``), so its forests' size and the importance shuffles are fit settings.
+"""
 
 from __future__ import annotations
 
@@ -23,9 +27,5 @@ class ReportSettings(BaseModel):
         DEFAULT_EFFECTS, description="predictors for PDP and ALE (cube variable names)"
     )
     level: float = Field(LEVEL, gt=0, lt=1, description="nominal coverage of the intervals")
-    cv_trees: int | None = Field(
-        None, ge=1, description="trees per refitted CV forest; null: as many as the final forest"
-    )
-    importance_repeats: int = Field(3, ge=1, description="shuffles per predictor for %IncMSE")
-    seed: int = Field(0, ge=0, description="seed of the shuffles and of the PDP's sample")
+    seed: int = Field(0, ge=0, description="seed of the PDP's sample")
     applicability: bool = Field(True, description="compute the AOA layers over the cube")
