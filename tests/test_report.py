@@ -256,6 +256,7 @@ def test_a_report_reusing_the_previous_one_equals_one_written_afresh(
     published_report: Path,
     tmp_path: Path,
 ) -> None:
+    stages: set[tuple[str, bool]] = set()
     with Client(cluster):
         again = write_report(
             models,
@@ -263,7 +264,9 @@ def test_a_report_reusing_the_previous_one_equals_one_written_afresh(
             prediction=prediction,
             settings=SETTINGS,
             previous=published_report,
+            progress=lambda stage, done, total: stages.add((stage, done == total)),
         )
+    assert {("analyses", True), ("figures", True)} <= stages  # the progress bars' stages
     # Every figure linked (the data did not change), and the report equal byte for byte to
     # the module's, whose figures were all drawn.
     assert sorted(again.reused) == sorted(path.name for path in report.figures)
