@@ -42,7 +42,13 @@ from tpgrid.fit import FitReport, fit_models
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
-from tpgrid.publication import Publication, current_version, publish_version, verify_version
+from tpgrid.publication import (
+    REPORT_DIR,
+    Publication,
+    current_version,
+    publish_version,
+    verify_version,
+)
 from tpgrid.report import write_report
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
@@ -304,6 +310,9 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
         )
 
     with _timed(steps, "publish") as note:
+        # The version current before this one: its report's figures drawn from unchanged data
+        # are reused (checked against its SHA256SUMS) instead of drawn again.
+        previous = current_version(config.published_dir)
 
         def add_report(folder: Path) -> None:
             write_report(
@@ -315,6 +324,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 settings=config.report,
                 not_mapped=unfit,
                 progress=_labelled(progress, "report"),
+                previous=None if previous is None else previous / REPORT_DIR,
             )
 
         publication = publish_version(

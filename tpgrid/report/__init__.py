@@ -17,8 +17,11 @@ fitted on. Per element the report
    calibrates ``k`` of ``mean ± k·sd`` (:mod:`tpgrid.core.uncertainty`).
 
 The modules, each using only those after it: :mod:`~tpgrid.report.build` writes a report;
-:mod:`~tpgrid.report.page` makes its HTML page and JSON summary; :mod:`~tpgrid.report.figures`
-draws its PNGs; :mod:`~tpgrid.report.analysis` computes what they show;
+:mod:`~tpgrid.report.page` makes its HTML page and JSON summary; :mod:`~tpgrid.report.render`
+draws its PNGs as tasks, or links those of the previous report drawn from the same data;
+:mod:`~tpgrid.report.figure_data` extracts what each figure is drawn from;
+:mod:`~tpgrid.report.figures` draws one from that data; :mod:`~tpgrid.report.analysis`
+computes what they show;
 :mod:`~tpgrid.report.inputs` reads the models and the prediction;
 :mod:`~tpgrid.report.settings` says what to compute and names the files.
 """

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -173,9 +173,21 @@ def analyse_elements(
     the current Dask client (its workers are otherwise idle while a report is written), or one
     after another in this process when there is no client."""
     with task_runner(local_threads=1) as runner:
-        futures = [runner.submit(analyse_element, model, groups, settings) for model in loaded]
+        # Each model (its estimator is tens of MiB) goes to a worker once, outside the task
+        # graph; what comes back leaves the estimator there (the client has it).
+        shared = runner.share(*loaded)
+        futures = [runner.submit(_analyse, model, groups, settings) for model in shared]
         report = (lambda done, total: progress("analyses", done, total)) if progress else None
-        return runner.gather(futures, report)
+        analyses = runner.gather(futures, report)
+    return [replace(a, model=model) for a, model in zip(analyses, loaded, strict=True)]
+
+
+def _analyse(
+    model: ElementModel, groups: Mapping[str, str], settings: ReportSettings
+) -> ElementAnalysis:
+    """:func:`analyse_element` as a task: its model returned without the estimator."""
+    analysis = analyse_element(model, groups, settings)
+    return replace(analysis, model=replace(model, estimator=None))
 
 
 def descriptive_statistics(

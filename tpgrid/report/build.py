@@ -18,9 +18,10 @@ from tpgrid.report.analysis import (
     analyse_elements,
     descriptive_statistics,
 )
-from tpgrid.report.figures import draw_figures
+from tpgrid.report.figure_data import SECTIONS, figure_plans
 from tpgrid.report.inputs import find_elements, load_element, open_matching_prediction
 from tpgrid.report.page import report_page, report_summary
+from tpgrid.report.render import previous_figures, render_figures, write_keys
 from tpgrid.report.settings import (
     APPLICABILITY_DIR,
     FIGURES_DIR,
@@ -40,6 +41,7 @@ class ReportResult:
     html: Path
     figures: tuple[Path, ...]
     summary: dict[str, Any]
+    reused: tuple[str, ...] = ()  # figures linked from the previous report, by file name
 
 
 def write_report(
@@ -53,6 +55,7 @@ def write_report(
     overwrite: bool = False,
     progress: Progress | None = None,
     not_mapped: Mapping[str, str] | None = None,
+    previous: str | Path | None = None,
 ) -> ReportResult:
     """Analyse every element model under ``models`` and write the report directory ``out``:
     ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
@@ -63,6 +66,9 @@ def write_report(
     the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
     only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
     ``not_mapped`` (element → reason) lists elements without a model, e.g. too few sites.
+    ``previous`` is an earlier report (with the ``SHA256SUMS`` publishing wrote into it): its
+    figures drawn from the same data are linked rather than drawn again, once checked against
+    that manifest (:mod:`tpgrid.report.render`); the report is the same either way.
     """
     settings = settings or ReportSettings()
     out = Path(out)
@@ -108,7 +114,13 @@ def write_report(
         )
         figures_dir = staging / FIGURES_DIR
         figures_dir.mkdir()
-        figures = draw_figures(contents, figures_dir, staging / APPLICABILITY_DIR)
+        plans = figure_plans(contents, staging / APPLICABILITY_DIR)
+        reusable = previous_figures(None if previous is None else Path(previous))
+        rendered = render_figures(plans, figures_dir, reusable, progress)
+        write_keys(staging, rendered)
+        figures: dict[str, list[Path]] = {section: [] for section in SECTIONS}
+        for plan, item in zip(plans, rendered, strict=True):
+            figures[plan.section].append(item.path)
         summary = report_summary(contents)
         (staging / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, allow_nan=False) + "\n")
         (staging / REPORT_FILE).write_text(
@@ -125,4 +137,5 @@ def write_report(
             out / FIGURES_DIR / path.name for section in figures.values() for path in section
         ),
         summary=summary,
+        reused=tuple(item.path.name for item in rendered if item.reused),
     )

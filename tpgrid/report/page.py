@@ -7,7 +7,6 @@ import base64
 import html
 import math
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,9 @@ from tpgrid.report.settings import APPLICABILITY_DIR
 
 
 def report_summary(contents: ReportContents) -> dict[str, Any]:
-    """The report's numbers as JSON: what a run record links to and a reader can diff."""
+    """The report's numbers as JSON: what a run record links to and a reader can diff. No
+    time of writing: a report is a function of its inputs (a published version's STAC item
+    says when it was published), so equal inputs give equal bytes."""
     elements: dict[str, Any] = {}
     for analysis in contents.analyses:
         record = analysis.model.artifact.record
@@ -58,7 +59,6 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
     summary: dict[str, Any] = plain(
         {
             "format": "tpgrid-report/1",
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
             "tpgrid_version": __version__,
             **contents.sources,
             "prediction_run_id": contents.run_id,
@@ -163,7 +163,7 @@ def report_page(
     run = f"<br>prediction run {contents.run_id}" if contents.run_id else ""
     sections = [
         f"<h1>tpgrid science report</h1><p class='note'>{sources}{run}"
-        f"<br>tpgrid {html.escape(summary['tpgrid_version'])}, {summary['created']}</p>"
+        f"<br>tpgrid {html.escape(summary['tpgrid_version'])}</p>"
         + _not_mapped_html(contents.not_mapped),
         "<h2>1. Descriptive statistics</h2>"
         "<p class='note'>Samples measured and kept after screening (mean ± k SD); mean, SD, CV "

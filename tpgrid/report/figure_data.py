@@ -1,0 +1,238 @@
+"""What each figure of a report is drawn from, as plain data: numbers, strings and numpy arrays
+taken from the analyses (:func:`figure_plans`, in this process: small), or read from the
+applicability layers and the prediction by the task that draws the figure
+(:func:`load_figure_data`: the maps are the large part, and only their strided pixels are
+drawn). No estimator, model or frame reaches a figure's task."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from tpgrid.aoa import layer_name
+from tpgrid.core.blocks import AOA_NODATA
+from tpgrid.core.stats import site_means
+from tpgrid.outputs import variable_name
+from tpgrid.report.analysis import (
+    FACTORS,
+    ElementAnalysis,
+    ReportContents,
+    site_classes,
+    site_values,
+)
+from tpgrid.report.figures import MAP_PX, Data
+
+#: Sections of the report's figures, in the page's order.
+SECTIONS = ("descriptive", "groups", "drivers", "checks", "applicability", "uncertainty", "maps")
+#: Kinds of figure whose plan says where to read their arrays rather than holding them.
+_READ = ("applicability", "map")
+
+
+@dataclass(frozen=True)
+class FigurePlan:
+    """One figure of the report: its page section, its PNG's file name, its kind (a key of
+    :data:`tpgrid.report.figures.DRAW`) and what it is drawn from (for the kinds read from
+    stores: where to read it, see :func:`load_figure_data`)."""
+
+    section: str
+    name: str
+    kind: str
+    data: dict[str, Any]
+
+
+def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePlan]:
+    """Every figure of the report, in the report's order; a figure with nothing to show (a
+    factor no element was compared by, an element without effects) is left out."""
+    analyses = contents.analyses
+    plans = [
+        FigurePlan("descriptive", "histograms.png", "histograms", _histograms(contents)),
+        FigurePlan(
+            "checks", "observed_predicted.png", "observed_predicted", _observed_predicted(analyses)
+        ),
+        FigurePlan("uncertainty", "coverage.png", "coverage", _coverage(contents)),
+    ]
+    for factor in FACTORS:
+        panels = [_groups_panel(a, factor) for a in analyses if factor in a.comparisons]
+        if panels:
+            plans.append(FigurePlan("groups", f"groups_{factor}.png", "groups", {"panels": panels}))
+    prediction = contents.sources.get("prediction")
+    for analysis in analyses:
+        element = analysis.element
+        plans.append(
+            FigurePlan("drivers", f"importance_{element}.png", "importance", _importance(analysis))
+        )
+        if analysis.effects:
+            plans.append(
+                FigurePlan("drivers", f"effects_{element}.png", "effects", _effects(analysis))
+            )
+        if element in contents.shares:
+            where = {
+                "applicability": str(applicability),
+                "element": element,
+                "threshold": analysis.space.threshold,
+                "share": contents.shares[element],
+            }
+            plans.append(
+                FigurePlan("applicability", f"applicability_{element}.png", "applicability", where)
+            )
+        maps = contents.prediction
+        if prediction is not None and maps is not None and variable_name(element, "mean") in maps:
+            where = {
+                "prediction": prediction,
+                "applicability": str(applicability) if element in contents.shares else None,
+                "element": element,
+                "k": analysis.k,
+                "level": contents.settings.level,
+            }
+            plans.append(FigurePlan("maps", f"map_{element}.png", "map", where))
+    return plans
+
+
+def load_figure_data(plan: FigurePlan) -> Data:
+    """The data a figure is drawn from: its plan's, or for a map or an applicability figure
+    the strided layers read from the stores its plan names (no path stays in the result: the
+    same pixels give the same data wherever they are stored)."""
+    if plan.kind not in _READ:
+        return plan.data
+    where = plan.data
+    element = where["element"]
+    if plan.kind == "applicability":
+        di_array = _layer(where["applicability"], layer_name(element, "di"))
+        step = _step(di_array.shape)
+        aoa = np.asarray(_layer(where["applicability"], layer_name(element, "aoa"))[::step, ::step])
+        return {
+            "element": element,
+            "threshold": where["threshold"],
+            "share": where["share"],
+            "di": np.asarray(di_array[::step, ::step]),
+            "aoa": np.where(aoa == AOA_NODATA, np.nan, aoa.astype(np.float64)),
+        }
+    # The group's own arrays (the report checked it is a complete run of these models):
+    # opening it with xarray costs more than reading the strided pixels; NaN is its fill value.
+    mean_layer = _layer(where["prediction"], variable_name(element, "mean"))
+    step = _step(mean_layer.shape)
+    mean = np.asarray(mean_layer[::step, ::step], dtype=np.float64)
+    sd_layer = _layer(where["prediction"], variable_name(element, "sd"))
+    sd = np.asarray(sd_layer[::step, ::step], dtype=np.float64)
+    outside = np.zeros(mean.shape, dtype=bool)
+    if where["applicability"] is not None:
+        aoa = _layer(where["applicability"], layer_name(element, "aoa"))
+        outside = np.asarray(aoa[::step, ::step]) == 0
+    return {
+        "element": element,
+        "k": where["k"],
+        "level": where["level"],
+        "mean": np.where(outside, np.nan, mean),
+        "half": np.where(outside, np.nan, where["k"] * sd),
+    }
+
+
+def _layer(group: str, name: str) -> Any:
+    return zarr.open_array(Path(group) / name, mode="r")
+
+
+def _step(shape: tuple[int, ...]) -> int:
+    return max(1, math.ceil(max(shape) / MAP_PX))
+
+
+def _histograms(contents: ReportContents) -> dict[str, Any]:
+    return {
+        "panels": [
+            {
+                "element": element,
+                "values": frame["value"].to_numpy(dtype=np.float64),
+                "site_mean": float(site_means(frame).mean()),
+            }
+            for element, frame in contents.kept.items()
+        ]
+    }
+
+
+def _observed_predicted(analyses: tuple[ElementAnalysis, ...]) -> dict[str, Any]:
+    panels = []
+    for analysis in analyses:
+        metrics = analysis.model.artifact.record.get("cv", {}).get("grouped", {})
+        slope, intercept = analysis.lines["grouped"]
+        panels.append(
+            {
+                "element": analysis.element,
+                "predicted": analysis.model.cv["predicted_grouped"].to_numpy(dtype=np.float64),
+                "observed": analysis.model.y,
+                "slope": float(slope),
+                "intercept": float(intercept),
+                "r2": float(metrics.get("r2", math.nan)),
+                "rmse": float(metrics.get("rmse", math.nan)),
+            }
+        )
+    return {"panels": panels}
+
+
+def _coverage(contents: ReportContents) -> dict[str, Any]:
+    analyses = contents.analyses
+    methods = [str(method) for method in analyses[0].coverage.index]
+    achieved = np.array(
+        [a.coverage["achieved"].to_numpy(dtype=np.float64) for a in analyses], dtype=np.float64
+    ).T  # methods × elements
+    return {
+        "elements": [a.element for a in analyses],
+        "methods": methods,
+        "achieved": achieved,
+        "level": contents.settings.level,
+    }
+
+
+def _groups_panel(analysis: ElementAnalysis, factor: str) -> dict[str, Any]:
+    result = analysis.comparisons[factor]
+    feature = next(f for f in analysis.model.artifact.features.categorical if f.variable == factor)
+    classes = site_classes(analysis.model, feature)
+    values = site_values(analysis.model)
+    order = [name for name in feature.names if name in result.table.index]
+    return {
+        "element": analysis.element,
+        "p_value": float(result.p_value),
+        "classes": order,
+        "values": [
+            values[classes[classes == name].index].to_numpy(dtype=np.float64) for name in order
+        ],
+        "letters": [str(result.table.loc[name, "letters"]) for name in order],
+    }
+
+
+def _importance(analysis: ElementAnalysis) -> dict[str, Any]:
+    # Bottom-up: the first predictor, group and column of each table drawn at the top.
+    importance = analysis.importance.iloc[::-1]
+    groups = analysis.by_group.iloc[::-1]
+    shares = analysis.betasq["percent"].iloc[::-1]
+    return {
+        "element": analysis.element,
+        "predictors": [str(name) for name in importance.index],
+        "incmse": importance["incmse"].to_numpy(dtype=np.float64),
+        "sd": importance["sd"].to_numpy(dtype=np.float64),
+        "groups": [str(name) for name in groups.index],
+        "group_incmse": groups.to_numpy(dtype=np.float64),
+        "betasq_columns": [str(name) for name in shares.index],
+        "betasq_percent": shares.to_numpy(dtype=np.float64),
+    }
+
+
+def _effects(analysis: ElementAnalysis) -> dict[str, Any]:
+    columns = analysis.model.artifact.features.columns
+    curves = []
+    for pdp, ale in analysis.effects:
+        x = analysis.model.X[:, columns.index(pdp.variable)]
+        curves.append(
+            {
+                "variable": pdp.variable,
+                "deciles": np.quantile(x, np.linspace(0.1, 0.9, 9)),
+                "pdp_grid": np.asarray(pdp.grid, dtype=np.float64),
+                "pdp_values": np.asarray(pdp.values, dtype=np.float64),
+                "ale_grid": np.asarray(ale.grid, dtype=np.float64),
+                "ale_values": np.asarray(ale.values, dtype=np.float64),
+            }
+        )
+    return {"element": analysis.element, "curves": curves}
