@@ -1,8 +1,8 @@
 """The science report of a set of models: the paper's analyses, applicability and calibrated
 uncertainty, as one self-contained HTML file with its figures beside it as PNG.
 
-Input is what ``tpgrid fit`` wrote (one directory per element: artifact, scikit-learn trees,
-``training.parquet``, ``cv_predictions.parquet``), the site table and the cube the models were
+Input is what ``tpgrid fit`` wrote (one directory per element: artifact, packed forest,
+``training.parquet``, ``cv_predictions.parquet``, ``held_out.npz``), the site table and the cube the models were
 fitted on. Per element the report
 
 1. describes the measured values before and after screening (the paper's table, histograms);

@@ -173,21 +173,13 @@ def analyse_elements(
     the current Dask client (its workers are otherwise idle while a report is written), or one
     after another in this process when there is no client."""
     with task_runner(local_threads=1) as runner:
-        # Each model (its estimator is tens of MiB) goes to a worker once, outside the task
-        # graph; what comes back leaves the estimator there (the client has it).
+        # Each model (its forest is MiBs) goes to a worker once, outside the task graph.
         shared = runner.share(*loaded)
-        futures = [runner.submit(_analyse, model, groups, settings) for model in shared]
+        futures = [runner.submit(analyse_element, model, groups, settings) for model in shared]
         report = (lambda done, total: progress("analyses", done, total)) if progress else None
         analyses = runner.gather(futures, report)
+    # The client's own models, not the copies that came back from the workers.
     return [replace(a, model=model) for a, model in zip(analyses, loaded, strict=True)]
-
-
-def _analyse(
-    model: ElementModel, groups: Mapping[str, str], settings: ReportSettings
-) -> ElementAnalysis:
-    """:func:`analyse_element` as a task: its model returned without the estimator."""
-    analysis = analyse_element(model, groups, settings)
-    return replace(analysis, model=replace(model, estimator=None))
 
 
 def descriptive_statistics(

@@ -1,13 +1,11 @@
-"""What a report reads: the element models ``tpgrid fit`` wrote (artifact, scikit-learn
-estimator, training table, out-of-fold predictions, the grouped CV's held-out results) and the
-prediction run it maps."""
+"""What a report reads: the element models ``tpgrid fit`` wrote (artifact, training table,
+out-of-fold predictions, the grouped CV's held-out results) and the prediction run it maps."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,7 +16,6 @@ from tpgrid.artifact import (
     HELD_OUT_FILE,
     MODEL_FILE,
     ModelArtifact,
-    load_estimator,
     load_held_out,
     load_model,
 )
@@ -29,14 +26,13 @@ from tpgrid.outputs import open_prediction
 
 @dataclass(frozen=True, eq=False)
 class ElementModel:
-    """An element's artifact, its scikit-learn estimator, its training table (one row per
+    """An element's artifact, its training table (one row per
     training sample: ``site_id``, the feature columns, ``observed`` in mg/kg) and its
     out-of-fold predictions of the fit's CV schemes, row for row; and what the grouped CV's
     forests said about the rows they did not see (``held_out``), row for row too."""
 
     directory: Path
     artifact: ModelArtifact
-    estimator: Any
     training: pd.DataFrame
     cv: pd.DataFrame
     held_out: HeldOutResults
@@ -65,7 +61,6 @@ def load_element(directory: str | Path) -> ElementModel:
     match row for row."""
     directory = Path(directory)
     artifact = load_model(directory)
-    estimator = load_estimator(directory)
     tables = []
     for name in (TRAINING_FILE, CV_PREDICTIONS_FILE):
         path = directory / name
@@ -96,7 +91,7 @@ def load_element(directory: str | Path) -> ElementModel:
             f"{directory}: {HELD_OUT_FILE} and {CV_PREDICTIONS_FILE} do not hold the same "
             "grouped folds: fit the model again with `tpgrid fit`"
         )
-    return ElementModel(directory, artifact, estimator, training, cv, held_out)
+    return ElementModel(directory, artifact, training, cv, held_out)
 
 
 def find_elements(models: str | Path) -> list[Path]:
