@@ -20,7 +20,6 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from scipy import stats
 
 from tpgrid.core.arrays import F64
 from tpgrid.errors import AnalysisError
@@ -81,6 +80,8 @@ def quantile_interval(trees: F64, level: float = LEVEL) -> tuple[F64, F64]:
 
 def normal_quantile(level: float = LEVEL) -> float:
     """``z`` of the central ``level`` interval of a normal distribution (1.645 for 90 %)."""
+    from scipy import stats  # here: scipy.stats costs a quarter second to import
+
     return float(stats.norm.ppf(0.5 + level / 2.0))
 
 

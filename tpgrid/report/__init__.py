@@ -2,8 +2,8 @@
 uncertainty, as one self-contained HTML file with its figures beside it as PNG.
 
 Input is what ``tpgrid fit`` wrote (one directory per element: artifact, packed forest,
-``training.parquet``, ``cv_predictions.parquet``, ``held_out.npz``), the site table and the cube the models were
-fitted on. Per element the report
+``training.parquet``, ``cv_predictions.parquet``, ``held_out.npz``), the site table and the
+cube the models were fitted on. Per element the report
 
 1. describes the measured values before and after screening (the paper's table, histograms);
 2. compares site means across vegetation types and lithologies (ANOVA, Tukey HSD letters);

@@ -7,11 +7,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 #: Longest side of a map figure, in pixels of the grid (larger grids are strided).
 MAP_PX = 900
@@ -31,6 +32,11 @@ def number(value: float, digits: int = 3) -> str:
 
 
 def _new_figure(width: float, height: float) -> Figure:
+    # Imported here, as xarray and pandas do: a run that draws nothing (a no-op re-run)
+    # should not spend half a second importing matplotlib.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure

@@ -18,6 +18,7 @@ there is no client.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -27,7 +28,6 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 
 from tpgrid import __version__
@@ -103,7 +103,8 @@ def render_figure(plan: FigurePlan, path: Path, previous: PreviousFigure | None)
 def figure_key(kind: str, data: Mapping[str, Any]) -> str:
     """SHA-256 (hex) of what a figure of ``kind`` is drawn from and of what draws it."""
     digest = hashlib.sha256()
-    for part in (_FORMAT, __version__, matplotlib.__version__, _drawing_source(), kind):
+    matplotlib = importlib.metadata.version("matplotlib")
+    for part in (_FORMAT, __version__, matplotlib, _drawing_source(), kind):
         _feed(digest, part)
     _feed(digest, data)
     return digest.hexdigest()
