@@ -15,6 +15,7 @@ model saw).
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import platform
 import time
@@ -283,11 +284,11 @@ def _fit_element(
 
 
 def _versions() -> dict[str, str]:
-    import sklearn
-
     return {
         "tpgrid": __version__,
-        "scikit-learn": sklearn.__version__,
+        # From the installed metadata: importing scikit-learn to ask takes a second, and
+        # checking that kept models are current needs nothing else of it.
+        "scikit-learn": importlib.metadata.version("scikit-learn"),
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "python": platform.python_version(),
