@@ -32,6 +32,23 @@ class FoldResult:
     sse: F64
 
 
+def fold_forest(
+    X: npt.NDArray[np.float32],
+    y: F64,
+    folds: I64,
+    fold: int,
+    params: Mapping[str, Any],
+    n_trees: int,
+    seed: int,
+) -> tuple[Any, npt.NDArray[np.bool_]]:
+    """The forest of one CV fold, fitted on the rows outside ``fold``, and which rows are in it."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    test = folds == fold
+    forest = RandomForestRegressor(n_estimators=n_trees, random_state=seed, n_jobs=1, **params)
+    return forest.fit(X[~test], y[~test]), test
+
+
 def held_out_fold(
     X: npt.NDArray[np.float32],
     y: F64,
@@ -46,11 +63,8 @@ def held_out_fold(
     """Fit a forest on the rows outside ``fold`` and describe it on the rows inside (one task
     of the grouped CV). Trees are predicted by the numba kernel, as the maps are; importance
     shuffles are those of ``permutation_importance(seed=seed)`` over the folds in order."""
-    from sklearn.ensemble import RandomForestRegressor
-
-    test = folds == fold
-    forest = RandomForestRegressor(n_estimators=n_trees, random_state=seed, n_jobs=1, **params)
-    packed = pack_forest(forest.fit(X[~test], y[~test]))
+    forest, test = fold_forest(X, y, folds, fold, params, n_trees, seed)
+    packed = pack_forest(forest)
 
     def predict(A: npt.NDArray[np.float32]) -> F64:
         mean: F64 = packed.predict_mean_variance(A)[0]

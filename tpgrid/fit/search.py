@@ -25,7 +25,7 @@ from pyproj import Transformer
 from tpgrid.core.arrays import F64, I64
 from tpgrid.core.explain import predictor_columns
 from tpgrid.core.metrics import cv_metrics, r2_score
-from tpgrid.fit.heldout import HeldOutResults, held_out_fold
+from tpgrid.fit.heldout import HeldOutResults, fold_forest, held_out_fold
 from tpgrid.fit.oob import oob_forest_size, site_oob_search
 from tpgrid.fit.settings import FitSettings
 from tpgrid.grid import TargetGrid
@@ -90,11 +90,7 @@ def fold_predictions(
     seed: int,
 ) -> F64:
     """Fit a forest on the rows outside ``fold`` and predict the rows inside it (one CV task)."""
-    from sklearn.ensemble import RandomForestRegressor
-
-    test = folds == fold
-    forest = RandomForestRegressor(n_estimators=n_trees, random_state=seed, n_jobs=1, **params)
-    forest.fit(X[~test], y[~test])
+    forest, test = fold_forest(X, y, folds, fold, params, n_trees, seed)
     return np.asarray(forest.predict(X[test]), dtype=np.float64)
 
 
