@@ -320,10 +320,12 @@ def test_ctrl_c_stops_the_run_publishes_nothing_and_the_same_command_resumes(
         )
         try:
             deadline = time.monotonic() + 300  # hang guard
-            while not list(workdir.glob(".prediction.zarr.staging-*/_tpgrid_done")):
+            # Mid-prediction: once the first chunk is done (the cluster is up and its tasks
+            # are running; it is started when the prediction's first task needs it).
+            while not list(workdir.glob(".prediction.zarr.staging-*/_tpgrid_done/*/*")):
                 assert run.poll() is None, "the run ended before predicting"
                 assert time.monotonic() < deadline, "prediction never started"
-                time.sleep(0.1)
+                time.sleep(0.02)
             os.killpg(run.pid, signal.SIGINT)
             returncode = run.wait(timeout=60)  # hang guard, not a measure of speed
         finally:
