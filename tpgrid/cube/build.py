@@ -82,7 +82,8 @@ def build_cube(
     old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
     # A mask given as a file may change under the same name: only the full build sees that.
     fixed_mask = grid.spec.mask in ("plateau", "bbox")
-    unchanged = fixed_mask and old_prints and old_prints == expected_fingerprints(catalog)
+    prints = expected_fingerprints(catalog)
+    unchanged = fixed_mask and old_prints and old_prints == prints
     if unchanged and not verify_cube(path):
         # Nothing to do, and every chunk file checked: no staging copy, no reading of sources.
         log.info("%s: every source unchanged and every chunk file intact", path)
@@ -90,7 +91,7 @@ def build_cube(
         return CubeReport(path, tuple(layers), grid.shape, tuple(repaired))
     old_files = previous_records(path, previous, repaired)
 
-    variables = plan_variables(catalog, grid)
+    variables = plan_variables(catalog, grid, prints)
     staging = staging_path(path)
     try:
         create_cube_layout(staging, grid, variables)

@@ -8,7 +8,7 @@ has not yet touched the disk.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache, cached_property, partial
 from typing import Any
@@ -19,7 +19,7 @@ import numpy.typing as npt
 import xarray as xr
 from odc.geo.xr import xr_reproject
 
-from tpgrid.cube.plan import open_sources, terrain_fingerprint
+from tpgrid.cube.plan import open_sources
 from tpgrid.cube.values import checked_cast, value_check
 from tpgrid.grid import TargetGrid
 from tpgrid.sources import (
@@ -28,7 +28,6 @@ from tpgrid.sources import (
     choose_resampling,
     cube_dtype,
     cube_fill_value,
-    fingerprint,
 )
 from tpgrid.terrain import TERRAIN_LAYERS, terrain_layers
 
@@ -53,8 +52,12 @@ class Variable:
         return self.lazy()
 
 
-def plan_variables(catalog: Catalog, grid: TargetGrid) -> list[Variable]:
-    """Open every layer lazily and describe every cube variable, failing before any write."""
+def plan_variables(
+    catalog: Catalog, grid: TargetGrid, fingerprints: Mapping[str, str]
+) -> list[Variable]:
+    """Open every layer lazily and describe every cube variable, failing before any write.
+    ``fingerprints``: every variable's, as :func:`tpgrid.cube.plan.expected_fingerprints` gives
+    them (the build has them already; hashing every source again would double its reading)."""
     variables: list[Variable] = []
     for name, source in open_sources(catalog, grid).items():
         layer = catalog.layers[name]
@@ -67,7 +70,7 @@ def plan_variables(catalog: Catalog, grid: TargetGrid) -> list[Variable]:
                 cube_dtype(layer),
                 _layer_attrs(name, layer, resampling),
                 cube_fill_value(layer),
-                fingerprint(catalog, name),
+                fingerprints[name],
                 check,
             )
         )
@@ -82,7 +85,7 @@ def plan_variables(catalog: Catalog, grid: TargetGrid) -> list[Variable]:
                     np.dtype("float32"),
                     _terrain_attrs(name, dem.name),
                     np.nan,
-                    terrain_fingerprint(dem.fingerprint),
+                    fingerprints[name],
                 )
             )
     return variables
