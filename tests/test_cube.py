@@ -137,7 +137,7 @@ def test_inclined_plane_in_a_projected_crs_gives_its_slope_in_degrees(
     build: BuildCube, tmp_path: Path
 ) -> None:
     """A 250 m DEM in the grid's own CRS, rising 0.1 m per metre eastward: slope 5.71°."""
-    grid = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"mask": "bbox"}))
+    grid = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"mask": None}))
     x0, y0 = grid.geobox.affine.c - 5000, grid.geobox.affine.f + 5000
     rows, cols = grid.shape[0] * 4 + 40, grid.shape[1] * 4 + 40
     east_m = x0 + 250 * (np.arange(cols) + 0.5)
@@ -344,7 +344,7 @@ def test_a_cube_of_another_grid_is_not_overwritten_unless_asked(
     build: BuildCube, standard_sources: dict[str, Any]
 ) -> None:
     build(standard_sources)
-    other = TargetGrid.from_spec(GridSpec(bbox=(90.0, 30.0, 93.0, 33.0), chunk=128))
+    other = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"bbox": (90.0, 30.0, 93.0, 33.0)}))
     with pytest.raises(OutputExistsError, match="another grid"):
         build(standard_sources, grid=other)
 

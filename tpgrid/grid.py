@@ -480,8 +480,9 @@ def _spec_like(template: str, spec: GridSpec) -> GridSpec:
         raise GridError(f"grid template {template} has no CRS: assign one, or set crs/extent")
     if transform.b != 0 or transform.d != 0:
         raise GridError(
-            f"grid template {template} is rotated ({transform}): tpgrid grids are north-up; "
-            "warp the template to a north-up raster, or give crs, resolution and extent"
+            f"grid template {template} is rotated (affine {tuple(transform)[:6]}): tpgrid grids "
+            "are north-up; warp the template to a north-up raster, or give crs, resolution and "
+            "extent"
         )
     res_x, res_y = abs(transform.a), abs(transform.e)
     if not math.isclose(res_x, res_y, rel_tol=1e-9):
