@@ -277,11 +277,9 @@ def _lonlat(
     lon, lat = np.asarray(lon, dtype="float64"), np.asarray(lat, dtype="float64")
     bad = ~(np.isfinite(lon) & np.isfinite(lat)) | (np.abs(lon) > 180) | (np.abs(lat) > 90)
     if bad.any():
-        looks_like_degrees = not geographic and bool(((x.abs() <= 180) & (y.abs() <= 90)).all())
         hint = (
-            "they look like lon/lat degrees: set 'crs: EPSG:4326' under 'sites' in the pipeline "
-            "YAML"
-            if looks_like_degrees
+            _DEGREES_HINT
+            if not geographic and _look_like_degrees(frame)
             else f"check that {list(columns)} are coordinates in {crs}, or set the table's CRS "
             "with 'crs' under 'sites' in the pipeline YAML"
         )
@@ -290,6 +288,15 @@ def _lonlat(
             f"({_rows(frame, bad)}): {hint}"
         )
     return pd.Series(lon, index=frame.index), pd.Series(lat, index=frame.index)
+
+
+_DEGREES_HINT = (
+    "they look like lon/lat degrees: set 'crs: EPSG:4326' under 'sites' in the pipeline YAML"
+)
+
+
+def _look_like_degrees(frame: pd.DataFrame) -> bool:
+    return bool(((frame["x"].abs() <= 180) & (frame["y"].abs() <= 90)).all())
 
 
 def _check_degrees(path: Path, frame: pd.DataFrame, columns: tuple[str, str]) -> None:
@@ -400,6 +407,8 @@ def _nowhere_message(table: SiteTable, grid: TargetGrid, centres: pd.DataFrame) 
         )
         if swapped.mean() > 0.5:
             return message + ": lon and lat look swapped; lon is the east-west coordinate"
+    elif _look_like_degrees(table.frame):
+        return message + f": the coordinates are read in {table.crs}, but " + _DEGREES_HINT
     return message + (
         f": check that the sites' coordinates are in {table.crs} (set 'crs' under 'sites' in "
         "the pipeline YAML), and that the grid's mask and covariates cover the sites"
