@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tpgrid.client import ClusterSpec
 from tpgrid.core.blocks import UnseenPolicy
@@ -99,7 +99,7 @@ class PipelineConfig(_Section):
     synthetic: SyntheticInputs | None = None
     grid: GridSpec | Path | None = None
     catalog: Path | None = None
-    sites: SiteSource | Path | None = Field(
+    sites: SiteSource | None = Field(
         None,
         description="the site table: a path (lon/lat, EPSG:4326) or {path, crs, x, y}",
     )
@@ -114,6 +114,11 @@ class PipelineConfig(_Section):
     publish: PublishSettings = PublishSettings()
     report: ReportSection = ReportSection()
     cluster: ClusterSpec | None = None
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _a_path_is_a_lonlat_table(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value
 
     @model_validator(mode="after")
     def _inputs_are_named_once(self) -> PipelineConfig:
@@ -146,7 +151,7 @@ class PipelineConfig(_Section):
         if self.synthetic is not None:
             return SiteSource(path=plateau_files(self.plateau_dir).sites)
         assert self.sites is not None
-        return self.sites if isinstance(self.sites, SiteSource) else SiteSource(path=self.sites)
+        return self.sites
 
     @property
     def sites_path(self) -> Path:
@@ -196,12 +201,12 @@ def parse_pipeline(
     config = validated(PipelineConfig.model_validate, data, source)
     absolute: dict[str, Any] = {
         key: (base_dir / value).resolve()
-        for key in ("workdir", "grid", "catalog", "sites")
+        for key in ("workdir", "grid", "catalog")
         if isinstance(value := getattr(config, key), Path)
     }
     if isinstance(config.grid, GridSpec):
         absolute["grid"] = config.grid.resolved_against(base_dir)
-    if isinstance(config.sites, SiteSource):
+    if config.sites is not None:
         absolute["sites"] = config.sites.model_copy(
             update={"path": (base_dir / config.sites.path).resolve()}
         )
