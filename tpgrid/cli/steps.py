@@ -72,7 +72,10 @@ def synth(
 def cube(
     ctx: typer.Context,
     catalog: Annotated[Path, typer.Option(help="Covariate catalog YAML.")],
-    grid: Annotated[Path, typer.Option(help="Grid YAML (CRS, resolution, bbox, chunk, mask).")],
+    grid: Annotated[
+        Path,
+        typer.Option(help="Grid YAML (crs, resolution, bbox or extent, or like; chunk, mask)."),
+    ],
     out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
