@@ -287,8 +287,10 @@ class TargetGrid:
         """The grid in a few words, for messages: CRS, resolution, extent, and lon/lat bounds."""
         west, south, east, north = self.lonlat_bounds()
         x0, y0, x1, y1 = self.geobox.extent.boundingbox
+        # A template's CRS without an authority code is WKT: its name is enough here.
+        crs = self.spec.crs if len(str(self.spec.crs)) <= 40 else CRS(self.crs_wkt).name
         return (
-            f"{self.spec.crs} at {self.spec.resolution:g}, x {x0:.10g}..{x1:.10g}, "
+            f"{crs} at {self.spec.resolution:g}, x {x0:.10g}..{x1:.10g}, "
             f"y {y0:.10g}..{y1:.10g} (lon {west:.4f}..{east:.4f}, lat {south:.4f}..{north:.4f})"
         )
 
