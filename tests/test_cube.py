@@ -610,3 +610,21 @@ def test_a_cube_with_no_valid_pixel_is_refused_naming_the_empty_layer(
     # Without the mask the east half is valid: the same layers build.
     build(layers, grid=TargetGrid.from_spec(grid_spec))
     assert int(open_cube(tmp_path / "cube.zarr")[VALID].sum()) == 60 * 40
+
+
+def test_a_cube_recorded_with_the_dropped_bbox_mask_is_a_changed_grid(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    """A cube an older tpgrid built with ``mask: bbox``: reading its grid is a clear error, and
+    a build treats it as a cube of another grid (replaced only with --overwrite)."""
+    build(standard_sources)
+    meta = tmp_path / "cube.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["tpgrid:grid"]["mask"] = "bbox"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(GridError, match=r"cube .*cube\.zarr records a grid.*--overwrite"):
+        cube_grid(tmp_path / "cube.zarr")
+    with pytest.raises(OutputExistsError, match="a cube built for another grid"):
+        build(standard_sources)
+    build(standard_sources, overwrite=True)
+    assert cube_grid(tmp_path / "cube.zarr").spec == small_grid.spec

@@ -135,7 +135,8 @@ def read_sites(source: SiteSource | str | Path, elements: Sequence[str] | None =
         raise SiteTableError(
             f"{path} has no column(s) {missing} (found {list(frame.columns)}): a site table "
             f"needs {required}, one row per sample; name other coordinate columns with "
-            "'x' and 'y' (and their CRS with 'crs') under 'sites' in the pipeline YAML"
+            "'x' and 'y' (and their CRS with 'crs') under 'sites' in the pipeline YAML "
+            "(tpgrid fit/report: --sites-crs)"
         )
     if elements is None:
         elements = element_columns(frame.columns)
