@@ -17,10 +17,10 @@ import rasterio
 import yaml
 from affine import Affine
 
-from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.grid import PLATEAU_GRID, TargetGrid
 
 # A small 1 km grid in the plateau's interior: 370 × 364 px, 3 × 3 chunks of 128 px.
-SMALL_SPEC = GridSpec(bbox=(90.0, 30.0, 94.0, 33.0), chunk=128)
+SMALL_SPEC = PLATEAU_GRID.model_copy(update={"bbox": (90.0, 30.0, 94.0, 33.0), "chunk": 128})
 
 # A 30″ geographic source grid that covers SMALL_SPEC with a margin.
 SOURCE_WEST, SOURCE_NORTH, SOURCE_STEP = 89.5, 33.5, 1 / 120

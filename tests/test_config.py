@@ -8,6 +8,7 @@ import pytest
 
 from tpgrid.config import demo_config, load_pipeline
 from tpgrid.errors import ConfigError
+from tpgrid.fit import SiteSource
 
 PIPELINES = Path(__file__).resolve().parents[1] / "pipelines"
 
@@ -25,6 +26,7 @@ def test_the_real_template_reads_its_grid_and_catalog_beside_it() -> None:
     assert config.catalog_path == PIPELINES / "tibet_catalog.yaml"
     spec = config.grid_spec()
     assert (spec.crs, spec.resolution, spec.bbox) == ("ESRI:102025", 1000.0, (79, 27, 105, 40))
+    assert spec.mask == "plateau"  # asked for, not a default
     assert config.fit.calibrate == ("Zn", "Ni")
 
 
@@ -62,4 +64,55 @@ def test_fit_failures_is_drop_or_fail(tmp_path: Path) -> None:
     assert load_pipeline(path).fit_failures == "fail"
     path.write_text("name: x\nworkdir: w\nsynthetic: {size: small}\nfit_failures: skip\n")
     with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*fit_failures"):
+        load_pipeline(path)
+
+
+def test_sites_take_a_path_or_a_mapping_with_crs_and_columns(tmp_path: Path) -> None:
+    (tmp_path / "grid.yaml").write_text(
+        "crs: EPSG:32633\nresolution: 100\nextent: [0, 0, 1000, 1000]\n"
+    )
+    path = tmp_path / "p.yaml"
+    base = "name: x\nworkdir: w\ngrid: grid.yaml\ncatalog: c.yaml\n"
+    path.write_text(base + "sites: data/s.csv\n")
+    config = load_pipeline(path)
+    assert config.site_source == SiteSource(path=tmp_path / "data" / "s.csv")
+    assert config.sites_path == tmp_path / "data" / "s.csv"
+    path.write_text(base + "sites: {path: data/s.csv, crs: EPSG:32633, x: easting, y: northing}\n")
+    config = load_pipeline(path)
+    assert config.site_source == SiteSource(
+        path=tmp_path / "data" / "s.csv", crs="EPSG:32633", x="easting", y="northing"
+    )
+    path.write_text(base + "sites: {path: s.csv, crs: EPSG:99999999}\n")
+    with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*sites.*unknown CRS 'EPSG:99999999'"):
+        load_pipeline(path)
+
+
+def test_the_synthetic_plateau_sites_are_lonlat(tmp_path: Path) -> None:
+    config = demo_config(tmp_path / "w")
+    assert config.site_source.crs == "EPSG:4326"
+    assert config.site_source.path == config.sites_path
+
+
+def test_an_inline_grid_reads_its_paths_from_the_pipeline_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "jobs").mkdir()
+    path = tmp_path / "jobs" / "p.yaml"
+    path.write_text(
+        "name: x\nworkdir: w\ncatalog: c.yaml\nsites: s.csv\n"
+        "grid: {like: rasters/clay.tif, mask: aoi.geojson, chunk: 256}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    spec = load_pipeline("jobs/p.yaml").grid_spec()
+    assert spec.like == str(tmp_path / "jobs" / "rasters" / "clay.tif")
+    assert spec.mask == str(tmp_path / "jobs" / "aoi.geojson")
+    assert spec.chunk == 256
+
+
+def test_a_grid_without_crs_and_resolution_names_the_keys(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "name: x\nworkdir: w\ncatalog: c.yaml\nsites: s.csv\ngrid: {bbox: [10, 50, 11, 51]}\n"
+    )
+    with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*grid.*set \['crs', 'resolution'\]"):
         load_pipeline(path)

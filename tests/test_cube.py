@@ -19,7 +19,13 @@ from typer.testing import CliRunner
 from tests.conftest import SMALL_SPEC, linear_field, write_tif
 from tpgrid.cli import app
 from tpgrid.cube import VALID, build_cube, chunk_hashes, cube_grid, open_cube, verify_cube
-from tpgrid.errors import CubeError, LayerValueError, OutputExistsError, SourceError
+from tpgrid.errors import (
+    CubeError,
+    GridError,
+    LayerValueError,
+    OutputExistsError,
+    SourceError,
+)
 from tpgrid.grid import GridSpec, TargetGrid
 from tpgrid.sources import load_catalog
 from tpgrid.store import ATTR_CHUNK_FILES, link_file
@@ -137,7 +143,7 @@ def test_inclined_plane_in_a_projected_crs_gives_its_slope_in_degrees(
     build: BuildCube, tmp_path: Path
 ) -> None:
     """A 250 m DEM in the grid's own CRS, rising 0.1 m per metre eastward: slope 5.71°."""
-    grid = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"mask": "bbox"}))
+    grid = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"mask": None}))
     x0, y0 = grid.geobox.affine.c - 5000, grid.geobox.affine.f + 5000
     rows, cols = grid.shape[0] * 4 + 40, grid.shape[1] * 4 + 40
     east_m = x0 + 250 * (np.arange(cols) + 0.5)
@@ -344,7 +350,7 @@ def test_a_cube_of_another_grid_is_not_overwritten_unless_asked(
     build: BuildCube, standard_sources: dict[str, Any]
 ) -> None:
     build(standard_sources)
-    other = TargetGrid.from_spec(GridSpec(bbox=(90.0, 30.0, 93.0, 33.0), chunk=128))
+    other = TargetGrid.from_spec(SMALL_SPEC.model_copy(update={"bbox": (90.0, 30.0, 93.0, 33.0)}))
     with pytest.raises(OutputExistsError, match="another grid"):
         build(standard_sources, grid=other)
 
@@ -362,7 +368,7 @@ def test_cli_reports_a_bad_catalog_without_a_traceback(
         {"dem": {"path": "nowhere.tif", "kind": "continuous", "group": "topography"}}
     )
     grid = tmp_path / "grid.yaml"
-    grid.write_text("bbox: [90, 30, 94, 33]\nchunk: 128\n")
+    grid.write_text("crs: ESRI:102025\nresolution: 1000\nbbox: [90, 30, 94, 33]\nchunk: 128\n")
     result = CliRunner().invoke(
         app,
         ["cube", "--catalog", str(catalog), "--grid", str(grid), "--out", str(tmp_path / "c.zarr")],
@@ -534,3 +540,91 @@ def test_link_file_refuses_a_missing_source(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="cannot be carried over"):
         link_file(tmp_path / "gone", tmp_path / "target")
     assert not (tmp_path / "target").exists()
+
+
+# --- a survey elsewhere: a projected grid taken from a covariate, masks, no valid pixel --------
+
+_UTM = "EPSG:32633"
+_UTM_ORIGIN = (500_010.0, 4_990_030.0)  # a 20 m grid off the round lattice
+
+
+def _utm_layer(tmp_path: Path, name: str, data: np.ndarray) -> dict[str, Any]:
+    transform = Affine(20, 0, _UTM_ORIGIN[0], 0, -20, _UTM_ORIGIN[1])
+    write_tif(tmp_path / f"{name}.tif", data, crs=_UTM, transform=transform, nodata=-9999.0)
+    return {name: {"path": f"{name}.tif", "kind": "continuous", "group": "soil"}}
+
+
+def test_a_grid_like_a_covariate_holds_it_pixel_for_pixel(build: BuildCube, tmp_path: Path) -> None:
+    values = np.arange(60 * 90, dtype="float32").reshape(60, 90)
+    layers = _utm_layer(tmp_path, "clay", values)
+    grid = TargetGrid.from_spec(GridSpec(like=str(tmp_path / "clay.tif"), chunk=32))
+    build(layers, grid=grid)
+    cube = open_cube(tmp_path / "cube.zarr")
+    assert cube.rio.transform() == Affine(20, 0, _UTM_ORIGIN[0], 0, -20, _UTM_ORIGIN[1])
+    assert cube["clay"].shape == (60, 90)
+    np.testing.assert_array_equal(cube["clay"].values, values)
+    assert int(cube[VALID].sum()) == 60 * 90  # no mask: every pixel
+    assert cube_grid(tmp_path / "cube.zarr").geobox == grid.geobox
+
+
+def test_a_mask_that_misses_the_grid_fails_before_any_layer_is_read(
+    build: BuildCube, tmp_path: Path
+) -> None:
+    layers = _utm_layer(tmp_path, "clay", np.ones((60, 90), dtype="float32"))
+    (tmp_path / "clay.tif").write_bytes(b"not a GeoTIFF any more")  # read: would fail
+    grid = TargetGrid.from_spec(
+        GridSpec(
+            crs=_UTM, resolution=20, extent=(500_010, 4_988_830, 501_810, 4_990_030), mask="plateau"
+        )
+    )
+    with pytest.raises(
+        GridError, match=r"mask 'plateau' does not overlap the grid.*leave 'mask' out"
+    ):
+        build(layers, grid=grid)
+    assert not (tmp_path / "cube.zarr").exists()
+
+
+def test_a_cube_with_no_valid_pixel_is_refused_naming_the_empty_layer(
+    build: BuildCube, tmp_path: Path
+) -> None:
+    grid_spec = GridSpec(crs=_UTM, resolution=20, extent=(500_010, 4_988_830, 501_810, 4_990_030))
+    # The mask: the grid's west half (in lon/lat, as GeoJSON is).
+    west = TargetGrid.from_spec(
+        grid_spec.model_copy(update={"extent": (500_010, 4_988_830, 500_900, 4_990_030)})
+    )
+    ring = [list(p) for p in west.geobox.geographic_extent.exterior.points]
+    (tmp_path / "west.geojson").write_text(json.dumps({"type": "Polygon", "coordinates": [ring]}))
+    clay = np.ones((60, 90), dtype="float32")
+    sand = np.ones((60, 90), dtype="float32")
+    sand[:, :50] = -9999.0  # no sand west of x = 501,010
+    layers = _utm_layer(tmp_path, "clay", clay) | _utm_layer(tmp_path, "sand", sand)
+    grid = TargetGrid.from_spec(
+        grid_spec.model_copy(update={"mask": str(tmp_path / "west.geojson")})
+    )
+    with pytest.raises(
+        GridError,
+        match=r"inside mask .*west\.geojson' has all covariates: \['sand'\] have no data there",
+    ):
+        build(layers, grid=grid)
+    assert not (tmp_path / "cube.zarr").exists()
+    # Without the mask the east half is valid: the same layers build.
+    build(layers, grid=TargetGrid.from_spec(grid_spec))
+    assert int(open_cube(tmp_path / "cube.zarr")[VALID].sum()) == 60 * 40
+
+
+def test_a_cube_recorded_with_the_dropped_bbox_mask_is_a_changed_grid(
+    build: BuildCube, standard_sources: dict[str, Any], small_grid: TargetGrid, tmp_path: Path
+) -> None:
+    """A cube an older tpgrid built with ``mask: bbox``: reading its grid is a clear error, and
+    a build treats it as a cube of another grid (replaced only with --overwrite)."""
+    build(standard_sources)
+    meta = tmp_path / "cube.zarr" / "zarr.json"
+    doc = json.loads(meta.read_text())
+    doc["attributes"]["tpgrid:grid"]["mask"] = "bbox"
+    meta.write_text(json.dumps(doc))
+    with pytest.raises(GridError, match=r"cube .*cube\.zarr records a grid.*--overwrite"):
+        cube_grid(tmp_path / "cube.zarr")
+    with pytest.raises(OutputExistsError, match="a cube built for another grid"):
+        build(standard_sources)
+    build(standard_sources, overwrite=True)
+    assert cube_grid(tmp_path / "cube.zarr").spec == small_grid.spec

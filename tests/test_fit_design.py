@@ -192,7 +192,7 @@ def test_an_element_measured_only_on_excluded_sites_is_an_error(
 ) -> None:
     frame = table.frame.copy()
     on_ni_sites = frame["site_id"].isin(frame.loc[frame["Ni"].notna(), "site_id"])
-    frame.loc[on_ni_sites, "lon"] += 20.0  # off the grid
+    frame.loc[on_ni_sites, ["x", "lon"]] += 20.0  # off the grid (x: the table's own lon)
     moved = SiteTable(table.path, frame, table.sha256)
     located = locate_sites(moved, grid, cube)
     assert located.n_excluded == 15

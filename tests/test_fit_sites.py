@@ -4,24 +4,30 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from affine import Affine
 
+from tests.conftest import write_tif
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
-from tpgrid.cube import cube_grid, open_cube
+from tpgrid.cube import build_cube, cube_grid, open_cube
 from tpgrid.errors import SiteTableError
 from tpgrid.fit.sites import (
+    ELEMENTS,
     SiteLocations,
+    SiteSource,
     SiteTable,
     extract_covariates,
     locate_sites,
     read_sites,
 )
-from tpgrid.grid import TargetGrid
+from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles
 
 
@@ -76,8 +82,10 @@ def test_missing_element_column_names_the_element_and_the_fix(
 ) -> None:
     path = write(frame.drop(columns=["Mo"]), tmp_path / "s.csv")
     with pytest.raises(SiteTableError, match=r"no column for element\(s\) \['Mo'\].*--element"):
-        read_sites(path)
+        read_sites(path, elements=ELEMENTS)
     assert read_sites(path, elements=("Fe", "Zn")).frame.shape[0] == 360
+    # Without elements: every element column the table has.
+    assert read_sites(path).elements == ("Fe", "Mn", "Cu", "Zn", "Ni", "V")
 
 
 def test_missing_required_column_is_named(frame: pd.DataFrame, tmp_path: Path) -> None:
@@ -98,7 +106,7 @@ def test_text_in_a_numeric_column_names_the_column_value_and_row(
 def test_swapped_lon_and_lat_are_reported_as_swapped(frame: pd.DataFrame, tmp_path: Path) -> None:
     frame[["lon", "lat"]] = frame[["lat", "lon"]].to_numpy()
     with pytest.raises(
-        SiteTableError, match=r"sample\(s\) have lon/lat out of range.*look swapped"
+        SiteTableError, match=r"sample\(s\) have \['lon', 'lat'\] out of range.*look swapped"
     ):
         read_sites(write(frame, tmp_path / "s.csv"))
 
@@ -107,7 +115,10 @@ def test_projected_coordinates_are_refused_as_out_of_range(
     frame: pd.DataFrame, tmp_path: Path
 ) -> None:
     frame.loc[7, "lon"] = 452_000.0
-    with pytest.raises(SiteTableError, match=r"1 sample.*row 8 \(S0003-2\).*not projected metres"):
+    with pytest.raises(
+        SiteTableError,
+        match=r"1 sample.*row 8 \(S0003-2\).*for projected metres set the table's CRS",
+    ):
         read_sites(write(frame, tmp_path / "s.csv"))
 
 
@@ -210,3 +221,101 @@ def test_extraction_reads_only_the_chunks_holding_sites(
     assert np.isfinite(values["dem"]).all()
     with pytest.raises(RuntimeError, match="Zstd decompression error"):
         extract_covariates(cube, [300], [300], ["dem"])  # the damaged chunk is detectable
+
+
+# --- a survey elsewhere: sites in a projected CRS, other elements ---------------------------
+
+UTM = "EPSG:32633"
+
+
+def survey(x: list[float], y: list[float], **columns: list[float]) -> pd.DataFrame:
+    """Two samples per site at each (x, y), with Pb, Cd and As."""
+    n = len(x)
+    return pd.DataFrame(
+        {
+            "site_id": [f"P{i}" for i in range(n) for _ in range(2)],
+            "sample_id": [f"P{i}-{k}" for i in range(n) for k in (1, 2)],
+            "x": np.repeat(x, 2),
+            "y": np.repeat(y, 2),
+            "Pb": 20.0,
+            "Cd": 0.3,
+            "As": 8.0,
+            "depth_cm": 10,
+        }
+        | {name: np.repeat(values, 2) for name, values in columns.items()}
+    )
+
+
+def test_a_projected_table_gets_lonlat_and_its_own_elements(tmp_path: Path) -> None:
+    path = write(survey([500_000.0, 520_000.0], [4_990_000.0, 4_991_000.0]), tmp_path / "s.csv")
+    table = read_sites(SiteSource(path=path, crs=UTM))
+    assert table.crs == UTM
+    assert table.elements == ("Pb", "Cd", "As")  # not depth_cm
+    assert table.coordinates == ("x", "y")
+    # x = 500,000 is the central meridian of zone 33 (15 °E).
+    np.testing.assert_allclose(table.frame["lon"].iloc[0], 15.0, atol=1e-9)
+    np.testing.assert_allclose(table.frame["lat"].iloc[0], 45.06, atol=0.01)
+    assert table.frame["x"].iloc[2] == 520_000.0
+    assert table.source == SiteSource(path=path, crs=UTM, x="x", y="y")
+
+
+def test_coordinate_columns_of_any_name(tmp_path: Path) -> None:
+    frame = survey([500_000.0], [4_990_000.0]).rename(columns={"x": "easting", "y": "northing"})
+    path = write(frame, tmp_path / "s.csv")
+    with pytest.raises(SiteTableError, match=r"no column\(s\) \['x', 'y'\].*'x' and 'y'.*'sites'"):
+        read_sites(SiteSource(path=path, crs=UTM))
+    table = read_sites(SiteSource(path=path, crs=UTM, x="easting", y="northing"))
+    assert table.frame["x"].tolist() == [500_000.0, 500_000.0]
+    assert table.coordinates == ("easting", "northing")
+
+
+def test_degrees_in_a_projected_table_point_at_the_crs_key(
+    tmp_path: Path, grid: TargetGrid, cube: xr.Dataset
+) -> None:
+    # Lhasa's lon/lat read as UTM metres: valid coordinates (near 15 °E, 0 °N), off the grid.
+    path = write(survey([91.1], [29.65]), tmp_path / "s.csv")
+    table = read_sites(SiteSource(path=path, crs=UTM))
+    with pytest.raises(SiteTableError, match=r"look like lon/lat degrees: set 'crs: EPSG:4326'"):
+        locate_sites(table, grid, cube)
+
+
+def test_the_sample_spread_check_works_in_metres_in_a_projected_crs(tmp_path: Path) -> None:
+    frame = survey([500_000.0], [4_990_000.0])
+    frame.loc[1, "x"] += 2_500.0  # 2.5 km east of its twin: 1.25 km from their centre
+    with pytest.raises(SiteTableError, match=r"site\(s\) \['P0'\].*1000 m"):
+        read_sites(SiteSource(path=write(frame, tmp_path / "s.csv"), crs=UTM))
+    frame.loc[1, "x"] -= 2_400.0  # 100 m: one site
+    assert len(read_sites(SiteSource(path=write(frame, tmp_path / "s.csv"), crs=UTM)).frame) == 2
+
+
+def test_sites_on_exact_cell_edges_land_in_their_pixel_in_the_grid_crs(
+    tmp_path: Path, make_catalog: Callable[..., Path]
+) -> None:
+    """Given in the grid's CRS, a site on a pixel's west/north edge is in that pixel (half-open
+    intervals): no lon/lat round trip nudges it across."""
+    transform = Affine(100, 0, 500_000.0, 0, -100, 4_991_000.0)
+    write_tif(tmp_path / "clay.tif", np.ones((10, 10), "float32"), crs=UTM, transform=transform)
+    catalog = make_catalog({"clay": {"path": "clay.tif", "kind": "continuous", "group": "soil"}})
+    grid = TargetGrid.from_spec(GridSpec(like=str(tmp_path / "clay.tif"), chunk=16))
+    build_cube(load_catalog(catalog), grid, tmp_path / "cube.zarr")
+    x = [500_000.0, 500_300.0, 500_900.0, 500_400.0]
+    y = [4_991_000.0, 4_990_700.0, 4_990_100.0, 4_990_000.0]  # the last on the south edge
+    path = write(survey(x, y), tmp_path / "s.csv")
+    located = locate_sites(
+        read_sites(SiteSource(path=path, crs=UTM)), grid, open_cube(tmp_path / "cube.zarr")
+    )
+    assert located.frame["row"].tolist() == [0, 3, 9]
+    assert located.frame["col"].tolist() == [0, 3, 9]
+    assert located.excluded == {"outside_grid": ("P3",)}
+    assert {"lon", "lat"} <= set(located.frame.columns)
+
+
+def test_no_projected_site_on_the_grid_names_the_crs_key(
+    table: SiteTable, grid: TargetGrid, cube: xr.Dataset, tmp_path: Path
+) -> None:
+    path = write(survey([500_000.0], [4_990_000.0]), tmp_path / "s.csv")
+    with pytest.raises(
+        SiteTableError,
+        match=r"none of the 1 sites.*ESRI:102025.*in EPSG:32633 \(set 'crs' under 'sites'",
+    ):
+        locate_sites(read_sites(SiteSource(path=path, crs=UTM)), grid, cube)

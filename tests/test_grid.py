@@ -2,23 +2,27 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+import rasterio
+import yaml
+from affine import Affine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tpgrid.errors import ConfigError
-from tpgrid.grid import GridSpec, TargetGrid, load_grid_spec
+from tpgrid.errors import ConfigError, GridError
+from tpgrid.grid import PLATEAU_GRID, GridSpec, TargetGrid, load_grid_spec
 
 
 @pytest.fixture(scope="module")
 def plateau() -> TargetGrid:
-    return TargetGrid.from_spec()
+    return TargetGrid.from_spec(PLATEAU_GRID)
 
 
-def test_default_grid_is_whole_kilometres_in_asia_albers(plateau: TargetGrid) -> None:
+def test_plateau_grid_is_whole_kilometres_in_asia_albers(plateau: TargetGrid) -> None:
     affine = plateau.geobox.affine
     assert plateau.geobox.crs.epsg is None
     assert "Asia_North_Albers_Equal_Area_Conic" in plateau.crs_wkt
@@ -28,7 +32,7 @@ def test_default_grid_is_whole_kilometres_in_asia_albers(plateau: TargetGrid) ->
     assert plateau.shape == (1663, 2426)
 
 
-def test_default_grid_covers_the_whole_lonlat_box(plateau: TargetGrid) -> None:
+def test_plateau_grid_covers_the_whole_lonlat_box(plateau: TargetGrid) -> None:
     lon = np.r_[np.linspace(79, 105, 200), np.linspace(79, 105, 200), [79] * 50, [105] * 50]
     lat = np.r_[[27.0] * 200, [40.0] * 200, np.linspace(27, 40, 50), np.linspace(27, 40, 50)]
     *_, inside = plateau.pixel_index(lon, lat)
@@ -90,7 +94,7 @@ def test_pixel_centre_maps_back_to_its_pixel(row: int, col: int) -> None:
     assert (back_row[0], back_col[0]) == (row, col)
 
 
-_PLATEAU = TargetGrid.from_spec()
+_PLATEAU = TargetGrid.from_spec(PLATEAU_GRID)
 
 
 def test_plateau_mask_holds_lhasa_not_chengdu(plateau: TargetGrid) -> None:
@@ -104,8 +108,9 @@ def test_plateau_mask_holds_lhasa_not_chengdu(plateau: TargetGrid) -> None:
         assert bool(mask[row[0], col[0]].compute()) is expected, (lon, lat)
 
 
-def test_bbox_mask_keeps_every_pixel() -> None:
-    grid = TargetGrid.from_spec(GridSpec(bbox=(90, 30, 91, 31), mask="bbox"))
+def test_no_mask_keeps_every_pixel() -> None:
+    grid = TargetGrid.from_spec(GridSpec(crs="ESRI:102025", resolution=1000, bbox=(90, 30, 91, 31)))
+    assert grid.spec.mask is None
     assert bool(grid.mask().all().compute())
 
 
@@ -140,3 +145,179 @@ def _to_lonlat(grid: TargetGrid, xy: np.ndarray) -> tuple[np.ndarray, np.ndarray
     to_lonlat = Transformer.from_crs(grid.crs_wkt, "EPSG:4326", always_xy=True)
     lon, lat = to_lonlat.transform(xy[:, 0], xy[:, 1])
     return np.asarray(lon), np.asarray(lat)
+
+
+# --- grids anywhere: no plateau defaults, extent in the grid's CRS, template rasters ---------
+
+_LAEA = {"crs": "EPSG:3035", "resolution": 100.0}
+
+
+def _template(path: Path, transform: Affine, shape: tuple[int, int], crs: str) -> Path:
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=shape[1],
+        height=shape[0],
+        count=1,
+        dtype="float32",
+        crs=crs,
+        transform=transform,
+    ) as dst:
+        dst.write(np.zeros(shape, dtype="float32"), 1)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"bbox": (10, 50, 11, 51)}, r"set \['crs', 'resolution'\]"),
+        ({"crs": "EPSG:3035", "bbox": (10, 50, 11, 51)}, r"set \['resolution'\]"),
+        (_LAEA, "exactly one of 'bbox'.*got none"),
+        (_LAEA | {"bbox": (10, 50, 11, 51), "extent": (0, 0, 1, 1)}, r"got \['bbox', 'extent'\]"),
+        ({"like": "t.tif", "crs": "EPSG:3035"}, r"'like' takes CRS.*remove \['crs'\]"),
+        (_LAEA | {"extent": (0, 0, 100, 100), "mask": "bbox"}, "leave 'mask' out"),
+        (_LAEA | {"extent": (100, 0, 0, 100)}, "x_min, y_min, x_max, y_max"),
+    ],
+)
+def test_a_grid_yaml_names_what_is_missing_or_clashes(
+    tmp_path: Path, keys: dict[str, object], message: str
+) -> None:
+    path = tmp_path / "grid.yaml"
+    path.write_text(
+        yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in keys.items()})
+    )
+    with pytest.raises(ConfigError, match=rf"(?s)grid\.yaml.*{message}"):
+        load_grid_spec(path)
+
+
+def test_an_extent_on_whole_pixels_is_used_exactly_even_off_the_lattice() -> None:
+    # 4321010: not a multiple of 100, but the extent spans 80 × 50 whole pixels.
+    grid = TargetGrid.from_spec(GridSpec(**_LAEA, extent=(4321010, 3210020, 4329010, 3215020)))
+    assert grid.shape == (50, 80)
+    assert grid.geobox.affine == Affine(100, 0, 4321010, 0, -100, 3215020)
+
+
+def test_an_extent_not_on_whole_pixels_snaps_outward_to_the_lattice() -> None:
+    grid = TargetGrid.from_spec(GridSpec(**_LAEA, extent=(4321010, 3210020, 4329050, 3215020)))
+    assert grid.geobox.affine == Affine(100, 0, 4321000, 0, -100, 3215100)
+    assert grid.shape == (51, 81)  # y 3210000..3215100, x 4321000..4329100
+
+
+def test_like_takes_the_template_geobox_pixel_for_pixel(tmp_path: Path) -> None:
+    transform = Affine(30, 0, 500_015.0, 0, -30, 4_400_005.0)  # UTM, off any round lattice
+    template = _template(tmp_path / "template.tif", transform, (70, 90), "EPSG:32633")
+    grid = TargetGrid.from_spec(GridSpec(like=str(template), chunk=32))
+    assert grid.geobox.affine == transform
+    assert grid.shape == (70, 90)
+    assert grid.crs.epsg == 32633
+    # The record names the grid itself: it reads back without the template.
+    record = grid.spec.model_dump(mode="json")
+    template.unlink()
+    assert "like" not in record
+    again = TargetGrid.from_record(record, "cube x")
+    assert again.geobox == grid.geobox
+    assert again.spec.chunk == 32
+
+
+def test_a_rotated_template_is_refused(tmp_path: Path) -> None:
+    rotated = Affine(30, 5, 500_000.0, 5, -30, 4_400_000.0)
+    template = _template(tmp_path / "rotated.tif", rotated, (10, 10), "EPSG:32633")
+    with pytest.raises(GridError, match=r"rotated.*north-up"):
+        TargetGrid.from_spec(GridSpec(like=str(template)))
+
+
+def test_relative_paths_in_a_grid_yaml_are_read_from_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "grids").mkdir()
+    _template(tmp_path / "grids" / "t.tif", Affine(100, 0, 0, 0, -100, 1000), (10, 10), "EPSG:3035")
+    (tmp_path / "grids" / "aoi.geojson").write_text("{}")
+    (tmp_path / "grids" / "grid.yaml").write_text("like: t.tif\nmask: aoi.geojson\n")
+    monkeypatch.chdir(tmp_path)  # not the YAML's folder
+    spec = load_grid_spec("grids/grid.yaml")
+    assert spec.like == str(tmp_path / "grids" / "t.tif")
+    assert spec.mask == str(tmp_path / "grids" / "aoi.geojson")
+    assert load_grid_spec(tmp_path / "grids" / "grid.yaml") == spec
+
+
+def test_the_plateau_mask_on_a_grid_elsewhere_is_found_before_any_build() -> None:
+    grid = TargetGrid.from_spec(
+        GridSpec(
+            crs="EPSG:32633",
+            resolution=100,
+            extent=(500_000, 5e6, 510_000, 5.005e6),
+            mask="plateau",
+        )
+    )
+    with pytest.raises(
+        GridError, match=r"mask 'plateau' does not overlap the grid.*EPSG:32633.*leave 'mask' out"
+    ):
+        grid.check_mask()
+
+
+def test_a_geojson_mask_is_the_union_of_its_features(tmp_path: Path) -> None:
+    grid = TargetGrid.from_spec(
+        GridSpec(
+            crs="EPSG:4326",
+            resolution=0.1,
+            extent=(10, 50, 12, 51),
+            mask=str(tmp_path / "aoi.geojson"),
+        )
+    )
+
+    def square(lon: float) -> dict[str, object]:
+        ring = [[lon, 50.2], [lon + 0.4, 50.2], [lon + 0.4, 50.6], [lon, 50.6], [lon, 50.2]]
+        return {
+            "type": "Feature",
+            "properties": {},
+            "geometry": {"type": "Polygon", "coordinates": [ring]},
+        }
+
+    (tmp_path / "aoi.geojson").write_text(
+        json.dumps({"type": "FeatureCollection", "features": [square(10.2), square(11.2)]})
+    )
+    grid.check_mask()
+    mask = np.asarray(grid.mask())
+    assert mask.sum() == 2 * 4 * 4
+    row, col, _ = grid.pixel_index([10.45, 11.45, 10.95], [50.45, 50.45, 50.45])
+    assert mask[row, col].tolist() == [True, True, False]
+
+
+def test_a_record_of_the_old_bbox_mask_is_a_clear_grid_error() -> None:
+    old = {
+        "crs": "ESRI:102025",
+        "resolution": 1000.0,
+        "bbox": [90, 30, 94, 33],
+        "chunk": 128,
+        "mask": "bbox",
+    }
+    with pytest.raises(GridError, match=r"cube /w/cube\.zarr records a grid.*rebuild it"):
+        TargetGrid.from_record(old, "cube /w/cube.zarr")
+
+
+def test_a_record_written_before_extent_and_like_equals_todays(plateau: TargetGrid) -> None:
+    # What a cube built by the previous version stored: every key of the spec it had then.
+    old = {
+        "crs": "ESRI:102025",
+        "resolution": 1000.0,
+        "bbox": [79.0, 27.0, 105.0, 40.0],
+        "chunk": 512,
+        "mask": "plateau",
+    }
+    assert plateau.spec.model_dump(mode="json") == old
+    assert TargetGrid.from_record(old, "cube").geobox == plateau.geobox
+
+
+def test_sites_on_exact_cell_edges_of_a_projected_grid_land_by_half_open_intervals() -> None:
+    grid = TargetGrid.from_spec(
+        GridSpec(**_LAEA, extent=(4_321_000, 3_210_000, 4_329_000, 3_215_000))
+    )
+    x = np.array([4_321_000.0, 4_321_100.0, 4_328_900.0, 4_329_000.0, 4_321_300.0])
+    y = np.array([3_215_000.0, 3_214_900.0, 3_210_100.0, 3_212_000.0, 3_210_000.0])
+    row, col, inside = grid.pixel_index_xy(x, y, "EPSG:3035")
+    # NW corner → (0, 0); the next edges → (1, 1); the SE pixel's NW corner → last pixel;
+    # the east and south edges belong to no pixel of the grid.
+    assert row.tolist() == [0, 1, 49, -1, -1]
+    assert col.tolist() == [0, 1, 79, -1, -1]
+    assert inside.tolist() == [True, True, True, False, False]

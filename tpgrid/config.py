@@ -7,12 +7,13 @@ A config either points at real inputs::
     workdir: /data/tpgrid/tibet_1km        # cube, models, predictions, published maps, runs
     grid: grid.yaml                         # a grid YAML, or the grid spec inline
     catalog: tibet_catalog.yaml
-    sites: /data/sites/tibet_sites.parquet
+    sites: /data/sites/tibet_sites.parquet  # lon/lat (EPSG:4326); or, in another CRS:
+    # sites: {path: survey.csv, crs: EPSG:32633, x: easting, y: northing}
     fit: {elements: [Fe, Mn, Cu, Zn, Ni, V, Mo], n_trees: 500}
 
 or asks for the built-in synthetic plateau (``synthetic: {size: small, seed: 0}``), which is
 written into ``workdir/plateau`` and supplies grid, catalog and sites. Relative paths are read
-from the config file's directory.
+from the config file's directory (a grid YAML's own paths from that YAML's).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tpgrid.client import ClusterSpec
 from tpgrid.core.blocks import UnseenPolicy
 from tpgrid.errors import StorageError
-from tpgrid.fit import FitSettings, SearchGrid
+from tpgrid.fit import FitSettings, SearchGrid, SiteSource
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.report import ReportSettings
 from tpgrid.synthetic import plateau_files
@@ -98,7 +99,10 @@ class PipelineConfig(_Section):
     synthetic: SyntheticInputs | None = None
     grid: GridSpec | Path | None = None
     catalog: Path | None = None
-    sites: Path | None = None
+    sites: SiteSource | None = Field(
+        None,
+        description="the site table: a path (lon/lat, EPSG:4326) or {path, crs, x, y}",
+    )
     fit: FitSettings = FitSettings()
     # Here, not in FitSettings: those shape every model (and its hash); this shapes the run.
     fit_failures: Literal["drop", "fail"] = Field(
@@ -110,6 +114,11 @@ class PipelineConfig(_Section):
     publish: PublishSettings = PublishSettings()
     report: ReportSection = ReportSection()
     cluster: ClusterSpec | None = None
+
+    @field_validator("sites", mode="before")
+    @classmethod
+    def _a_path_is_a_lonlat_table(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str | Path) else value
 
     @model_validator(mode="after")
     def _inputs_are_named_once(self) -> PipelineConfig:
@@ -137,11 +146,16 @@ class PipelineConfig(_Section):
         return self.catalog
 
     @property
-    def sites_path(self) -> Path:
+    def site_source(self) -> SiteSource:
+        """The site table and how its locations are given (the synthetic plateau's is lon/lat)."""
         if self.synthetic is not None:
-            return plateau_files(self.plateau_dir).sites
+            return SiteSource(path=plateau_files(self.plateau_dir).sites)
         assert self.sites is not None
         return self.sites
+
+    @property
+    def sites_path(self) -> Path:
+        return self.site_source.path
 
     def grid_spec(self) -> GridSpec:
         if self.synthetic is not None:
@@ -182,13 +196,20 @@ def load_pipeline(path: str | Path) -> PipelineConfig:
 def parse_pipeline(
     data: dict[str, Any], base_dir: Path, source: str = "pipeline config"
 ) -> PipelineConfig:
-    """Validate a config mapping; relative paths are resolved against ``base_dir``."""
+    """Validate a config mapping; relative paths are resolved against ``base_dir`` (those of a
+    grid given inline too)."""
     config = validated(PipelineConfig.model_validate, data, source)
-    absolute = {
+    absolute: dict[str, Any] = {
         key: (base_dir / value).resolve()
-        for key in ("workdir", "grid", "catalog", "sites")
+        for key in ("workdir", "grid", "catalog")
         if isinstance(value := getattr(config, key), Path)
     }
+    if isinstance(config.grid, GridSpec):
+        absolute["grid"] = config.grid.resolved_against(base_dir)
+    if config.sites is not None:
+        absolute["sites"] = config.sites.model_copy(
+            update={"path": (base_dir / config.sites.path).resolve()}
+        )
     check_workdir(absolute["workdir"])
     return config.model_copy(update=absolute)
 

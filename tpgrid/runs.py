@@ -319,7 +319,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 config.models_dir,
                 folder,
                 cube=config.cube_path,
-                sites=config.sites_path,
+                sites=config.site_source,
                 prediction=config.prediction_path,
                 settings=config.report,
                 not_mapped=unfit,
@@ -388,7 +388,7 @@ def _published(publication: Publication) -> tuple[str, dict[str, int]]:
 def _fit(config: PipelineConfig, **options: Any) -> FitReport:
     """Fit (or with ``dry_run=True``, plan to fit) the elements whose inputs changed."""
     return fit_models(
-        config.sites_path,
+        config.site_source,
         config.cube_path,
         config.models_dir,
         config.fit,

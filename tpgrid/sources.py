@@ -185,7 +185,8 @@ def check_overlap(name: str, data: xr.DataArray, grid: TargetGrid) -> None:
         west, south, east, north = src.boundingbox
         raise SourceError(
             f"layer {name!r} covers lon {west:.2f}..{east:.2f}, lat {south:.2f}..{north:.2f}, "
-            f"which does not overlap the grid {grid.spec.bbox}; point the catalog at the right file"
+            f"which does not overlap the grid ({grid.describe()}); point the catalog at the right "
+            "file"
         )
 
 

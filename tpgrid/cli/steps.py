@@ -28,7 +28,22 @@ from tpgrid.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from tpgrid.fit import FitReport
+    from tpgrid.fit import FitReport, SiteSource
+
+SitesCrsOption = Annotated[
+    str,
+    typer.Option(
+        help="CRS of the site table's coordinates (EPSG code); projected tables give them in "
+        "columns x and y, geographic ones in lon and lat."
+    ),
+]
+
+
+def _site_source(path: Path, crs: str) -> SiteSource:
+    from tpgrid.fit import SiteSource
+    from tpgrid.yamlfile import validated
+
+    return validated(SiteSource.model_validate, {"path": path, "crs": crs}, "--sites-crs")
 
 
 @user_errors
@@ -57,7 +72,10 @@ def synth(
 def cube(
     ctx: typer.Context,
     catalog: Annotated[Path, typer.Option(help="Covariate catalog YAML.")],
-    grid: Annotated[Path, typer.Option(help="Grid YAML (CRS, resolution, bbox, chunk, mask).")],
+    grid: Annotated[
+        Path,
+        typer.Option(help="Grid YAML (crs, resolution, bbox or extent, or like; chunk, mask)."),
+    ],
     out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
     overwrite: OverwriteOption = False,
     scheduler_address: SchedulerOption = None,
@@ -95,6 +113,7 @@ def fit(
     sites: Annotated[Path, typer.Option(help="Site table (CSV or Parquet), one row per sample.")],
     cube: Annotated[Path, typer.Option(help="Covariate cube built by `tpgrid cube`.")],
     out: Annotated[Path, typer.Option(help="Directory for the models, one folder per element.")],
+    sites_crs: SitesCrsOption = "EPSG:4326",
     settings: Annotated[
         Path | None, typer.Option(help="Fit settings YAML; the options below override it.")
     ] = None,
@@ -149,7 +168,14 @@ def fit(
     chosen = fit_settings(settings, overrides)
     started = time.perf_counter()
     with command_cluster(scheduler_address, workers), chunk_progress() as progress:
-        report = fit_models(sites, cube, out, chosen, overwrite=overwrite, progress=progress)
+        report = fit_models(
+            _site_source(sites, sites_crs),
+            cube,
+            out,
+            chosen,
+            overwrite=overwrite,
+            progress=progress,
+        )
     console.print(
         _fit_table(report, f"models in {out} (CV forests of {chosen.search_trees} trees)")
     )
@@ -280,6 +306,7 @@ def report(
     sites: Annotated[
         Path | None, typer.Option(help="Site table (default: as recorded by the fit).")
     ] = None,
+    sites_crs: SitesCrsOption = "EPSG:4326",
     prediction: Annotated[
         Path | None,
         typer.Option(help="Output of `tpgrid predict` with these models, to map with the report."),
@@ -318,7 +345,7 @@ def report(
             models,
             out,
             cube=cube,
-            sites=sites,
+            sites=None if sites is None else _site_source(sites, sites_crs),
             prediction=prediction,
             settings=settings,
             overwrite=overwrite,

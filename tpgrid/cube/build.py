@@ -13,18 +13,23 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import zarr
+
 from tpgrid.cube.carry import carry_over, previous_cube, previous_records, recomputed, said
 from tpgrid.cube.plan import expected_fingerprints, verify_cube
 from tpgrid.cube.read import ATTR_FINGERPRINTS, ATTR_HASHES, VALID, ChunkKey
-from tpgrid.cube.variables import plan_variables
+from tpgrid.cube.variables import Variable, plan_variables
 from tpgrid.cube.write import (
     Pending,
     create_cube_layout,
     finish_cube,
+    staged_present,
     valid_variable,
     write_variables,
 )
-from tpgrid.grid import TargetGrid
+from tpgrid.errors import GridError
+from tpgrid.grid import PLATEAU_MASK, TargetGrid
 from tpgrid.integrity import Damage
 from tpgrid.sources import Catalog
 from tpgrid.store import ChunkFiles, remove_leftovers, staging_path, swap_in
@@ -71,9 +76,11 @@ def build_cube(
 
     An existing cube built for the same grid is updated incrementally; one built for another
     grid (or a directory that is not a tpgrid cube) is only replaced when ``overwrite``.
-    ``progress(layer, done, total)`` is called as chunks finish.
+    ``progress(layer, done, total)`` is called as chunks finish. A mask that misses the grid,
+    and a cube with no valid pixel, are a :class:`GridError` (the first before anything is read).
     """
     path = Path(path)
+    grid.check_mask()
     previous = previous_cube(path, grid, overwrite)
     repaired = [
         said(Damage(p, "left by an interrupted build; removed")) for p in remove_leftovers(path)
@@ -81,7 +88,7 @@ def build_cube(
     old_hashes: dict[str, dict[ChunkKey, str]] = previous.get(ATTR_HASHES, {})
     old_prints: dict[str, str] = previous.get(ATTR_FINGERPRINTS, {})
     # A mask given as a file may change under the same name: only the full build sees that.
-    fixed_mask = grid.spec.mask in ("plateau", "bbox")
+    fixed_mask = grid.spec.mask in (None, PLATEAU_MASK)
     prints = expected_fingerprints(catalog)
     unchanged = fixed_mask and old_prints and old_prints == prints
     if unchanged and not verify_cube(path):
@@ -174,12 +181,42 @@ def build_cube(
         files[VALID] = dict(sorted(({k: old_files[VALID][k] for k in kept} | done.files).items()))
         repaired += [said(recomputed(d)) for d in done.damaged]
         updates.append(_update(VALID, old_hashes, hashes[VALID], done.written, len(done.damaged)))
+        _check_some_valid(staging, grid, variables)
         finish_cube(staging, grid, variables, hashes, files)
         swap_in(staging, path)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return CubeReport(path=path, layers=tuple(updates), shape=grid.shape, repaired=tuple(repaired))
+
+
+def _check_some_valid(staging: Path, grid: TargetGrid, variables: list[Variable]) -> None:
+    """Raise :class:`GridError` when no pixel of the staged cube is valid, naming why: the mask
+    covers no pixel centre, or the layers that have no data inside it.
+
+    Reads ``valid`` chunk by chunk and stops at the first valid pixel, which on a usable cube
+    is within the first chunks; only a cube that fails reads all of it, and then the layers."""
+    valid = zarr.open_array(staging / VALID, mode="r", zarr_format=3)
+    if any(np.asarray(valid[w.rows, w.cols]).any() for w in grid.windows()):
+        return
+    inside = grid.mask()
+    if not bool(inside.any().compute()):
+        raise GridError(
+            f"mask {grid.spec.mask!r} holds no pixel centre of the grid ({grid.describe()}): "
+            "set 'mask' in the grid YAML to a polygon that covers the grid's pixels (or leave "
+            "it out to keep every pixel), or lower 'resolution'"
+        )
+    empty = []
+    for var in variables:
+        if not bool((staged_present(staging, grid, var.name) & inside).any().compute()):
+            empty.append(var.name)
+    where = "the grid" if grid.spec.mask is None else f"mask {grid.spec.mask!r}"
+    raise GridError(
+        f"no pixel of the grid ({grid.describe()}) inside {where} has all covariates"
+        + (f": {empty} have no data there" if empty else " at once")
+        + ": point the catalog at rasters that cover the area, or set 'bbox'/'extent'/'like' "
+        "and 'mask' in the grid YAML to the area the covariates cover"
+    )
 
 
 def _update(

@@ -17,7 +17,7 @@ import xarray as xr
 import zarr
 
 from tpgrid.errors import CubeError
-from tpgrid.grid import ChunkWindow, GridSpec, TargetGrid
+from tpgrid.grid import ChunkWindow, TargetGrid
 from tpgrid.store import ATTR_COMPLETE, read_attrs
 
 VALID = "valid"
@@ -45,7 +45,7 @@ def cube_grid(path: str | Path) -> TargetGrid:
     attrs = read_attrs(Path(path))
     if attrs is None:
         raise CubeError(f"{path} is not a tpgrid cube: build it with `tpgrid cube`")
-    return TargetGrid.from_spec(GridSpec.model_validate(attrs[ATTR_GRID]))
+    return TargetGrid.from_record(attrs[ATTR_GRID], f"cube {path}")
 
 
 def chunk_hashes(path: str | Path) -> dict[str, dict[ChunkKey, str]]:

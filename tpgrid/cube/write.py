@@ -213,15 +213,22 @@ def valid_variable(
     """``valid`` = inside the area of interest and no layer missing, from the staged layers."""
     valid = grid.mask()
     for var in variables:
-        stored = da.from_zarr(zarr.open_array(staging / var.name, mode="r", zarr_format=3))
-        stored = stored.rechunk(grid.chunks)
-        present = stored != CATEGORICAL_NODATA if stored.dtype == np.uint8 else ~da.isnan(stored)
-        valid = valid & present
+        valid = valid & staged_present(staging, grid, var.name)
     inputs = json.dumps({name: hashes[name] for name in sorted(hashes)} | {"mask": grid.spec.mask})
     data = valid.astype("uint8")
     return Variable(
         VALID, lambda: data, data.dtype, {}, 0, hashlib.sha256(inputs.encode()).hexdigest()
     )
+
+
+def staged_present(staging: Path, grid: TargetGrid, name: str) -> da.Array:
+    """Lazy boolean array, True where the staged layer ``name`` has a value (not nodata)."""
+    stored = da.from_zarr(zarr.open_array(staging / name, mode="r", zarr_format=3))
+    stored = stored.rechunk(grid.chunks)
+    present: da.Array = (
+        stored != CATEGORICAL_NODATA if stored.dtype == np.uint8 else ~da.isnan(stored)
+    )
+    return present
 
 
 def finish_cube(

@@ -21,7 +21,7 @@ from tpgrid.fit.models import (
     fit_models,
 )
 from tpgrid.fit.settings import FitSettings, SearchGrid, fit_settings, load_fit_settings
-from tpgrid.fit.sites import ELEMENTS, SiteTable, read_sites
+from tpgrid.fit.sites import ELEMENTS, SiteSource, SiteTable, read_sites
 
 __all__ = [
     "CV_PREDICTIONS_FILE",
@@ -33,6 +33,7 @@ __all__ = [
     "FittedElement",
     "HeldOutResults",
     "SearchGrid",
+    "SiteSource",
     "SiteTable",
     "SkippedElement",
     "fit_models",

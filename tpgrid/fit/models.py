@@ -45,7 +45,7 @@ from tpgrid.fit.design import (
 )
 from tpgrid.fit.search import fit_forest, projected_xy, spatial_blocks
 from tpgrid.fit.settings import FitSettings
-from tpgrid.fit.sites import locate_sites, read_sites
+from tpgrid.fit.sites import SiteSource, locate_sites, read_sites
 from tpgrid.jsonable import plain
 from tpgrid.store import staging_path, swap_in
 from tpgrid.tasks import Progress
@@ -85,7 +85,7 @@ class FitReport:
 
 
 def fit_models(
-    sites: str | Path,
+    sites: SiteSource | str | Path,
     cube: str | Path,
     out: str | Path,
     settings: FitSettings | None = None,
@@ -136,7 +136,13 @@ def fit_models(
         for e in settings.elements
     }
     provenance = {
-        "sites": {"path": str(table.path.resolve()), "sha256": table.sha256},
+        "sites": {
+            "path": str(table.path.resolve()),
+            "sha256": table.sha256,
+            "crs": table.crs,
+            "x": table.coordinates[0],
+            "y": table.coordinates[1],
+        },
         "cube": {
             "path": str(cube.resolve()),
             "grid": grid.spec.model_dump(mode="json"),

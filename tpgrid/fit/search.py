@@ -65,7 +65,7 @@ def projected_xy(grid: TargetGrid, lon: npt.ArrayLike, lat: npt.ArrayLike) -> tu
     """Lon/lat in metres: the grid's own CRS when projected, else a Lambert azimuthal
     equal-area projection centred on the grid (blocks must be equal areas, not degrees)."""
     if grid.is_geographic:
-        lon_min, lat_min, lon_max, lat_max = grid.spec.bbox
+        lon_min, lat_min, lon_max, lat_max = grid.lonlat_bounds()
         crs = (
             f"+proj=laea +lon_0={(lon_min + lon_max) / 2} +lat_0={(lat_min + lat_max) / 2} +units=m"
         )

@@ -22,7 +22,7 @@ from typing import Any
 import rasterio
 
 from tpgrid.errors import OutputExistsError
-from tpgrid.grid import GridSpec, TargetGrid
+from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_readable, file_record
 from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
@@ -115,7 +115,7 @@ def write_maps(
     prediction, directory = Path(prediction), Path(directory)
     ds, run = open_prediction(prediction)
     elements = tuple(run["models"])
-    grid = TargetGrid.from_spec(GridSpec.model_validate(run["grid"]))
+    grid = TargetGrid.from_record(run["grid"], f"prediction {prediction}")
     digests = {
         name: digest
         for element in elements

@@ -36,7 +36,7 @@ from tpgrid.core.metrics import pineiro_line
 from tpgrid.core.stats import GroupComparison, compare_groups, descriptive_table, site_means
 from tpgrid.core.uncertainty import HeldOutTrees, coverage_table
 from tpgrid.errors import AnalysisError
-from tpgrid.fit import SCHEMES, read_sites
+from tpgrid.fit import SCHEMES, SiteSource, read_sites
 from tpgrid.report.inputs import ElementModel
 from tpgrid.report.settings import ReportSettings
 from tpgrid.tasks import Progress, task_runner
@@ -183,13 +183,13 @@ def analyse_elements(
 
 
 def descriptive_statistics(
-    sites_path: Path, loaded: Sequence[ElementModel]
+    sites: SiteSource | str | Path, loaded: Sequence[ElementModel]
 ) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     """The paper's table from the site table and each model's screening record, and the kept
     samples (``site_id``, ``value``) per element. Values as measured (XRF): where the fit
     calibrated an element, the models saw calibrated values, the table does not."""
     elements = [m.element for m in loaded]
-    frame = read_sites(sites_path, elements).frame
+    frame = read_sites(sites, elements).frame
     measured: dict[str, pd.DataFrame] = {}
     kept: dict[str, pd.DataFrame] = {}
     for model in loaded:

@@ -13,6 +13,7 @@ from typing import Any
 from tpgrid.aoa import ElementApplicability, applicability_cube
 from tpgrid.cube import open_cube
 from tpgrid.errors import OutputExistsError
+from tpgrid.fit import SiteSource
 from tpgrid.report.analysis import (
     ReportContents,
     analyse_elements,
@@ -49,7 +50,7 @@ def write_report(
     out: str | Path,
     *,
     cube: str | Path | None = None,
-    sites: str | Path | None = None,
+    sites: SiteSource | str | Path | None = None,
     prediction: str | Path | None = None,
     settings: ReportSettings | None = None,
     overwrite: bool = False,
@@ -61,7 +62,8 @@ def write_report(
     ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
     ``settings.applicability``, ``applicability.zarr`` (computed on the current Dask client).
 
-    ``cube`` and ``sites`` default to the paths recorded by the fit. With ``prediction`` (a
+    ``cube`` and ``sites`` default to those recorded by the fit (the site table with its CRS and
+    coordinate columns; a bare ``sites`` path is a lon/lat table). With ``prediction`` (a
     ``tpgrid predict`` output made with these models), the report maps each element's mean and
     the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
     only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
@@ -77,7 +79,7 @@ def write_report(
     loaded = [load_element(path) for path in find_elements(models)]
     first = loaded[0].artifact.record
     cube_path = Path(cube or first["cube"]["path"])
-    sites_path = Path(sites or first["sites"]["path"])
+    site_source = SiteSource.from_record(first["sites"]) if sites is None else sites
     dataset = open_cube(cube_path)
     maps, run_id = (
         (None, None) if prediction is None else open_matching_prediction(prediction, loaded)
@@ -87,7 +89,8 @@ def write_report(
         for name in dataset.data_vars
     }
     analyses = analyse_elements(loaded, groups, settings, progress)
-    descriptive, kept = descriptive_statistics(sites_path, loaded)
+    descriptive, kept = descriptive_statistics(site_source, loaded)
+    sites_path = site_source.path if isinstance(site_source, SiteSource) else Path(site_source)
     sources = {"models": models, "cube": cube_path, "sites": sites_path, "prediction": prediction}
 
     staging = staging_path(out)

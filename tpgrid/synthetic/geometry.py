@@ -17,12 +17,12 @@ from scipy.ndimage import distance_transform_edt, map_coordinates
 
 from tpgrid.core.arrays import F32, F64
 from tpgrid.errors import ConfigError
-from tpgrid.grid import PLATEAU_OUTLINE, GridSpec, TargetGrid
+from tpgrid.grid import PLATEAU_GRID, PLATEAU_OUTLINE, GridSpec, TargetGrid
 
 # The plateaus there are: a 4° × 3° piece for tests and the demo, and the whole plateau.
 SIZES: dict[str, GridSpec] = {
-    "small": GridSpec(bbox=(90.0, 30.0, 94.0, 33.0), chunk=128),
-    "full": GridSpec(),
+    "small": PLATEAU_GRID.model_copy(update={"bbox": (90.0, 30.0, 94.0, 33.0), "chunk": 128}),
+    "full": PLATEAU_GRID,
 }
 
 MASTER_RES_DEG = 1 / 120

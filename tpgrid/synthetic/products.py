@@ -76,7 +76,9 @@ def native_products(grid: TargetGrid, seed: int) -> dict[str, NativeRaster]:
     master = master_grid(grid)
     dist = plateau_distance_km(master)
     elevation = elevation_m(master, dist, seed)
-    lakes = lake_mask(master, dist, grid.spec.bbox, seed, n_lakes=3 if grid.shape[0] < 1000 else 12)
+    bbox = grid.spec.bbox
+    assert bbox is not None  # the plateau's grids are lon/lat boxes (geometry.SIZES)
+    lakes = lake_mask(master, dist, bbox, seed, n_lakes=3 if grid.shape[0] < 1000 else 12)
     clim = climate(master, elevation, seed)
     ndvi, npp = productivity(master, clim, lakes, seed)
 
