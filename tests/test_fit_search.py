@@ -137,6 +137,8 @@ def test_a_spatial_cv_with_too_few_blocks_is_a_warning_naming_the_key() -> None:
     few = spatial_cv_warning(3, 10, 100.0)
     assert few is not None
     assert "only 3 spatial blocks of 100 km, so spatial CV has 3 folds, not 10" in few
-    assert "fit.spatial_block_km" in few and "--block-km" in few
+    assert "fit.spatial_block_km" in few
+    assert "--block-km" in few
     one = spatial_cv_warning(1, 10, 100.0)
-    assert one is not None and "every site in one 100 km block, so no spatial CV" in one
+    assert one is not None
+    assert "every site in one 100 km block, so no spatial CV" in one
