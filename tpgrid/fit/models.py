@@ -250,9 +250,10 @@ def model_warnings(models: Sequence[FittedElement]) -> tuple[dict[str, float], t
         r2 = cv.get("grouped", {}).get("r2")
         if r2 is not None and r2 < 0:
             poor[model.element] = float(r2)
+            shown = f"{r2:.2f}".replace("-", "−")  # a minus sign, not a hyphen
             warnings.append(
-                f"{model.element}: grouped-CV R² {r2:.2f} — this model predicts held-out "
-                "sites worse than their mean; its map is published but flagged".replace("-", "−")
+                f"{model.element}: grouped-CV R² {shown} — this model predicts held-out sites "
+                "worse than their mean; its map is published but flagged"
             )
         spatial = cv.get("spatial", {}).get("warning")
         if spatial:
