@@ -126,7 +126,7 @@ def fit(
         str | None,
         typer.Option(
             help="Comma-separated elements calibrated XRF → ICP-MS; '': none; default: every "
-            "element with an <element>_icpms column."
+            "element with values in its <element>_icpms column."
         ),
     ] = None,
     train_on: Annotated[
