@@ -174,7 +174,7 @@ def fit_models(
             reason = (
                 f"{training.n_sites} sites with usable {element} values, fewer than the "
                 f"{resolved.cv_folds} CV folds (every fold must test at least one site): add "
-                "sites or lower the number of folds (fit.cv_folds, or --folds)"
+                "sites or lower the number of folds"
             )
             log.warning("%s skipped: %s", element, reason)
             skipped.append(SkippedElement(element, reason))
