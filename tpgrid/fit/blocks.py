@@ -180,7 +180,7 @@ def _scored(
     method: str,
 ) -> BlockChoice:
     """Score every edge; keep the eligible one with the least Wasserstein distance (the one
-    with the most blocks when none is eligible)."""
+    with the most blocks when none is eligible, or no valid pixel was drawn)."""
     points = np.column_stack([x_m, y_m])
     pred_points = np.column_stack(prediction)
     to_sites = (
