@@ -40,15 +40,19 @@ from tpgrid.fit import (
     SearchGrid,
     fit_models,
 )
+from tpgrid.fit.blocks import METHOD_DERIVED, METHOD_GIVEN
 from tpgrid.fit.design import training_hash
 from tpgrid.fit.heldout import held_out_fold
 from tpgrid.fit.oob import oob_forest_size
 from tpgrid.fit.search import fit_forest
 from tpgrid.synthetic import PlateauFiles
 
-#: Small forests and a two-candidate grid: the behaviour under test, in seconds.
+#: Small forests and a two-candidate grid: the behaviour under test, in seconds. The plateau's
+#: calibration (Zn and Ni; its V and Mo ICP-MS subsets cannot support one); the spatial
+#: blocks chosen from the data.
 QUICK = FitSettings(
     elements=("Fe", "Zn", "Ni"),
+    calibrate=("Zn", "Ni"),
     n_trees=40,
     search_trees=20,
     search_grid=SearchGrid(max_features=(0.33,), min_samples_leaf=(1, 5)),
@@ -425,12 +429,13 @@ def test_the_search_on_a_dask_cluster_gives_the_local_result(fitted: FitReport) 
     X, y = table[columns].to_numpy(np.float32), table["observed"].to_numpy()
     sites, blocks = table["site_id"].to_numpy(), table["row"].to_numpy() // 100
     variables = load_model(model_dir(fitted, "Ni")).features.column_variables
-    local = fit_forest(X, y, sites, blocks, QUICK, variables, local_threads=1)
+    settings = QUICK.model_copy(update={"spatial_block_km": 100.0})
+    local = fit_forest(X, y, sites, blocks, settings, variables, local_threads=1)
     with (
         LocalCluster(n_workers=2, threads_per_worker=1, processes=False) as cluster,
         Client(cluster),
     ):
-        on_dask = fit_forest(X, y, sites, blocks, QUICK, variables)
+        on_dask = fit_forest(X, y, sites, blocks, settings, variables)
     assert on_dask.record["search"]["backend"].startswith("dask: 2 workers")
     assert local.record["search"]["backend"] == "local threads: 1"
     for scheme in ("grouped", "random", "spatial"):
@@ -446,7 +451,9 @@ def test_tpgrid_fit_prints_the_cv_table_and_the_skipped_elements(
     tmp_path: Path,
 ) -> None:
     settings = tmp_path / "fit.yaml"
-    settings.write_text("search_grid: {max_features: [0.33], min_samples_leaf: [5]}\n")
+    settings.write_text(
+        "search_grid: {max_features: [0.33], min_samples_leaf: [5]}\ncalibrate: [Zn, Ni]\n"
+    )
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
         Client(cluster) as client,
@@ -466,3 +473,138 @@ def test_tpgrid_fit_prints_the_cv_table_and_the_skipped_elements(
     assert all(scheme in result.output for scheme in ("grouped", "random", "spatial"))
     assert "Mo skipped: 15 sites" in result.output
     assert load_model(tmp_path / "models" / "Cu").record["hyperparameters"]["n_estimators"] == 40
+
+
+# --- defaults from the data, and models worse than the mean ----------------------------------
+
+#: The smallest fit: tiny forests, one candidate, five folds; everything else the defaults.
+TINY = FitSettings(
+    n_trees=10,
+    search_trees=8,
+    cv_folds=5,
+    search_grid=SearchGrid(max_features=(0.5,), min_samples_leaf=(5,)),
+)
+
+
+@pytest.fixture(scope="module")
+def noise_survey(
+    plateau: PlateauFiles,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Path:
+    """The plateau's sites measured for Pb alone, and Pb pure noise: no ICP-MS column, no
+    other element, nothing a model of the covariates could predict."""
+    table = pd.read_csv(plateau.sites)[["site_id", "sample_id", "lon", "lat"]]
+    table["Pb"] = np.random.default_rng(7).lognormal(3.0, 0.5, len(table)).round(2)
+    path = tmp_path_factory.mktemp("survey") / "pb.csv"
+    table.to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def noise_fit(
+    noise_survey: Path,
+    cube_path: Path,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[FitReport, Path]:
+    out = tmp_path_factory.mktemp("noise_models")
+    return fit_models(noise_survey, cube_path, out, TINY, local_threads=2), out
+
+
+def test_the_defaults_fit_the_tables_own_elements_with_blocks_chosen_from_the_data(
+    noise_fit: tuple[FitReport, Path],
+) -> None:
+    report, _ = noise_fit
+    assert report.elements == ("Pb",)
+    rec = record(report, "Pb")
+    # The record holds the resolved settings, and what was given.
+    spatial = rec["cv"]["spatial"]
+    choice = spatial["block_choice"]
+    assert rec["settings"]["elements"] == ["Pb"]
+    assert rec["settings"]["calibrate"] == []
+    assert rec["settings"]["spatial_block_km"] == choice["block_km"] == spatial["block_km"]
+    assert rec["settings_given"]["elements"] is None
+    assert rec["settings_given"]["calibrate"] == "auto"
+    assert rec["settings_given"]["spatial_block_km"] is None
+    assert rec["calibration"] is None
+    assert choice["method"] == METHOD_DERIVED
+    assert choice["n_prediction_points"] > 1000
+    eligible = [c for c in choice["candidates"] if c["wasserstein_km"] is not None]
+    best = min(eligible, key=lambda c: c["wasserstein_km"])
+    assert best["block_km"] == choice["block_km"]
+    assert spatial["n_blocks"] >= TINY.cv_folds
+    assert choice["cv_distance_median_km"] > 0
+    assert choice["prediction_distance_median_km"] > 0
+
+
+def test_a_model_worse_than_the_mean_is_flagged_with_its_grouped_cv_r2(
+    noise_fit: tuple[FitReport, Path],
+) -> None:
+    report, _ = noise_fit
+    r2 = record(report, "Pb")["cv"]["grouped"]["r2"]
+    assert r2 < 0
+    assert report.poor == {"Pb": r2}
+    (warning,) = report.warnings
+    assert warning.startswith(f"Pb: grouped-CV R² −{abs(r2):.2f} — this model predicts held-out")
+    assert "its map is published but flagged" in warning
+
+
+def test_a_kept_model_is_reused_exactly_when_the_resolved_settings_are_equal(
+    noise_survey: Path,
+    cube_path: Path,  # noqa: F811
+    noise_fit: tuple[FitReport, Path],
+    tmp_path: Path,
+) -> None:
+    report, out = noise_fit
+    models = tmp_path / "models"
+    shutil.copytree(out, models)
+    edge = record(report, "Pb")["cv"]["spatial"]["block_km"]
+    explicit = TINY.model_copy(
+        update={"elements": ("Pb",), "calibrate": (), "spatial_block_km": edge}
+    )
+    kept = fit_models(noise_survey, cube_path, models, explicit, reuse_unchanged=True)
+    assert [f.element for f in kept.unchanged] == ["Pb"]
+    assert kept.poor == report.poor  # a kept model is flagged as well
+    other_edge = explicit.model_copy(update={"spatial_block_km": edge * 2})
+    plan = fit_models(
+        noise_survey, cube_path, models, other_edge, reuse_unchanged=True, dry_run=True
+    )
+    assert plan.pending == ("Pb",)
+
+
+def test_a_given_block_edge_too_large_for_the_folds_is_a_warning_naming_the_key(
+    noise_survey: Path,
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    settings = TINY.model_copy(update={"spatial_block_km": 1000.0})
+    report = fit_models(noise_survey, cube_path, tmp_path, settings, local_threads=2)
+    spatial = record(report, "Pb")["cv"]["spatial"]
+    assert spatial["block_choice"]["method"] == METHOD_GIVEN
+    assert spatial["n_blocks"] < TINY.cv_folds
+    spatial_warnings = [w for w in report.warnings if "spatial" in w]
+    assert spatial_warnings == [f"Pb: {spatial['warning']}"]
+    assert "fit.spatial_block_km" in spatial["warning"]
+
+
+def test_tpgrid_fit_marks_and_explains_a_model_worse_than_the_mean(
+    noise_survey: Path,
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=False) as cluster,
+        Client(cluster) as client,
+    ):
+        result = CliRunner().invoke(
+            app,
+            [
+                "fit",
+                *("--sites", str(noise_survey), "--cube", str(cube_path)),
+                *("--out", str(tmp_path / "models"), "--trees", "10", "--search-trees", "8"),
+                *("--folds", "5", "--scheduler-address", client.scheduler.address),
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    assert "Pb (poor)" in result.output
+    assert "Pb: grouped-CV R² −" in result.output
+    assert "worse than their mean" in " ".join(result.output.split())

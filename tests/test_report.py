@@ -67,6 +67,7 @@ def models(
     out = tmp_path_factory.mktemp("models")
     settings = FitSettings(
         elements=ELEMENTS,
+        calibrate=("Zn", "Ni"),
         n_trees=60,
         search_trees=30,
         search_grid=SearchGrid(max_features=(0.5,), min_samples_leaf=(2,)),

@@ -37,6 +37,7 @@ SETTINGS: dict[str, Any] = {
     "synthetic": {"size": "small", "seed": 0},
     "fit": {
         "elements": ["Fe", "Ni"],
+        "calibrate": ["Zn", "Ni"],
         "n_trees": 20,
         "search_trees": 10,
         "cv_folds": 3,

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from tpgrid.client import ClusterSpec
 from tpgrid.core.blocks import UnseenPolicy
 from tpgrid.errors import StorageError
-from tpgrid.fit import FitSettings, SearchGrid, SiteSource
+from tpgrid.fit import PLATEAU_FIT, FitSettings, SearchGrid, SiteSource
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.report import ReportSettings
 from tpgrid.synthetic import plateau_files
@@ -238,16 +238,19 @@ def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> Pipeline
             name="synthetic_1km",
             workdir=workdir,
             synthetic=SyntheticInputs(size="full", seed=seed),
+            fit=PLATEAU_FIT,
         )
     return PipelineConfig(
         name="demo",
         workdir=workdir,
         synthetic=SyntheticInputs(size="small", seed=seed),
-        fit=FitSettings(
-            n_trees=200,
-            search_trees=50,
-            cv_folds=5,
-            spatial_block_km=50,
-            search_grid=SearchGrid(max_features=(0.33, 0.66), min_samples_leaf=(1, 5)),
+        fit=PLATEAU_FIT.model_copy(
+            update={
+                "n_trees": 200,
+                "search_trees": 50,
+                "cv_folds": 5,
+                "spatial_block_km": 50.0,
+                "search_grid": SearchGrid(max_features=(0.33, 0.66), min_samples_leaf=(1, 5)),
+            }
         ),
     )

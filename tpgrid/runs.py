@@ -68,6 +68,8 @@ class Step:
     counts: dict[str, int] = field(default_factory=dict)
     #: what the step found damaged in what it carries over, and how it repaired it
     repairs: tuple[str, ...] = ()
+    #: what the user should know about the step's results (e.g. a model worse than the mean)
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -287,6 +289,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             detail,
             {"refitted": len(refitted)} | ({"dropped": len(dropped)} if dropped else {}),
             repairs=[f"model {element}: {why}; fitted again" for element, why in fit.repaired],
+            warnings=fit.warnings,
         )
 
     with _timed(steps, "predict") as note:
@@ -338,14 +341,18 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
 
 
 def _unfit(config: PipelineConfig, fit: FitReport) -> dict[str, str]:
-    """Elements that cannot be mapped now, with the reason: too few sites, or no longer in the
-    pipeline's elements while an old model of them is still there."""
+    """Elements that cannot be mapped now, with the reason: too few sites, or no longer among
+    the fit's elements (as resolved against the site table) while an old model of them is
+    still there."""
     unfit = {skipped.element: skipped.reason for skipped in fit.skipped}
     if config.models_dir.is_dir():
         for path in sorted(config.models_dir.glob(f"*/{MODEL_FILE}")):
             element = path.parent.name
-            if element not in config.fit.elements and not element.startswith("."):
-                unfit[element] = "no longer in the pipeline's fit.elements"
+            if element not in fit.elements and not element.startswith("."):
+                unfit[element] = (
+                    "no longer in the pipeline's fit.elements (or, with fit.elements unset, "
+                    "no longer a column of the site table)"
+                )
     return unfit
 
 
@@ -407,7 +414,8 @@ def _labelled(progress: Progress | None, step: str) -> Progress | None:
 
 @contextmanager
 def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
-    """Time one step; the body calls ``note(action, detail, counts, repairs=...)`` once."""
+    """Time one step; the body calls ``note(action, detail, counts, repairs=..., warnings=...)``
+    once."""
     started = time.perf_counter()
     noted: dict[str, Any] = {}
 
@@ -417,13 +425,28 @@ def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
         counts: dict[str, int] | None = None,
         *,
         repairs: Sequence[str] = (),
+        warnings: Sequence[str] = (),
     ) -> None:
-        noted.update(action=action, detail=detail, counts=counts or {}, repairs=tuple(repairs))
+        noted.update(
+            action=action,
+            detail=detail,
+            counts=counts or {},
+            repairs=tuple(repairs),
+            warnings=tuple(warnings),
+        )
 
     yield note
     seconds = round(time.perf_counter() - started, 2)
     steps.append(
-        Step(name, noted["action"], noted["detail"], seconds, noted["counts"], noted["repairs"])
+        Step(
+            name,
+            noted["action"],
+            noted["detail"],
+            seconds,
+            noted["counts"],
+            noted["repairs"],
+            noted["warnings"],
+        )
     )
     log.info("%s: %s (%s) in %.1f s", name, noted["action"], noted["detail"], seconds)
 

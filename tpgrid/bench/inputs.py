@@ -18,7 +18,7 @@ from tpgrid.artifact import ModelArtifact
 from tpgrid.bench.settings import Log
 from tpgrid.core.arrays import F32, F64
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
-from tpgrid.fit import FitSettings, fit_models
+from tpgrid.fit import PLATEAU_FIT, fit_models
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.predict import load_models
 from tpgrid.sources import load_catalog
@@ -45,7 +45,11 @@ def prepare_plateau(workdir: Path, size: str, seed: int, log: Log) -> PlateauInp
     model_dir = workdir / "models"
     log(f"models (tpgrid.fit.fit_models, 500 trees, seed {seed}) in {model_dir}")
     fit_models(
-        files.sites, cube, model_dir, FitSettings(n_trees=500, seed=seed), reuse_unchanged=True
+        files.sites,
+        cube,
+        model_dir,
+        PLATEAU_FIT.model_copy(update={"seed": seed}),
+        reuse_unchanged=True,
     )
     return PlateauInputs(files, cube, load_models(model_dir), model_dir)
 

@@ -197,6 +197,9 @@ def _run_and_show(
     for step in record.steps:
         for repair in step.repairs:
             console.print(f"{step.name}: repaired {repair}", style="yellow", markup=False)
+    for step in record.steps:
+        for warning in step.warnings:
+            console.print(f"{step.name}: {warning}", style="yellow", markup=False)
     current = current_version(config.published_dir)
     console.print(
         f"Done in {time.perf_counter() - started:.1f} s. Maps (COG), quicklooks (PNG), STAC item "

@@ -119,7 +119,11 @@ def fit(
     ] = None,
     element: Annotated[
         list[str] | None,
-        typer.Option("--element", "-e", help="Element to fit (repeat it); default: all seven."),
+        typer.Option(
+            "--element",
+            "-e",
+            help="Element to fit (repeat it); default: every element column of the site table.",
+        ),
     ] = None,
     trees: Annotated[int | None, typer.Option(help="Trees of each final forest [500].")] = None,
     search_trees: Annotated[
@@ -128,14 +132,21 @@ def fit(
     ] = None,
     folds: Annotated[int | None, typer.Option(help="CV folds [10].")] = None,
     block_km: Annotated[
-        float | None, typer.Option(help="Edge of the spatial CV blocks, km [100].")
+        float | None,
+        typer.Option(
+            help="Edge of the spatial CV blocks, km; default: the edge whose CV distances match "
+            "the prediction area's distances to the sites (kNNDM)."
+        ),
     ] = None,
     screen_sd: Annotated[
         float | None, typer.Option(help="Remove values beyond mean ± this many SD [3]; 0: off.")
     ] = None,
     calibrate: Annotated[
         str | None,
-        typer.Option(help="Comma-separated elements calibrated XRF → ICP-MS [Zn,Ni]; '': none."),
+        typer.Option(
+            help="Comma-separated elements calibrated XRF → ICP-MS; '': none; default: every "
+            "element with values in its <element>_icpms column."
+        ),
     ] = None,
     train_on: Annotated[
         str | None, typer.Option(help="'samples' (default) or 'site_means'.")
@@ -181,6 +192,8 @@ def fit(
     )
     for skipped in report.skipped:
         console.print(f"[yellow]{skipped.element} skipped:[/] {skipped.reason}", highlight=False)
+    for warning in report.warnings:
+        console.print(warning, style="yellow", markup=False, highlight=False)
     for reason, ids in report.excluded_sites.items():
         console.print(
             f"[yellow]{len(ids)} site(s) not used ({reason.replace('_', ' ')}):[/] "
@@ -191,7 +204,8 @@ def fit(
 
 
 def _fit_table(report: FitReport, title: str) -> Table:
-    """Per element: sites, fit and OOB R², then one line per CV scheme with its metrics."""
+    """Per element: sites, fit and OOB R², then one line per CV scheme with its metrics; an
+    element whose grouped-CV R² is below 0 is marked (its warning follows the table)."""
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
     for column in (
         "element",
@@ -209,7 +223,7 @@ def _fit_table(report: FitReport, title: str) -> Table:
     for fitted in report.fitted:
         record = fitted.record
         head = [
-            fitted.element,
+            f"{fitted.element} (poor)" if fitted.element in report.poor else fitted.element,
             str(record["training"]["n_sites"]),
             f"{record['fit']['r2']:.2f}",
             f"{record['fit']['oob_r2']:.2f}",

@@ -26,6 +26,7 @@ from tpgrid.core.arrays import F64
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.cube import ATTR_FEATURES
 from tpgrid.errors import CubeError, SiteTableError
+from tpgrid.fit.elements import CALIBRATE_FIX, ELEMENTS_KEYS
 from tpgrid.fit.settings import FitSettings, TrainOn
 from tpgrid.fit.sites import ICPMS_SUFFIX, SiteLocations, SiteTable, extract_covariates
 
@@ -165,7 +166,7 @@ def training_table(
     if values.empty:
         raise SiteTableError(
             f"{table.path}: column {element!r} has no values: there is nothing to train "
-            f"{element} on; fill in the column or leave {element} out of the elements"
+            f"{element} on; fill in the column, or leave {element} out of {ELEMENTS_KEYS}"
         )
     keep = pd.Series(True, index=values.index)
     if screening_sd is not None:
@@ -207,7 +208,7 @@ def training_table(
         raise SiteTableError(
             f"{table.path}: no usable {element} values: {values.size} measured, "
             f"{int((~keep).sum())} screened out, the rest on sites outside the grid or on "
-            f"invalid pixels; check the coordinates or leave {element} out"
+            f"invalid pixels; check the coordinates, or leave {element} out of {ELEMENTS_KEYS}"
         )
     if train_on == "site_means":
         rows = rows.groupby("site_id", sort=True)["value"].mean().reset_index()
@@ -223,7 +224,7 @@ def _calibrate(table: SiteTable, element: str, kept: pd.Series[float]) -> Calibr
     if column not in table.frame.columns:
         raise SiteTableError(
             f"{table.path}: calibrating {element} needs the re-measured values in a column "
-            f"{column!r}, which the table does not have: add it or do not calibrate {element}"
+            f"{column!r}, which the table does not have: add it, or {CALIBRATE_FIX}"
         )
     icpms = pd.Series(table.frame[column].to_numpy(), index=table.frame["sample_id"].to_numpy())
     paired = icpms[kept.index].notna().to_numpy()
@@ -231,7 +232,7 @@ def _calibrate(table: SiteTable, element: str, kept: pd.Series[float]) -> Calibr
         raise SiteTableError(
             f"{table.path}: calibrating {element} needs at least {MIN_CALIBRATION_PAIRS} samples "
             f"with both {element!r} and {column!r}, found {int(paired.sum())}: add ICP-MS "
-            f"values or do not calibrate {element}"
+            f"values, or {CALIBRATE_FIX}"
         )
     calibration = fit_calibration(kept[paired].to_numpy(), icpms[kept.index][paired].to_numpy())
     if calibration.slope <= 0 or calibration.r2 < MIN_CALIBRATION_R2:
@@ -239,7 +240,7 @@ def _calibrate(table: SiteTable, element: str, kept: pd.Series[float]) -> Calibr
             f"{table.path}: XRF does not follow ICP-MS for {element} (slope "
             f"{calibration.slope:.3g}, R² {calibration.r2:.2f} over {calibration.n_pairs} "
             f"pairs; at least {MIN_CALIBRATION_R2} needed): calibrating would amplify noise, "
-            f"so do not calibrate {element}"
+            f"so {CALIBRATE_FIX}"
         )
     return calibration
 
@@ -349,8 +350,11 @@ def build_design(
     table.insert(2, "row", located.frame["row"].to_numpy()[site_index])
     table.insert(3, "col", located.frame["col"].to_numpy()[site_index])
     table["observed"] = y
-    # The list of elements does not shape one element's fit; everything else may.
-    shaping = settings.model_dump(mode="json", exclude={"elements"})
+    # The lists of elements and of calibrated elements do not shape one element's fit, only
+    # whether it is calibrated does; everything else may. ``settings`` are resolved (no None
+    # or "auto" left), so a kept model is reused exactly when the resolved inputs are equal.
+    shaping = settings.model_dump(mode="json", exclude={"elements", "calibrate"})
+    shaping["calibrated"] = training.record["calibration"] is not None
     inputs = json_sha256({"table": training_hash(table), "settings": shaping})
     return Design(spec, X, y, table, site_index, inputs)
 

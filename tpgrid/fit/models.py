@@ -19,20 +19,27 @@ import importlib.metadata
 import logging
 import platform
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import xarray as xr
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact, check_model, save_model
-from tpgrid.core.arrays import I64
 from tpgrid.core.forest import pack_forest
 from tpgrid.cube import chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import ArtifactError, FitError, OutputExistsError
+from tpgrid.fit.blocks import (
+    BlockChoice,
+    choose_blocks,
+    given_blocks,
+    prediction_points,
+    projected_xy,
+)
 from tpgrid.fit.design import (
     Design,
     TrainingTable,
@@ -43,9 +50,10 @@ from tpgrid.fit.design import (
     training_hash,
     training_table,
 )
-from tpgrid.fit.search import fit_forest, projected_xy, spatial_blocks
-from tpgrid.fit.settings import FitSettings
-from tpgrid.fit.sites import SiteSource, locate_sites, read_sites
+from tpgrid.fit.search import fit_forest
+from tpgrid.fit.settings import FitSettings, read_fit_sites
+from tpgrid.fit.sites import SiteSource, locate_sites
+from tpgrid.grid import TargetGrid
 from tpgrid.jsonable import plain
 from tpgrid.store import staging_path, swap_in
 from tpgrid.tasks import Progress
@@ -74,7 +82,13 @@ class SkippedElement:
 class FitReport:
     """Elements fitted now, kept as they were (``reuse_unchanged``), and skipped; ``repaired``:
     (element, reason) of each artifact that would have been kept but failed its checks, and
-    was fitted again."""
+    was fitted again.
+
+    ``elements`` are the elements the settings resolved to (every element column of the site
+    table unless ``fit.elements`` names them); ``poor`` the grouped-CV R² of each model fitted
+    or kept whose R² is below 0 (it predicts held-out sites worse than their mean);
+    ``warnings`` one line per poor model and per spatial CV with fewer blocks than folds.
+    """
 
     fitted: tuple[FittedElement, ...]
     skipped: tuple[SkippedElement, ...]
@@ -82,6 +96,9 @@ class FitReport:
     unchanged: tuple[FittedElement, ...] = ()
     pending: tuple[str, ...] = ()  # with dry_run: the elements a run would fit
     repaired: tuple[tuple[str, str], ...] = ()
+    elements: tuple[str, ...] = ()
+    poor: dict[str, float] = field(default_factory=dict)
+    warnings: tuple[str, ...] = ()
 
 
 def fit_models(
@@ -99,21 +116,24 @@ def fit_models(
     """Fit every element of ``settings`` from the site table ``sites`` and the cube ``cube``
     into ``out/<element>/``.
 
-    Elements with fewer sites than CV folds are skipped (logged, in the report); if none is
-    left, :class:`FitError`. Existing element directories are replaced only when
-    ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an element whose training
-    table and settings are those its artifact records is kept as it is, not refitted, if the
-    artifact passes its checks (a damaged one is fitted again, with a warning, and reported).
-    ``dry_run`` fits nothing and lists the elements a run would fit in ``pending``.
-    ``local_threads`` sets the CV parallelism when no Dask client is current.
+    The settings are resolved against the data first (:func:`read_fit_sites`; the spatial CV's
+    block edge by :func:`tpgrid.fit.blocks.choose_blocks` unless given), and the models record
+    and hash the resolved values. Elements with fewer sites than CV folds are skipped (logged,
+    in the report); if none is left, :class:`FitError`. Existing element directories are
+    replaced only when ``overwrite`` or ``reuse_unchanged``; with ``reuse_unchanged`` an
+    element whose training table and resolved settings are those its artifact records is kept
+    as it is, not refitted, if the artifact passes its checks (a damaged one is fitted again,
+    with a warning, and reported). ``dry_run`` fits nothing and lists the elements a run would
+    fit in ``pending``. ``local_threads`` sets the CV parallelism when no Dask client is
+    current.
     """
-    settings = settings or FitSettings()
     cube, out = Path(cube), Path(out)
-    table = read_sites(sites, settings.elements)
+    read = read_fit_sites(sites, settings or FitSettings())
+    table, elements = read.table, read.elements
     dataset = open_cube(cube)
     grid = cube_grid(cube)
     layers = cube_layers(dataset, cube)
-    existing = [str(out / e) for e in settings.elements if (out / e).exists()]
+    existing = [str(out / e) for e in elements if (out / e).exists()]
     if existing and not (overwrite or reuse_unchanged):
         raise OutputExistsError(
             f"model directories {existing} exist; pass --overwrite to replace them, or choose "
@@ -121,19 +141,19 @@ def fit_models(
         )
     located = locate_sites(table, grid, dataset)
     covariates = site_covariates(dataset, cube, located, layers)
-    x_m, y_m = projected_xy(grid, located.frame["lon"], located.frame["lat"])
-    site_blocks = spatial_blocks(x_m, y_m, settings.spatial_block_km)
+    blocks = _spatial_blocks(read.settings, located.frame, grid, dataset)
+    resolved = read.settings.model_copy(update={"spatial_block_km": blocks.block_km})
     # Every element's table is built before any fitting, so a bad column fails in seconds.
     tables = {
         e: training_table(
             table,
             e,
             located,
-            screening_sd=settings.screening_sd,
-            calibrate=e in settings.calibrate,
-            train_on=settings.train_on,
+            screening_sd=resolved.screening_sd,
+            calibrate=e in read.calibrate,
+            train_on=resolved.train_on,
         )
-        for e in settings.elements
+        for e in elements
     }
     provenance = {
         "sites": {
@@ -149,23 +169,24 @@ def fit_models(
             "chunk_hashes_sha256": json_sha256(chunk_hashes(cube)),
         },
         "excluded_sites": {r: list(ids) for r, ids in located.excluded.items()},
-        "settings": settings.model_dump(mode="json"),
+        "settings": resolved.model_dump(mode="json"),
+        "settings_given": (settings or FitSettings()).model_dump(mode="json"),
         "versions": _versions(),
     }
     fitted, skipped, unchanged, pending = [], [], [], []
     repaired: list[tuple[str, str]] = []
     for element, training in tables.items():
-        if training.n_sites < settings.cv_folds:
+        if training.n_sites < resolved.cv_folds:
             reason = (
                 f"{training.n_sites} sites with usable {element} values, fewer than the "
-                f"{settings.cv_folds} CV folds (every fold must test at least one site): add "
+                f"{resolved.cv_folds} CV folds (every fold must test at least one site): add "
                 "sites or lower the number of folds"
             )
             log.warning("%s skipped: %s", element, reason)
             skipped.append(SkippedElement(element, reason))
             continue
         directory = out / element
-        design = build_design(training, located, covariates, layers, settings)
+        design = build_design(training, located, covariates, layers, resolved)
         kept, damage = (
             _unchanged_record(directory, design.inputs_sha256) if reuse_unchanged else (None, None)
         )
@@ -184,8 +205,8 @@ def fit_models(
         record = _fit_element(
             design,
             training,
-            site_blocks,
-            settings,
+            blocks,
+            resolved,
             provenance,
             directory,
             progress=progress,
@@ -197,6 +218,7 @@ def fit_models(
             "no element could be fitted:\n"
             + "\n".join(f"  {s.element}: {s.reason}" for s in skipped)
         )
+    poor, warnings = model_warnings([*fitted, *unchanged])
     return FitReport(
         tuple(fitted),
         tuple(skipped),
@@ -204,7 +226,45 @@ def fit_models(
         tuple(unchanged),
         tuple(pending),
         tuple(repaired),
+        elements,
+        poor,
+        warnings,
     )
+
+
+def _spatial_blocks(
+    settings: FitSettings, sites: pd.DataFrame, grid: TargetGrid, cube: xr.Dataset
+) -> BlockChoice:
+    """The spatial CV's blocks of the located ``sites``: of the given edge, or of the edge
+    matching the cube's prediction area (the cube's valid pixels)."""
+    x_m, y_m = projected_xy(grid, sites["lon"], sites["lat"])
+    prediction = prediction_points(cube, grid, settings.seed)
+    if settings.spatial_block_km is None:
+        return choose_blocks(x_m, y_m, prediction, settings.cv_folds, settings.seed)
+    return given_blocks(
+        x_m, y_m, prediction, settings.spatial_block_km, settings.cv_folds, settings.seed
+    )
+
+
+def model_warnings(models: Sequence[FittedElement]) -> tuple[dict[str, float], tuple[str, ...]]:
+    """From the models' records: the grouped-CV R² of each model below 0, and one warning per
+    such model and per spatial CV with fewer blocks than folds."""
+    poor: dict[str, float] = {}
+    warnings: list[str] = []
+    for model in models:
+        cv = model.record.get("cv", {})
+        r2 = cv.get("grouped", {}).get("r2")
+        if r2 is not None and r2 < 0:
+            poor[model.element] = float(r2)
+            shown = f"{r2:.2f}".replace("-", "−")  # a minus sign, not a hyphen
+            warnings.append(
+                f"{model.element}: grouped-CV R² {shown} — this model predicts held-out sites "
+                "worse than their mean; its map is published but flagged"
+            )
+        spatial = cv.get("spatial", {}).get("warning")
+        if spatial:
+            warnings.append(f"{model.element}: {spatial}")
+    return poor, tuple(warnings)
 
 
 def _unchanged_record(
@@ -226,7 +286,7 @@ def _unchanged_record(
 def _fit_element(
     design: Design,
     training: TrainingTable,
-    site_blocks: I64,
+    blocks: BlockChoice,
     settings: FitSettings,
     provenance: Mapping[str, Any],
     directory: Path,
@@ -241,13 +301,15 @@ def _fit_element(
         design.X,
         design.y,
         training.frame["site_id"].to_numpy(),
-        site_blocks[design.site_index],
+        blocks.blocks[design.site_index],
         settings,
         spec.column_variables,
         local_threads=local_threads,
         progress=progress,
         label=element,
     )
+    # One block choice serves every element: the spatial CV's record says how it was made.
+    result.record["cv"]["spatial"]["block_choice"] = blocks.to_json()
     record = {
         "element": element,
         "target": {"units": "mg/kg", "transform": "none", "scale": training.record["scale"]},

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pyproj import Transformer
 
 from tpgrid.core.arrays import F64, I64
 from tpgrid.core.explain import predictor_columns
@@ -28,7 +27,6 @@ from tpgrid.core.metrics import cv_metrics, r2_score
 from tpgrid.fit.heldout import HeldOutResults, fold_forest, held_out_fold
 from tpgrid.fit.oob import oob_forest_size, site_oob_search
 from tpgrid.fit.settings import FitSettings
-from tpgrid.grid import TargetGrid
 from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
@@ -50,31 +48,6 @@ def group_folds(groups: npt.ArrayLike, n_folds: int, seed: int) -> I64:
     fold_of_group = np.empty(n_groups, dtype=np.int64)
     fold_of_group[order] = np.arange(n_groups) % n_folds
     return fold_of_group[inverse.ravel()]
-
-
-def spatial_blocks(x_m: npt.ArrayLike, y_m: npt.ArrayLike, block_km: float) -> I64:
-    """Block id of each point on a square ``block_km`` lattice of projected metres."""
-    size = block_km * 1000.0
-    bx = np.floor(np.asarray(x_m, dtype=np.float64) / size).astype(np.int64)
-    by = np.floor(np.asarray(y_m, dtype=np.float64) / size).astype(np.int64)
-    _, block = np.unique(np.column_stack([bx, by]), axis=0, return_inverse=True)
-    return block.ravel().astype(np.int64)
-
-
-def projected_xy(grid: TargetGrid, lon: npt.ArrayLike, lat: npt.ArrayLike) -> tuple[F64, F64]:
-    """Lon/lat in metres: the grid's own CRS when projected, else a Lambert azimuthal
-    equal-area projection centred on the grid (blocks must be equal areas, not degrees)."""
-    if grid.is_geographic:
-        lon_min, lat_min, lon_max, lat_max = grid.lonlat_bounds()
-        crs = (
-            f"+proj=laea +lon_0={(lon_min + lon_max) / 2} +lat_0={(lat_min + lat_max) / 2} +units=m"
-        )
-    else:
-        crs = grid.crs_wkt
-    x, y = Transformer.from_crs("EPSG:4326", crs, always_xy=True).transform(
-        np.asarray(lon, dtype=np.float64), np.asarray(lat, dtype=np.float64)
-    )
-    return np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
 
 
 # --- CV fits as independent tasks ----------------------------------------------------------
@@ -125,11 +98,16 @@ def fit_forest(
     """Search, assess and fit one element's forest on ``X`` (float32) and ``y`` (mg/kg).
 
     ``sites`` is the site of each row (bootstrap unit and CV groups), ``blocks`` its spatial
-    block, ``column_variables`` the predictor of each column of ``X`` (permutation importance
-    shuffles a predictor's columns together). The search and the three CVs use
-    ``settings.search_trees`` trees per forest; the final forest ``settings.n_trees``.
+    block (of edge ``settings.spatial_block_km``: the settings are resolved, see
+    :func:`tpgrid.fit.blocks.choose_blocks`), ``column_variables`` the predictor of each
+    column of ``X`` (permutation importance shuffles a predictor's columns together). The
+    search and the three CVs use ``settings.search_trees`` trees per forest; the final forest
+    ``settings.n_trees``.
     """
     k, seed, trees = settings.cv_folds, settings.seed, settings.search_trees
+    block_km = settings.spatial_block_km
+    if block_km is None:
+        raise ValueError("fit_forest needs resolved settings: the edge of the spatial blocks")
     _, site_index = np.unique(np.asarray(sites), return_inverse=True)
     site_index = site_index.ravel().astype(np.int64)
     grouped = group_folds(sites, k, seed)
@@ -137,19 +115,9 @@ def fit_forest(
     assessed = {"random": group_folds(np.arange(y.size), k, seed)}
     if n_blocks >= 2:
         assessed["spatial"] = group_folds(blocks, min(k, n_blocks), seed)
-    if n_blocks < 2:
-        log.warning(
-            "%s: every site in one %g km block, no spatial CV", label, settings.spatial_block_km
-        )
-    elif n_blocks < k:
-        log.warning(
-            "%s: only %d spatial blocks of %g km, so spatial CV has %d folds, not %d",
-            label,
-            n_blocks,
-            settings.spatial_block_km,
-            n_blocks,
-            k,
-        )
+    cv_warning = spatial_cv_warning(n_blocks, k, block_km)
+    if cv_warning:
+        log.warning("%s: %s", label, cv_warning)
 
     def report(stage: str) -> Callable[[int, int], None] | None:
         if progress is None:
@@ -243,7 +211,7 @@ def fit_forest(
             "wall_s": round(search_wall, 3),
             "backend": backend,
         },
-        "cv": _cv_record(y, predictions, k, n_blocks, settings),
+        "cv": _cv_record(y, predictions, k, n_blocks, block_km, settings, cv_warning),
         "held_out": {
             "from": "the grouped CV's fold forests, on the rows each did not see",
             "trees_per_forest": trees,
@@ -266,19 +234,44 @@ def fit_forest(
     return ElementFit(estimator, predictions, folds_by_scheme, held_out, record)
 
 
+def spatial_cv_warning(n_blocks: int, n_folds: int, block_km: float) -> str | None:
+    """What is wrong with a spatial CV over ``n_blocks`` blocks, naming the setting to change;
+    None when every fold gets a block."""
+    if n_blocks >= n_folds:
+        return None
+    fix = (
+        "set a smaller fit.spatial_block_km in the pipeline YAML (or --block-km), or leave it "
+        "unset to choose the edge from the sites"
+    )
+    if n_blocks < 2:
+        return f"every site in one {block_km:g} km block, so no spatial CV: {fix}"
+    return (
+        f"only {n_blocks} spatial blocks of {block_km:g} km, so spatial CV has {n_blocks} "
+        f"folds, not {n_folds}: {fix}"
+    )
+
+
 def _cv_record(
-    y: F64, predictions: Mapping[str, F64], k: int, n_blocks: int, settings: FitSettings
+    y: F64,
+    predictions: Mapping[str, F64],
+    k: int,
+    n_blocks: int,
+    block_km: float,
+    settings: FitSettings,
+    warning: str | None,
 ) -> dict[str, Any]:
     """The three CVs side by side, with what each groups by."""
     spatial: dict[str, Any] = {
-        "groups": f"{settings.spatial_block_km:g} km blocks",
-        "block_km": settings.spatial_block_km,
+        "groups": f"{block_km:g} km blocks",
+        "block_km": block_km,
         "n_blocks": n_blocks,
     }
     if n_blocks < 2:
         spatial["skipped"] = "all sites lie in one block: choose smaller blocks"
     else:
         spatial |= {"n_folds": min(k, n_blocks), **cv_metrics(y, predictions["spatial"])}
+    if warning:
+        spatial["warning"] = warning
     return {
         "trees_per_fit": settings.search_trees,
         "note": (

@@ -30,7 +30,7 @@ from pyproj.exceptions import CRSError
 
 from tpgrid.cube import VALID
 from tpgrid.errors import SiteTableError
-from tpgrid.fit.elements import element_columns
+from tpgrid.fit.elements import element_columns, resolve_elements
 from tpgrid.grid import TargetGrid
 
 log = logging.getLogger(__name__)
@@ -138,19 +138,7 @@ def read_sites(source: SiteSource | str | Path, elements: Sequence[str] | None =
             "'x' and 'y' (and their CRS with 'crs') under 'sites' in the pipeline YAML "
             "(tpgrid fit/report: --sites-crs)"
         )
-    if elements is None:
-        elements = element_columns(frame.columns)
-        if not elements:
-            raise SiteTableError(
-                f"{path} has no element column (found {list(frame.columns)}): name each "
-                "element's column by its symbol (Pb, Cd, As ...), values in mg/kg"
-            )
-    absent = [e for e in elements if e not in frame.columns]
-    if absent:
-        raise SiteTableError(
-            f"{path} has no column for element(s) {absent}: add the column (mg/kg, blank where "
-            "not measured) or fit only the elements the table has (--element)"
-        )
+    elements = resolve_elements(elements, element_columns(frame.columns), path)
     if frame.empty:
         raise SiteTableError(f"{path} has no rows: it must hold one row per sample")
     frame = frame.copy()

@@ -118,6 +118,14 @@ def _letters_table(analyses: Sequence[ElementAnalysis], factor: str) -> pd.DataF
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def _block_edges(analyses: Sequence[ElementAnalysis]) -> str:
+    """The spatial CV's block edges of the models (one, unless kept models differ), in km."""
+    edges = {
+        a.model.artifact.record.get("cv", {}).get("spatial", {}).get("block_km") for a in analyses
+    }
+    return " / ".join(sorted(f"{edge:g}" for edge in edges if edge is not None)) or "?"
+
+
 def report_page(
     contents: ReportContents, figures: Mapping[str, Sequence[Path]], summary: Mapping[str, Any]
 ) -> str:
@@ -185,7 +193,9 @@ def report_page(
         + images("drivers"),
         "<h2>4. Model checks</h2><p class='note'>Observed (y) against out-of-fold predicted (x), "
         "after Piñeiro et al. (2008); metrics of the fit's grouped (by site), random (by sample, "
-        "leaky, for comparison) and spatial (block) CV.</p>" + _table(metrics) + images("checks"),
+        f"leaky, for comparison) and spatial (blocks of {_block_edges(analyses)} km) CV.</p>"
+        + _table(metrics)
+        + images("checks"),
         "<h2>5. Applicability</h2><p class='note'>Dissimilarity index (Meyer &amp; Pebesma 2021) "
         "with importance-weighted standardized predictors; the area of applicability holds "
         "pixels whose DI does not exceed the upper whisker of the training sites' "
