@@ -66,7 +66,8 @@ def demo(
     config = demo_config(workdir.resolve(), full=full, seed=seed)
     workdir_lock(ctx, [config.workdir], wait)
     check_pipeline(
-        config, workdir_fix=f"pass --out with a new directory, or the --full/--seed of {workdir}"
+        config,
+        workdir_fix="pass --out with a new directory (or the --full and --seed it was made with)",
     )
     _run_and_show(config, cluster, scheduler_address, workers)
 
