@@ -17,7 +17,7 @@ import yaml
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
+from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
 from tpgrid.cli import app
 from tpgrid.cli.common import chunk_progress
 from tpgrid.runs import RunRecord, Step
@@ -190,6 +190,33 @@ def test_cube_uses_the_cluster_it_is_given(plateau: PlateauFiles, tmp_path: Path
     assert f"scheduler file {tmp_path / 'not-started.json'} does not exist" in one_line(
         result.stderr
     )
+
+
+def test_fit_refuses_a_site_table_without_the_elements_column_before_a_cluster_starts(
+    plateau: PlateauFiles,  # noqa: F811
+    cube_path: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    sites = pd.read_csv(plateau.sites).drop(columns=["Ni"])
+    sites.to_csv(tmp_path / "sites.csv", index=False)
+
+    result = tpgrid(
+        "fit",
+        "--sites",
+        str(tmp_path / "sites.csv"),
+        "--cube",
+        str(cube_path),
+        "--out",
+        str(tmp_path / "models"),
+        "-e",
+        "Fe",
+        "-e",
+        "Ni",
+    )
+
+    assert result.returncode == 2
+    assert "no column for element(s) ['Ni']" in one_line(result.stderr)
+    assert DASHBOARD_LINE not in result.stdout + result.stderr
 
 
 def test_the_full_demo_has_its_own_workdir_and_refuses_another_plateau(
