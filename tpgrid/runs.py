@@ -95,7 +95,9 @@ def plan(config: PipelineConfig) -> list[Step]:
     """What a run would recompute, and why, without computing or writing anything.
 
     A step whose inputs would change upstream is reported as depending on them: its exact
-    extent is only known once they are rebuilt.
+    extent is only known once they are rebuilt. Inputs that are missing or wrong are not a
+    change: :func:`tpgrid.preflight.check_pipeline` names them (`tpgrid run --dry-run` calls it
+    first).
     """
     steps: list[Step] = []
     if config.synthetic is not None and not _plateau_ready(config):
