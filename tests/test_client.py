@@ -75,6 +75,20 @@ def test_missing_scheduler_file_is_a_cluster_error(tmp_path: Path) -> None:
         pass
 
 
+def test_a_relative_scheduler_file_is_read_from_the_specs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "specs").mkdir()
+    spec_file = tmp_path / "specs" / "shared.yaml"
+    spec_file.write_text("kind: scheduler_file\nscheduler_file: run/scheduler.json\n")
+    monkeypatch.chdir(tmp_path)  # the command runs elsewhere than the spec lives
+
+    spec = load_cluster_spec(Path("specs/shared.yaml"))
+
+    assert isinstance(spec, SchedulerFileSpec)
+    assert spec.scheduler_file == tmp_path / "specs" / "run" / "scheduler.json"
+
+
 def test_backend_without_its_extra_names_the_extra_to_install(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

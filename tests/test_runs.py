@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -23,11 +24,12 @@ from tests.conftest import DaskProcesses, start_dask_processes, stop_dask_proces
 from tpgrid.cli import EXIT_UNCHANGED, app
 from tpgrid.config import PipelineConfig, load_pipeline
 from tpgrid.cube import chunk_hashes
-from tpgrid.grid import TargetGrid
+from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.outputs import open_prediction
 from tpgrid.predict import load_models
 from tpgrid.publication import current_version, verify_version, versions
 from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
+from tpgrid.synthetic import plateau_files
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -116,7 +118,7 @@ def test_a_rerun_with_nothing_changed_computes_nothing(
         check=False,
     )
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "Dask dashboard" not in again.stdout
+    assert "Dask dashboard" not in again.stdout + again.stderr  # the CLI writes to stderr
     assert not list_runs(config)[-1]["changed"]
 
 
@@ -510,3 +512,38 @@ def test_with_fit_failures_fail_too_few_sites_fail_the_run_and_keep_current(
 
 def step_of(steps: list[Any], name: str) -> Any:
     return next(s for s in steps if s.name == name)
+
+
+def test_a_changed_grid_replaces_the_pipelines_cube_and_the_maps_path_is_printed_whole(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    """The workdir's cube is the pipeline's own: a grid changed in the YAML rebuilds it (it used
+    to fail asking for an --overwrite that `tpgrid run` does not have)."""
+    config = copy_run(first_run, tmp_path)
+    plateau = plateau_files(config.plateau_dir)
+    spec = load_grid_spec(plateau.grid).model_dump(mode="json")
+    spec["chunk"] //= 2
+    own = {key: value for key, value in SETTINGS.items() if key != "synthetic"}
+    path = tmp_path / "own.yaml"
+    inputs = {"grid": spec, "catalog": str(plateau.catalog), "sites": str(plateau.sites)}
+    path.write_text(yaml.safe_dump(own | {"workdir": "work"} | inputs))
+    address = cluster.scheduler.address
+
+    result = subprocess.run(
+        [sys.executable, "-m", "tpgrid", "run", str(path), "--scheduler-address", address],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "COLUMNS": "60"},
+        check=False,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert recorded_step(list_runs(config)[-1], "cube")["action"] == "updated"
+    assert TargetGrid.from_spec(load_pipeline(path).grid_spec()).spec.chunk == spec["chunk"]
+    assert chunk_hashes(config.cube_path)  # the cube of the new grid is complete
+    done = next(line for line in result.stderr.splitlines() if line.startswith("Done in"))
+    assert str(current_version(config.published_dir)) in done  # on one line: it can be copied
+
+
+def recorded_step(record: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(s for s in record["steps"] if s["name"] == name)

@@ -131,9 +131,17 @@ _BACKENDS = {
 
 
 def load_cluster_spec(path: str | Path) -> ClusterSpec:
-    """Read a cluster spec YAML; every mistake names the file and the key."""
+    """Read a cluster spec YAML; every mistake names the file and the key. A relative path in
+    it (``scheduler_file``) is relative to the YAML's folder, wherever the command runs."""
     data = read_mapping(path, "cluster spec", "see cluster/*.yaml for examples")
-    return parse_cluster_spec(data, source=f"cluster spec {path}")
+    spec = parse_cluster_spec(data, source=f"cluster spec {path}")
+    folder = Path(path).parent
+    relative = {
+        key: (folder / value).resolve()
+        for key in type(spec).model_fields
+        if isinstance(value := getattr(spec, key), Path) and not value.is_absolute()
+    }
+    return spec.model_copy(update=relative) if relative else spec
 
 
 def parse_cluster_spec(data: Any, source: str = "cluster spec") -> ClusterSpec:

@@ -35,7 +35,7 @@ from typing import Any
 
 from tpgrid import __version__
 from tpgrid.artifact import MODEL_FILE
-from tpgrid.config import PipelineConfig, check_workdir
+from tpgrid.config import PipelineConfig, WorkdirLayout, check_workdir
 from tpgrid.cube import build_cube, plan_cube
 from tpgrid.errors import FitError, StorageError
 from tpgrid.fit import FitReport, fit_models
@@ -97,7 +97,9 @@ def plan(config: PipelineConfig) -> list[Step]:
     """What a run would recompute, and why, without computing or writing anything.
 
     A step whose inputs would change upstream is reported as depending on them: its exact
-    extent is only known once they are rebuilt.
+    extent is only known once they are rebuilt. Inputs that are missing or wrong are not a
+    change: :func:`tpgrid.preflight.check_pipeline` names them (`tpgrid run --dry-run` calls it
+    first).
     """
     steps: list[Step] = []
     if config.synthetic is not None and not _plateau_ready(config):
@@ -254,7 +256,15 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
     with _timed(steps, "cube") as note:
         catalog = load_catalog(config.catalog_path)
         grid = TargetGrid.from_spec(config.grid_spec())
-        cube = build_cube(catalog, grid, config.cube_path, progress=_labelled(progress, "cube"))
+        cube = build_cube(
+            catalog,
+            grid,
+            config.cube_path,
+            # The workdir's cube is the pipeline's own, under its lock: a changed grid replaces
+            # it (no --overwrite to ask for: `tpgrid run` has none).
+            overwrite=True,
+            progress=_labelled(progress, "cube"),
+        )
         written = {u.name: u.chunks_written for u in cube.layers if u.chunks_written}
         detail = (
             "chunks rewritten: " + ", ".join(f"{k} {v}" for k, v in written.items())
@@ -467,8 +477,11 @@ def _write_record(config: PipelineConfig, record: RunRecord) -> None:
         raise StorageError.from_os_error(exc, path) from exc
 
 
-def list_runs(config: PipelineConfig) -> list[dict[str, Any]]:
-    """Every recorded run of the pipeline, oldest first."""
-    if not config.runs_dir.is_dir():
+def list_runs(pipeline: PipelineConfig | Path) -> list[dict[str, Any]]:
+    """Every recorded run of a pipeline, given by its config or its working directory, oldest
+    first."""
+    workdir = pipeline.workdir if isinstance(pipeline, PipelineConfig) else Path(pipeline)
+    runs_dir = WorkdirLayout(workdir).runs
+    if not runs_dir.is_dir():
         return []
-    return [json.loads(p.read_text()) for p in sorted(config.runs_dir.glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(runs_dir.glob("*.json"))]

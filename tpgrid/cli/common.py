@@ -20,10 +20,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from tpgrid.errors import StorageError, TpgridError
 
@@ -37,8 +47,50 @@ EXIT_DAMAGED = 4
 #: Exit code after Ctrl-C: 128 + SIGINT, as shells report a command stopped by it.
 EXIT_INTERRUPTED = 130
 
-app = typer.Typer(
-    help="1 km soil micronutrient maps of the Tibetan Plateau, on Dask.",
+
+class _PlainHelp:
+    """Help that reads like a usage line: no ``<bool>`` after a flag, and ``CONFIG`` (not
+    ``{config}``) for an argument.
+
+    Typer (0.2x, with its own copy of click) shows every option's Python type, ``<bool>`` for a
+    flag too, and writes a required argument as ``{name}`` in the usage line: a flag takes no
+    value and braces read as a literal. An empty metavar hides the type; an upper-case one
+    names the argument.
+    """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params: list[Any] = super().get_params(ctx)  # type: ignore[misc]
+        for param in params:
+            if getattr(param, "is_flag", False) and param.metavar is None:
+                param.metavar = ""
+            elif isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper() if param.name else None
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces: list[str] = super().collect_usage_pieces(ctx)  # type: ignore[misc]
+        return [p[1:-1] if p.startswith("{") and p.endswith("}") else p for p in pieces]
+
+
+class _Command(_PlainHelp, TyperCommand):
+    pass
+
+
+class _Group(_PlainHelp, TyperGroup):
+    pass
+
+
+class _App(typer.Typer):
+    """Every command registered on it (by any module) gets the plain help of :class:`_Command`."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", _Command)
+        return super().command(*args, **kwargs)
+
+
+app = _App(
+    cls=_Group,
+    help="Soil element maps from site tables and covariate rasters, on Dask.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -205,6 +257,13 @@ def _interrupter() -> threading.Event:
     return rearm
 
 
+def cluster_spec(path: Path | None) -> ClusterSpec | None:
+    """The spec of ``--cluster``, read and checked as the command starts (None: not given)."""
+    from tpgrid.client import load_cluster_spec
+
+    return load_cluster_spec(path) if path is not None else None
+
+
 @contextmanager
 def command_cluster(
     address: str | None, workers: int | None, spec: ClusterSpec | None = None
@@ -223,9 +282,76 @@ def command_cluster(
         yield
 
 
+#: Rows of the terminal the progress display leaves to others: the line after it, the cursor.
+_ROWS_KEPT_FREE = 2
+
+
+class _BoundedProgress(Progress):
+    """A bar per label, in no more rows than the terminal has.
+
+    A display taller than the terminal is cut at its bottom, where the bars that move are: a
+    run's 19 cube bars stayed up and nothing seemed to move after them. So a step's bars (a
+    label's first word names its step, e.g. ``cube dem``) fold into one bar for the whole step
+    once a later step has begun, and beyond the rows there are only the bars still running and
+    the newest are shown, with a "+k more" line for the rest.
+    """
+
+    def __init__(self, *columns: Any, console: Console, **options: Any) -> None:
+        self._terminal = console  # rich asks for the renderables before it has its console
+        super().__init__(*columns, console=console, **options)
+
+    def get_renderables(self) -> Iterator[RenderableType]:
+        room = max(2, self._terminal.height - _ROWS_KEPT_FREE)
+        rows = _folded_steps(self.tasks, lambda: self.get_time())
+        shown = rows if len(rows) <= room else _most_telling(rows, room - 1)
+        yield self.make_tasks_table(shown)
+        if len(shown) < len(rows):
+            yield Text(f"+{len(rows) - len(shown)} more", style="dim")
+
+
+def _step(task: Task) -> str:
+    return task.description.split(" ", 1)[0]
+
+
+def _folded_steps(tasks: list[Task], get_time: Callable[[], float]) -> list[Task]:
+    """The bars of the step begun last as they are; every earlier step's folded into one."""
+    if not tasks:
+        return []
+    current = _step(tasks[-1])
+    steps: dict[str, list[Task]] = {}
+    for task in tasks:
+        steps.setdefault(_step(task), []).append(task)
+    rows = []
+    for number, (step, members) in enumerate(steps.items(), start=1):
+        if step == current or len(members) == 1:
+            rows += members
+            continue
+        folded = Task(
+            TaskID(-number),  # rich caches a column's render by task id: none of the bars'
+            f"{step} ×{len(members)}",
+            total=sum(t.total or 0 for t in members),
+            completed=sum(t.completed for t in members),
+            _get_time=get_time,
+        )
+        starts = [t.start_time for t in members if t.start_time is not None]
+        folded.start_time = min(starts, default=None)
+        if folded.start_time is not None and all(t.finished for t in members):
+            ends = [t.start_time + (t.finished_time or 0) for t in members if t.start_time]
+            folded.finished_time = max(ends) - folded.start_time
+        rows.append(folded)
+    return rows
+
+
+def _most_telling(rows: list[Task], room: int) -> list[Task]:
+    """``room`` of ``rows`` in their order: the running ones first, the newest first."""
+    ranked = sorted(range(len(rows)), key=lambda i: (rows[i].finished, -i))
+    return [rows[i] for i in sorted(ranked[:room])]
+
+
 @contextmanager
-def chunk_progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar per layer, fed by the cube builder's per-chunk callback."""
+def chunk_progress(on: Console = console) -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per layer, element or stage, fed by the library's ``progress(what,
+    done, total)`` callbacks, kept within the terminal's height (see :class:`_BoundedProgress`)."""
     tasks: dict[str, Any] = {}
     columns = (
         TextColumn("{task.description:<12}"),
@@ -233,7 +359,7 @@ def chunk_progress() -> Iterator[Callable[[str, int, int], None]]:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
+    with _BoundedProgress(*columns, console=on, transient=False) as progress:
 
         def update(layer: str, done: int, total: int) -> None:
             if layer not in tasks:

@@ -37,7 +37,13 @@ if TYPE_CHECKING:
 @user_errors
 def demo(
     ctx: typer.Context,
-    out: Annotated[Path, typer.Option(help="Working directory of the demo.")] = Path("tpgrid-demo"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="Working directory of the demo (default: tpgrid-demo, with --full "
+            "tpgrid-demo-full)."
+        ),
+    ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="The paper-scale run: whole plateau, 500 trees.")
     ] = False,
@@ -53,9 +59,16 @@ def demo(
     again recomputes only what changed: nothing, unless its files were edited.
     """
     from tpgrid.config import demo_config
+    from tpgrid.preflight import check_pipeline
 
-    config = demo_config(out.resolve(), full=full, seed=seed)
+    # Each size its own workdir: the full demo must not rewrite the small one's plateau.
+    workdir = out or Path("tpgrid-demo-full" if full else "tpgrid-demo")
+    config = demo_config(workdir.resolve(), full=full, seed=seed)
     workdir_lock(ctx, [config.workdir], wait)
+    check_pipeline(
+        config,
+        workdir_fix="pass --out with a new directory (or the --full and --seed it was made with)",
+    )
     _run_and_show(config, cluster, scheduler_address, workers)
 
 
@@ -84,11 +97,14 @@ def run(
     failure; with --if-changed, 3 when no input changed and nothing was run.
     """
     from tpgrid.config import load_pipeline
+    from tpgrid.preflight import check_pipeline
     from tpgrid.runs import plan, plan_changes
 
     pipeline = load_pipeline(config)
     if not dry_run:  # a dry run only reads; --if-changed plans under the lock, then runs
         workdir_lock(ctx, [pipeline.workdir], wait)
+    # Every input problem now, in one message, before a cluster starts (a dry run too).
+    check_pipeline(pipeline, workdir_fix=f"set 'workdir' in {config} to a new directory")
     if dry_run or if_changed:
         steps = plan(pipeline)
         if dry_run:
@@ -113,10 +129,9 @@ def verify(
 
     Exit codes: 0 everything intact; 4 something damaged (each file is named); 2 bad input.
     """
-    from tpgrid.config import load_pipeline
     from tpgrid.verify import verify_workdir
 
-    workdir = load_pipeline(target).workdir if target.is_file() else target.resolve()
+    workdir = _workdir_of(target)
     # A run swapping a store in would look like damage: check between runs, not during one.
     workdir_lock(ctx, [workdir], wait)
     checked = verify_workdir(workdir)
@@ -145,7 +160,9 @@ def verify(
 @user_errors
 def runs(
     ctx: typer.Context,
-    config: Annotated[Path, typer.Argument(help="Pipeline config YAML.")],
+    target: Annotated[
+        Path, typer.Argument(help="A pipeline's working directory, or its pipeline YAML.")
+    ],
     prune: Annotated[
         int | None,
         typer.Option(help="Remove published versions but the newest N (never the current)."),
@@ -153,17 +170,19 @@ def runs(
     wait: WaitOption = False,
 ) -> None:
     """List a pipeline's runs (what changed, what was recomputed, timings); prune versions."""
-    from tpgrid.config import load_pipeline
+    from tpgrid.config import WorkdirLayout
     from tpgrid.publication import prune as prune_versions
     from tpgrid.runs import list_runs
 
-    pipeline = load_pipeline(config)
+    layout = WorkdirLayout(_workdir_of(target))
     if prune is not None:  # listing only reads
-        workdir_lock(ctx, [pipeline.workdir], wait)
-    table = Table(title=f"runs of {pipeline.name} ({pipeline.runs_dir})", box=box.SIMPLE_HEAD)
-    for column in ("run", "status", "changed", "recomputed", "seconds", "published"):
-        table.add_column(column)
-    for record in list_runs(pipeline):
+        workdir_lock(ctx, [layout.workdir], wait)
+    table = Table(title=f"runs in {layout.runs}", box=box.SIMPLE_HEAD)
+    # A run id is what `tpgrid runs` is read for: never cut; long details fold instead.
+    table.add_column("run", no_wrap=True, min_width=len("20261202T101010Z-abcd1234"))
+    for column in ("status", "changed", "recomputed", "seconds", "published"):
+        table.add_column(column, overflow="fold")
+    for record in list_runs(layout.workdir):
         recomputed = "; ".join(
             f"{s['name']}: {s['detail']}" for s in record["steps"] if s["action"] != "unchanged"
         )
@@ -178,8 +197,15 @@ def runs(
         )
     console.print(table)
     if prune is not None:
-        for removed in prune_versions(pipeline.published_dir, prune):
-            console.print(f"removed {removed}", highlight=False)
+        for removed in prune_versions(layout.published, prune):
+            console.print(f"removed {removed}", highlight=False, soft_wrap=True)
+
+
+def _workdir_of(target: Path) -> Path:
+    """The working directory ``target`` names: itself, or the 'workdir' of a pipeline YAML."""
+    from tpgrid.config import load_pipeline
+
+    return load_pipeline(target).workdir if target.is_file() else target.resolve()
 
 
 def _run_and_show(
@@ -205,6 +231,7 @@ def _run_and_show(
         f"Done in {time.perf_counter() - started:.1f} s. Maps (COG), quicklooks (PNG), STAC item "
         f"and report: {current}",
         highlight=False,
+        soft_wrap=True,  # a path broken across lines could not be copied
     )
 
 

@@ -16,11 +16,13 @@ from rich import box
 from rich.table import Table
 
 from tpgrid.cli.common import (
+    ClusterOption,
     OverwriteOption,
     SchedulerOption,
     WaitOption,
     WorkersOption,
     chunk_progress,
+    cluster_spec,
     command_cluster,
     console,
     user_errors,
@@ -65,6 +67,7 @@ def synth(
         f"in {time.perf_counter() - started:.1f} s\n  catalog: {files.catalog}\n"
         f"  grid:    {files.grid}\n  sites:   {files.sites}",
         highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -78,21 +81,24 @@ def cube(
     ],
     out: Annotated[Path, typer.Option(help="Zarr cube to build or update.")],
     overwrite: OverwriteOption = False,
+    cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
     wait: WaitOption = False,
 ) -> None:
     """Build the covariate cube, or update it: only layers whose source changed are rewritten."""
     workdir_lock(ctx, [out.resolve().parent], wait)
-    from tpgrid.cube import build_cube, open_sources
+    from tpgrid.cube import build_cube
     from tpgrid.grid import TargetGrid, load_grid_spec
+    from tpgrid.preflight import check_catalog
     from tpgrid.sources import load_catalog
 
+    spec = cluster_spec(cluster)
     layers = load_catalog(catalog)
     target = TargetGrid.from_spec(load_grid_spec(grid))
-    open_sources(layers, target)  # bad sources fail before a cluster is started
+    check_catalog(layers, target)  # every bad source, before a cluster is started
     started = time.perf_counter()
-    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+    with command_cluster(scheduler_address, workers, spec), chunk_progress() as progress:
         report = build_cube(layers, target, out, overwrite=overwrite, progress=progress)
     table = Table(title=f"cube {report.path} ({report.shape[0]} × {report.shape[1]} px)")
     for column in ("variable", "action", "chunks written"):
@@ -103,7 +109,9 @@ def cube(
         )
     console.print(table)
     console.print(
-        f"Cube ready in {time.perf_counter() - started:.1f} s: {report.path}", highlight=False
+        f"Cube ready in {time.perf_counter() - started:.1f} s: {report.path}",
+        highlight=False,
+        soft_wrap=True,
     )
 
 
@@ -153,6 +161,7 @@ def fit(
     ] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed [0].")] = None,
     overwrite: OverwriteOption = False,
+    cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
     wait: WaitOption = False,
@@ -161,6 +170,8 @@ def fit(
     central final fit."""
     workdir_lock(ctx, [out.resolve().parent], wait)
     from tpgrid.fit import fit_models, fit_settings
+
+    spec = cluster_spec(cluster)
 
     given: dict[str, Any] = {
         "elements": tuple(element) if element else None,
@@ -178,7 +189,7 @@ def fit(
         overrides["screening_sd"] = None  # 0 SD would remove everything: it means "off"
     chosen = fit_settings(settings, overrides)
     started = time.perf_counter()
-    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+    with command_cluster(scheduler_address, workers, spec), chunk_progress() as progress:
         report = fit_models(
             _site_source(sites, sites_crs),
             cube,
@@ -200,7 +211,9 @@ def fit(
             + ", ".join(ids),
             highlight=False,
         )
-    console.print(f"Fitted in {time.perf_counter() - started:.1f} s: {out}", highlight=False)
+    console.print(
+        f"Fitted in {time.perf_counter() - started:.1f} s: {out}", highlight=False, soft_wrap=True
+    )
 
 
 def _fit_table(report: FitReport, title: str) -> Table:
@@ -263,6 +276,7 @@ def predict(
         ),
     ] = "nan",
     overwrite: OverwriteOption = False,
+    cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
     wait: WaitOption = False,
@@ -274,8 +288,9 @@ def predict(
     from tpgrid.outputs import publish as publish_run
     from tpgrid.predict import load_models, predict_cube
 
+    spec = cluster_spec(cluster)
     artifacts = load_models(models)
-    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+    with command_cluster(scheduler_address, workers, spec), chunk_progress() as progress:
         report = predict_cube(
             cube,
             artifacts,
@@ -297,12 +312,13 @@ def predict(
         )
     console.print(table)
     state = "already up to date" if report.up_to_date else f"written in {report.seconds:.1f} s"
-    console.print(f"Maps {state}: {report.path}", highlight=False)
+    console.print(f"Maps {state}: {report.path}", highlight=False, soft_wrap=True)
     if published:
         console.print(
             f"Published to {published.directory}: {len(published.cogs)} COGs, "
             f"{len(published.quicklooks)} quicklooks, STAC item {published.stac_item}",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -338,6 +354,7 @@ def report(
         typer.Option(help="Compute the dissimilarity index and area of applicability maps."),
     ] = True,
     overwrite: OverwriteOption = False,
+    cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
     wait: WaitOption = False,
@@ -348,13 +365,14 @@ def report(
     from tpgrid.report import ReportSettings, find_elements, write_report
     from tpgrid.yamlfile import validated
 
+    spec = cluster_spec(cluster)
     find_elements(models)  # a wrong directory fails before a cluster is started
 
     chosen: dict[str, Any] = {"effects": tuple(effect)} if effect else {}
     given = {"level": level, "applicability": applicability, **chosen}
     settings = validated(ReportSettings.model_validate, given, "report options")
     started = time.perf_counter()
-    with command_cluster(scheduler_address, workers), chunk_progress() as progress:
+    with command_cluster(scheduler_address, workers, spec), chunk_progress() as progress:
         result = write_report(
             models,
             out,
@@ -383,4 +401,5 @@ def report(
         f"Report written in {time.perf_counter() - started:.1f} s: {result.html} "
         f"({len(result.figures)} figures in {result.directory / 'figures'})",
         highlight=False,
+        soft_wrap=True,
     )
