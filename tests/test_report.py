@@ -25,7 +25,7 @@ from tpgrid.core.explain import importance_table
 from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES, HeldOutTrees, coverage_table
 from tpgrid.errors import AnalysisError, OutputExistsError
 from tpgrid.fit import FitSettings, SearchGrid, fit_models
-from tpgrid.outputs import ATTR_RUN, open_prediction
+from tpgrid.outputs import ATTR_RUN, open_prediction, write_run_record
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import write_manifest
 from tpgrid.report import (
@@ -189,10 +189,10 @@ def test_report_refuses_a_prediction_made_with_other_models(
 ) -> None:
     other = tmp_path / "other.zarr"
     shutil.copytree(prediction, other)
-    group = zarr.open_group(other, mode="r+")
-    run = dict(group.attrs[ATTR_RUN])
+    _, run = open_prediction(other)
     run["models"]["Fe"]["model_hash"] = "0" * 64
-    group.attrs[ATTR_RUN] = run
+    group = zarr.open_group(other, mode="r+")
+    group.attrs[ATTR_RUN] = write_run_record(other, run)
     zarr.consolidate_metadata(other)
     with pytest.raises(AnalysisError, match="another Fe model"):
         write_report(models, tmp_path / "report", prediction=other, settings=SETTINGS)
