@@ -16,7 +16,9 @@ from tpgrid.errors import OutputExistsError
 from tpgrid.report.analysis import (
     ReportContents,
     analyse_elements,
+    check_settings,
     descriptive_statistics,
+    site_factors,
 )
 from tpgrid.report.figure_data import SECTIONS, figure_plans
 from tpgrid.report.inputs import find_elements, load_element, open_matching_prediction
@@ -61,7 +63,9 @@ def write_report(
     ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
     ``settings.applicability``, ``applicability.zarr`` (computed on the current Dask client).
 
-    ``cube`` and ``sites`` default to the paths recorded by the fit. With ``prediction`` (a
+    ``cube`` and ``sites`` default to the paths recorded by the fit. ``settings.effects`` or
+    ``settings.factors`` naming something the models and the site table do not have is a
+    :class:`~tpgrid.errors.ConfigError`, raised before anything is computed. With ``prediction`` (a
     ``tpgrid predict`` output made with these models), the report maps each element's mean and
     the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
     only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
@@ -86,8 +90,10 @@ def write_report(
         str(name): str(dataset[name].attrs.get("tpgrid:group", "other"))
         for name in dataset.data_vars
     }
-    analyses = analyse_elements(loaded, groups, settings, progress)
-    descriptive, kept = descriptive_statistics(sites_path, loaded)
+    descriptive, kept, frame = descriptive_statistics(sites_path, loaded)
+    factors = site_factors(frame)
+    check_settings(loaded, factors, settings)
+    analyses = analyse_elements(loaded, groups, settings, progress, factors)
     sources = {"models": models, "cube": cube_path, "sites": sites_path, "prediction": prediction}
 
     staging = staging_path(out)
