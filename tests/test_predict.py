@@ -36,10 +36,11 @@ from tpgrid.errors import (
     ConfigError,
     FeatureMismatchError,
     OutputExistsError,
+    PredictionError,
 )
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.integrity import file_record
-from tpgrid.outputs import LAYERS, layer_layouts, open_prediction
+from tpgrid.outputs import ATTR_RUN, LAYERS, RUN_GROUP, layer_layouts, open_prediction
 from tpgrid.predict import (
     KernelWarmUp,
     load_models,
@@ -765,3 +766,22 @@ def test_cli_reports_a_feature_mismatch_without_a_traceback(
     assert result.exit_code == 2
     assert "needs variable 'elevation'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_record_of_another_run_is_damage_and_the_group_no_prediction(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:1], out)
+    zarr.open_group(out / RUN_GROUP, mode="r+", zarr_format=3).attrs["run_id"] = "0" * 64
+    assert [(d.path, d.problem) for d in verify_prediction(out)] == [
+        (out / RUN_GROUP, f"missing, or not the run the group's {ATTR_RUN} names")
+    ]
+    with pytest.raises(PredictionError, match=RUN_GROUP):
+        open_prediction(out)
+    # Without a record it is not taken for this run's maps: replaced only when asked.
+    with pytest.raises(OutputExistsError, match="something else"):
+        predict_cube(plateau.cube, models[:1], out)
+    report = predict_cube(plateau.cube, models[:1], out, overwrite=True)
+    assert report.chunks_computed == report.chunks_total
+    assert verify_prediction(out) == []
