@@ -221,7 +221,7 @@ def test_quicklook_shows_mean_and_sd_with_colour_bars_in_mg_per_kg(published: Pa
     assert [axes.get_ylabel() for axes in bars] == ["Mo (mg/kg)", "Mo (mg/kg)"]
     assert [axes.get_title() for axes in maps] == ["Mo mean", "Mo between-tree SD"]
     # Light is low for the uncertainty, as in the report's maps; white is said to be no data.
-    assert [axes.images[0].get_cmap().name for axes in maps] == ["viridis", "magma_r"]
+    assert [axes.images[0].get_cmap().name for axes in maps] == ["viridis", "plasma_r"]
     assert [text.get_text() for text in figure.texts] == [NO_DATA_NOTE]
     assert NO_DATA_NOTE.startswith("White: no data (outside the mask, a covariate missing")
     with open(published / "Mo_quicklook.png", "rb") as png:

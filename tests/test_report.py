@@ -446,7 +446,9 @@ def test_sites_are_compared_by_named_classes_of_layers_and_site_table_columns(
 
 @pytest.mark.slow
 def test_a_model_worse_than_the_mean_is_flagged_in_the_page_and_the_summary(
-    models: Path, tmp_path: Path
+    models: Path,
+    plateau: PlateauFiles,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     poor = tmp_path / "models"
     shutil.copytree(models, poor)
@@ -454,8 +456,12 @@ def test_a_model_worse_than_the_mean_is_flagged_in_the_page_and_the_summary(
     doc = json.loads(model_json.read_text())
     doc["record"]["cv"]["grouped"]["r2"] = -0.31
     model_json.write_text(json.dumps(doc))
+    table = pd.read_csv(plateau.sites, dtype={"site_id": str, "sample_id": str})
+    table["surveyed cover"] = table["vegetation"]  # a site-table factor, no predictor
+    sites = tmp_path / "sites.csv"
+    table.to_csv(sites, index=False)
     settings = SETTINGS.model_copy(update={"applicability": False})
-    result = write_report(poor, tmp_path / "report", settings=settings)
+    result = write_report(poor, tmp_path / "report", sites=sites, settings=settings)
     assert result.summary["elements"]["Fe"]["quality_warning"] is None
     warning = result.summary["elements"]["Ni"]["quality_warning"]
     assert warning.startswith("grouped-CV R² -0.31: ")
@@ -468,6 +474,12 @@ def test_a_model_worse_than_the_mean_is_flagged_in_the_page_and_the_summary(
     drawn = result.summary["elements"]["Fe"]["effects"]
     assert f"Fe: {', '.join(drawn)}" in page
     assert "highest held-out %IncMSE (report.effects unset)" in page
+    # The site table's factor is compared, tabled and drawn beside the layers'.
+    assert "<h3>surveyed cover <span class='note'>(site-table column)</span></h3>" in page
+    assert "groups_surveyed_cover.png" in {path.name for path in result.figures}
+    groups = result.summary["elements"]["Fe"]["groups"]
+    assert groups["surveyed cover"]["source"] == "site-table column"
+    assert set(groups["surveyed cover"]["letters"]) <= set(table["vegetation"])
     text = page[page.index("</p>") :].lower()  # after the input paths (in a 'plateau' dir)
     assert "plateau" not in text
     assert "tibet" not in text

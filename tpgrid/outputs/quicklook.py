@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 #: Longest side of a quicklook panel, in pixels of the map (read from the COG's overviews).
 QUICKLOOK_PX = 800
 #: Colour maps of a mean and of an uncertainty (sd, variance, interval half-width) here and
-#: in the report's maps: sequential, the uncertainty light where low (small is good).
+#: in the report's maps: sequential, the uncertainty light where low (small is good) but never
+#: white, which is no data.
 MEAN_COLOURS = "viridis"
-UNCERTAINTY_COLOURS = "magma_r"
+UNCERTAINTY_COLOURS = "plasma_r"
 #: What the pixels left white are.
 NO_DATA_NOTE = (
     "White: no data (outside the mask, a covariate missing there, or, with unseen: nan, "

@@ -241,9 +241,10 @@ def _comparisons(
 
 def site_factors(frame: pd.DataFrame) -> pd.DataFrame:
     """The site table's factors, one row per site (indexed by ``site_id``): its text columns
-    other than identifiers and coordinates with 2–30 classes over the sites (:data:`
-    FACTOR_LEVELS`). A column whose value differs between samples of one site describes
-    samples, not sites, and is left out (site means are compared), as is a blank cell."""
+    other than identifiers and coordinates with 2–30 classes over the sites
+    (:data:`FACTOR_LEVELS`). A column whose value differs between samples of one site
+    describes samples, not sites, and is left out (site means are compared); a blank cell is
+    no class."""
     found: dict[str, pd.Series[str]] = {}
     low, high = FACTOR_LEVELS
     for name in frame.columns:

@@ -56,17 +56,15 @@ def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePl
         ),
         FigurePlan("uncertainty", "coverage.png", "coverage", _coverage(contents)),
     ]
+    files: set[str] = set()
     for factor in compared_factors(analyses):
         name = factor.name
         panels = [_groups_panel(a, name) for a in analyses if name in a.comparisons]
-        plans.append(
-            FigurePlan(
-                "groups",
-                f"groups_{_file_safe(name)}.png",
-                "groups",
-                {"factor": name, "panels": panels},
-            )
-        )
+        file = f"groups_{_file_safe(name)}.png"
+        if file in files:  # "land use" and "land_use"
+            file = f"groups_{_file_safe(name)}_{len(files)}.png"
+        files.add(file)
+        plans.append(FigurePlan("groups", file, "groups", {"factor": name, "panels": panels}))
     prediction = contents.sources.get("prediction")
     for analysis in analyses:
         element = analysis.element

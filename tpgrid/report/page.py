@@ -93,8 +93,8 @@ def _quality_html(analyses: Sequence[ElementAnalysis]) -> str:
     return (
         "<div class='warning'><h2>Models worse than the mean</h2><p>These models predict the "
         "sites they did not see worse than the mean of those sites would; their maps are "
-        "published, flagged, but say less than a constant map. More sites, other covariates or "
-        f"another element model are needed first.</p><ul>{items}</ul></div>"
+        "published, flagged, but say less than a constant map would. More sites or other "
+        f"covariates may help.</p><ul>{items}</ul></div>"
     )
 
 
