@@ -40,7 +40,13 @@ import zarr
 
 from tpgrid.client import dask_client
 from tpgrid.grid import GridSpec, TargetGrid
-from tpgrid.outputs import ATTR_RUN, open_prediction, write_cog, write_quicklook
+from tpgrid.outputs import (
+    ATTR_RUN,
+    open_prediction,
+    write_cog,
+    write_quicklook,
+    write_run_record,
+)
 from tpgrid.publication import publish_version
 
 #: tpgrid's COG settings (`tpgrid.outputs.cog.write_cog`) and the variants timed against them.
@@ -104,8 +110,9 @@ def change_one_window(prediction: Path) -> None:
     run id."""
     meta_path = prediction / "zarr.json"
     meta = json.loads(meta_path.read_text())
-    run = meta["attributes"][ATTR_RUN]
+    _, run = open_prediction(prediction)
     run["run_id"] = "f" * 64
+    meta["attributes"][ATTR_RUN] = write_run_record(prediction, run)
     meta_path.write_text(json.dumps(meta))
     for element in run["models"]:
         for layer in ("mean", "variance", "sd"):

@@ -10,7 +10,13 @@ import numpy as np
 
 from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.grid import TargetGrid
-from tpgrid.outputs import ATTR_RUN, global_attrs, layer_layouts, variable_name
+from tpgrid.outputs import (
+    ATTR_RUN,
+    global_attrs,
+    layer_layouts,
+    variable_name,
+    write_run_record,
+)
 from tpgrid.store import create_layout, finish, write_window
 
 
@@ -28,8 +34,15 @@ def known_layers(grid: TargetGrid, element: str) -> dict[str, np.ndarray]:
     return {"mean": mean, "variance": variance, "sd": np.sqrt(variance), "unseen": unseen}
 
 
-def write_run_group(path: Path, grid: TargetGrid, elements: Sequence[str], run_id: str) -> Path:
-    """A complete prediction group of ``elements`` identified as run ``run_id``."""
+def write_run_group(
+    path: Path,
+    grid: TargetGrid,
+    elements: Sequence[str],
+    run_id: str,
+    cv_r2: dict[str, float] | None = None,
+) -> Path:
+    """A complete prediction group of ``elements`` identified as run ``run_id``, its models'
+    grouped-CV R² ``cv_r2`` (0.5 for an element not given)."""
     layouts = {}
     for element in elements:
         layouts |= layer_layouts(element, n_trees=20, unseen="nan")
@@ -43,7 +56,10 @@ def write_run_group(path: Path, grid: TargetGrid, elements: Sequence[str], run_i
         "run_id": run_id,
         "grid": grid.spec.model_dump(mode="json"),
         "unseen": "nan",
-        "models": {e: {"model_hash": e.lower() * 32, "n_trees": 20} for e in elements},
+        "models": {
+            e: {"model_hash": e.lower() * 32, "n_trees": 20, "cv_r2": (cv_r2 or {}).get(e, 0.5)}
+            for e in elements
+        },
     }
-    finish(path, global_attrs(grid, elements, run_id) | {ATTR_RUN: record})
+    finish(path, global_attrs(grid, elements, run_id) | {ATTR_RUN: write_run_record(path, record)})
     return path

@@ -25,8 +25,10 @@ from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
+    ATTR_RUN,
     COG_MEDIA_TYPE,
     LAYERS,
+    RUN_GROUP,
     STAC_ITEM,
     file_digests,
     layer_layouts,
@@ -36,6 +38,7 @@ from tpgrid.outputs import (
     variable_name,
 )
 from tpgrid.outputs.names import element_files
+from tpgrid.outputs.quicklook import NO_DATA_NOTE
 from tpgrid.store import create_layout
 
 ELEMENTS = ("Fe", "Mo")
@@ -50,7 +53,8 @@ def grid() -> TargetGrid:
 @pytest.fixture(scope="module")
 def run(grid: TargetGrid, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A complete prediction group of two elements, laid out as `predict_cube` lays it out."""
-    return write_run_group(tmp_path_factory.mktemp("run") / "maps.zarr", grid, ELEMENTS, RUN_ID)
+    path = tmp_path_factory.mktemp("run") / "maps.zarr"
+    return write_run_group(path, grid, ELEMENTS, RUN_ID, cv_r2={"Fe": 0.62, "Mo": -0.31})
 
 
 @pytest.fixture(scope="module")
@@ -216,6 +220,10 @@ def test_quicklook_shows_mean_and_sd_with_colour_bars_in_mg_per_kg(published: Pa
     maps = [axes for axes in figure.axes if axes not in bars]
     assert [axes.get_ylabel() for axes in bars] == ["Mo (mg/kg)", "Mo (mg/kg)"]
     assert [axes.get_title() for axes in maps] == ["Mo mean", "Mo between-tree SD"]
+    # Light is low for the uncertainty, as in the report's maps; white is said to be no data.
+    assert [axes.images[0].get_cmap().name for axes in maps] == ["viridis", "plasma_r"]
+    assert [text.get_text() for text in figure.texts] == [NO_DATA_NOTE]
+    assert NO_DATA_NOTE.startswith("White: no data (outside the mask, a covariate missing")
     with open(published / "Mo_quicklook.png", "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
 
@@ -247,6 +255,21 @@ def test_stac_item_describes_the_run_and_every_asset(published: Path, grid: Targ
     assert item["assets"]["Fe_unseen"]["raster:bands"][0]["nodata"] == UNSEEN_NODATA
 
 
+def test_stac_item_flags_every_file_of_a_model_worse_than_the_mean(published: Path) -> None:
+    item = json.loads((published / "item.json").read_text())
+    for name in element_files("Mo"):
+        asset = item["assets"][Path(name).stem]
+        assert asset["tpgrid:cv_r2"] == -0.31
+        assert asset["tpgrid:quality_warning"].startswith("grouped-CV R² -0.31: ")
+        assert "worse than their mean" in asset["tpgrid:quality_warning"]
+        assert asset["title"].endswith("(poor model: grouped-CV R² -0.31)")
+    for name in element_files("Fe"):
+        asset = item["assets"][Path(name).stem]
+        assert asset["tpgrid:cv_r2"] == 0.62
+        assert "tpgrid:quality_warning" not in asset
+        assert "poor" not in asset["title"]
+
+
 def test_group_has_cf_and_acdd_attributes(run: Path) -> None:
     ds = xr.open_zarr(run, consolidated=True, zarr_format=3, decode_coords="all")
     assert ds.attrs["Conventions"] == "CF-1.10, ACDD-1.3"
@@ -258,6 +281,30 @@ def test_group_has_cf_and_acdd_attributes(run: Path) -> None:
     assert ds["Fe_unseen"].attrs["flag_values"] == [0, 1]
     assert ds["Fe_mean"].encoding["grid_mapping"] == "spatial_ref"
     assert "crs_wkt" in ds["spatial_ref"].attrs
+
+
+def test_plain_xarray_opens_the_group_with_its_crs_and_a_short_run_attribute(
+    run: Path, grid: TargetGrid
+) -> None:
+    ds = xr.open_zarr(run)  # no decode_coords: what a user types first
+    assert "spatial_ref" in ds.coords
+    assert "spatial_ref" not in ds.data_vars
+    assert ds.rio.crs == rasterio.CRS.from_wkt(grid.crs_wkt)
+    assert ds["Fe_mean"].rio.crs == rasterio.CRS.from_wkt(grid.crs_wkt)
+    assert ds.rio.transform() == grid.geobox.affine
+    # The run record is a child group's attributes; the group's attribute only names it.
+    assert ds.attrs[ATTR_RUN] == {"run_id": RUN_ID, "record": RUN_GROUP}
+    assert zarr.open_group(run / RUN_GROUP, mode="r").attrs["run_id"] == RUN_ID
+
+
+def test_a_group_whose_run_record_is_another_runs_is_not_a_prediction(
+    run: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "maps.zarr"
+    shutil.copytree(run, copy)
+    zarr.open_group(copy / RUN_GROUP, mode="r+").attrs["run_id"] = "cd" * 32
+    with pytest.raises(PredictionError, match=RUN_GROUP):
+        open_prediction(copy)
 
 
 def test_publishing_the_same_run_again_is_up_to_date(run: Path, published: Path) -> None:

@@ -36,10 +36,11 @@ from tpgrid.errors import (
     ConfigError,
     FeatureMismatchError,
     OutputExistsError,
+    PredictionError,
 )
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.integrity import file_record
-from tpgrid.outputs import ATTR_RUN, LAYERS, layer_layouts, open_prediction
+from tpgrid.outputs import ATTR_RUN, LAYERS, RUN_GROUP, layer_layouts, open_prediction
 from tpgrid.predict import (
     KernelWarmUp,
     load_models,
@@ -111,7 +112,9 @@ def fit_model(
     X, _ = spec.matrix({name: values[plateau.sites] for name, values in plateau.covariates.items()})
     y = plateau.truth(element)[plateau.sites]
     forest = RandomForestRegressor(n_trees, max_features=1 / 3, random_state=0).fit(X, y)
-    return ModelArtifact(element, pack_forest(forest), spec)
+    # A grouped-CV R² where the fit records it (the run records it too): Mo's a poor one.
+    record = {"cv": {"grouped": {"r2": -0.08 if element == "Mo" else 0.5}}}
+    return ModelArtifact(element, pack_forest(forest), spec, record=record)
 
 
 @pytest.fixture(scope="module")
@@ -351,10 +354,14 @@ def test_output_is_on_the_cube_grid_with_a_cf_grid_mapping(
 def test_run_record_holds_model_hashes_and_per_chunk_inputs(
     plateau: Plateau, models: list[ModelArtifact], prediction: Prediction
 ) -> None:
-    run = zarr.open_group(prediction.path, mode="r").attrs[ATTR_RUN]
+    _, run = open_prediction(prediction.path)
     assert {e: m["model_hash"] for e, m in run["models"].items()} == {
         m.element: m.model_hash for m in models
     }
+    assert {e: m["cv_r2"] for e, m in run["models"].items()} == {
+        m.element: m.record["cv"]["grouped"]["r2"] for m in models
+    }
+    assert run["models"]["Mo"]["cv_r2"] == -0.08
     keys = {w.key for w in plateau.grid.windows()}
     assert set(run["chunk_inputs"]["Fe"]) == keys
     assert run["chunk_inputs"]["Fe"] != run["chunk_inputs"]["Zn"]
@@ -759,3 +766,22 @@ def test_cli_reports_a_feature_mismatch_without_a_traceback(
     assert result.exit_code == 2
     assert "needs variable 'elevation'" in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_run_record_of_another_run_is_damage_and_the_group_no_prediction(
+    plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
+) -> None:
+    out = tmp_path / "maps.zarr"
+    predict_cube(plateau.cube, models[:1], out)
+    zarr.open_group(out / RUN_GROUP, mode="r+", zarr_format=3).attrs["run_id"] = "0" * 64
+    assert [(d.path, d.problem) for d in verify_prediction(out)] == [
+        (out / RUN_GROUP, f"missing, or not the run the group's {ATTR_RUN} names")
+    ]
+    with pytest.raises(PredictionError, match=RUN_GROUP):
+        open_prediction(out)
+    # Without a record it is not taken for this run's maps: replaced only when asked.
+    with pytest.raises(OutputExistsError, match="something else"):
+        predict_cube(plateau.cube, models[:1], out)
+    report = predict_cube(plateau.cube, models[:1], out, overwrite=True)
+    assert report.chunks_computed == report.chunks_total
+    assert verify_prediction(out) == []

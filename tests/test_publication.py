@@ -182,7 +182,12 @@ def test_every_asset_carries_its_files_size_and_checksum(
         ["metadata"],
     )
     (link,) = item["links"]
-    assert (link["rel"], link["href"]) == ("describedby", "./report/report.html")
+    assert (link["rel"], link["href"], link["type"]) == (
+        "describedby",
+        "./report/report.html",
+        "text/html",
+    )
+    assert (version / link["href"]).is_file()  # relative to the item
     assert verify_version(version) == []
 
 

@@ -23,9 +23,9 @@ from tpgrid.cli import app
 from tpgrid.core.applicability import column_weights
 from tpgrid.core.explain import importance_table
 from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES, HeldOutTrees, coverage_table
-from tpgrid.errors import AnalysisError, OutputExistsError
+from tpgrid.errors import AnalysisError, ConfigError, OutputExistsError
 from tpgrid.fit import FitSettings, SearchGrid, fit_models
-from tpgrid.outputs import ATTR_RUN, open_prediction
+from tpgrid.outputs import ATTR_RUN, open_prediction, write_run_record
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import write_manifest
 from tpgrid.report import (
@@ -36,7 +36,13 @@ from tpgrid.report import (
     ReportSettings,
     write_report,
 )
-from tpgrid.report.analysis import analyse_element
+from tpgrid.report.analysis import (
+    CUBE_LAYER,
+    EFFECTS_SHOWN,
+    SITE_COLUMN,
+    analyse_element,
+    site_factors,
+)
 from tpgrid.report.inputs import load_element
 from tpgrid.report.render import KEYS_FILE
 from tpgrid.synthetic import PlateauFiles
@@ -190,10 +196,10 @@ def test_report_refuses_a_prediction_made_with_other_models(
 ) -> None:
     other = tmp_path / "other.zarr"
     shutil.copytree(prediction, other)
-    group = zarr.open_group(other, mode="r+")
-    run = dict(group.attrs[ATTR_RUN])
+    _, run = open_prediction(other)
     run["models"]["Fe"]["model_hash"] = "0" * 64
-    group.attrs[ATTR_RUN] = run
+    group = zarr.open_group(other, mode="r+")
+    group.attrs[ATTR_RUN] = write_run_record(other, run)
     zarr.consolidate_metadata(other)
     with pytest.raises(AnalysisError, match="another Fe model"):
         write_report(models, tmp_path / "report", prediction=other, settings=SETTINGS)
@@ -345,3 +351,136 @@ def test_a_changed_prediction_chunk_or_a_damaged_figure_is_drawn_again(
     keys = json.loads((again.directory / KEYS_FILE).read_text())["figures"]
     before = json.loads((report.directory / KEYS_FILE).read_text())["figures"]
     assert {name for name in keys if keys[name] != before[name]} == {"map_Fe.png"}
+
+
+# --- what is analysed in any region: effects, factors, poor models ---------------------------
+
+
+def test_effects_default_to_each_elements_most_important_continuous_predictors(
+    models: Path,
+) -> None:
+    model = load_element(models / "Fe")
+    analysis = analyse_element(model, {}, SETTINGS)
+    continuous = model.artifact.features.continuous
+    drawn = [pdp.variable for pdp, _ in analysis.effects]
+    assert [ale.variable for _, ale in analysis.effects] == drawn
+    assert len(drawn) == EFFECTS_SHOWN
+    assert set(drawn) <= set(continuous)
+    incmse = analysis.importance["incmse"]
+    others = [name for name in continuous if name not in drawn]
+    assert min(incmse[drawn]) >= max(incmse[others])
+    assert list(incmse[drawn]) == sorted(incmse[drawn], reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"effects": ("slope", "cadmium_index")}, r"report\.effects names \['cadmium_index'\]"),
+        ({"effects": ("lithology",)}, r"lithology: categorical, compared by class instead"),
+        ({"factors": ("land_use",)}, r"report\.factors names \['land_use'\]"),
+    ],
+)
+def test_an_effect_or_factor_the_models_do_not_have_is_refused_before_any_work(
+    models: Path, tmp_path: Path, settings: dict[str, tuple[str, ...]], match: str
+) -> None:
+    out = tmp_path / "report"
+    with pytest.raises(ConfigError, match=match) as raised:
+        write_report(models, out, settings=ReportSettings(**settings))
+    message = str(raised.value)
+    if "effects" in settings:
+        assert "'slope'" in message  # the predictors there are, to choose from
+    else:
+        assert "'vegetation'" in message
+        assert "'lithology'" in message
+    assert not out.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_site_factors_are_text_columns_with_one_class_per_site() -> None:
+    frame = pd.DataFrame(
+        {
+            "site_id": ["s1", "s1", "s2", "s3", "s4"],
+            "sample_id": ["a", "b", "c", "d", "e"],
+            "x": [1.0, 1.0, 2.0, 3.0, 4.0],
+            "land_use": ["arable", "arable", "pasture", " forest", "arable"],
+            "note": ["wet", "dry", "wet", "dry", "wet"],  # differs within site s1
+            "region": ["north"] * 5,  # one class only
+            "Pb": [12.0, 13.0, 40.0, 8.0, 9.0],
+            "parcel": ["p1", "p1", "p2", None, "p4"],
+        }
+    )
+    factors = site_factors(frame)
+    assert list(factors.columns) == ["land_use", "parcel"]
+    assert factors["land_use"].to_dict() == {
+        "s1": "arable",
+        "s2": "pasture",
+        "s3": "forest",
+        "s4": "arable",
+    }
+    assert factors["parcel"].isna().to_dict() == {"s1": False, "s2": False, "s3": True, "s4": False}
+
+
+def test_sites_are_compared_by_named_classes_of_layers_and_site_table_columns(
+    models: Path,
+    plateau: PlateauFiles,  # noqa: F811
+) -> None:
+    model = load_element(models / "Fe")
+    table = pd.read_csv(plateau.sites, dtype={"site_id": str})
+    # A site-table column that is no predictor (here the surveyed vegetation, renamed).
+    table["surveyed_cover"] = table["vegetation"]
+    sites = site_factors(table)
+    assert {"vegetation", "lithology", "surveyed_cover"} <= set(sites.columns)
+    analysis = analyse_element(model, {}, SETTINGS, sites)
+    assert {"vegetation", "lithology", "surveyed_cover"} <= set(analysis.comparisons)
+    assert analysis.factors["vegetation"].source == CUBE_LAYER  # the model's, not the table's
+    assert analysis.factors["surveyed_cover"].source == SITE_COLUMN
+    lithology = next(f for f in model.artifact.features.categorical if f.variable == "lithology")
+    assert set(analysis.comparisons["lithology"].table.index) <= set(lithology.names)
+    surveyed = analysis.comparisons["surveyed_cover"].table
+    assert set(surveyed.index) <= set(table["vegetation"])
+    assert surveyed["n_sites"].sum() <= table["site_id"].nunique()
+    only = analyse_element(
+        model, {}, SETTINGS.model_copy(update={"factors": ("surveyed_cover",)}), sites
+    )
+    assert list(only.comparisons) == ["surveyed_cover"]
+
+
+@pytest.mark.slow
+def test_a_model_worse_than_the_mean_is_flagged_in_the_page_and_the_summary(
+    models: Path,
+    plateau: PlateauFiles,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    poor = tmp_path / "models"
+    shutil.copytree(models, poor)
+    model_json = poor / "Ni" / "model.json"
+    doc = json.loads(model_json.read_text())
+    doc["record"]["cv"]["grouped"]["r2"] = -0.31
+    model_json.write_text(json.dumps(doc))
+    table = pd.read_csv(plateau.sites, dtype={"site_id": str, "sample_id": str})
+    table["surveyed cover"] = table["vegetation"]  # a site-table factor, no predictor
+    sites = tmp_path / "sites.csv"
+    table.to_csv(sites, index=False)
+    settings = SETTINGS.model_copy(update={"applicability": False})
+    result = write_report(poor, tmp_path / "report", sites=sites, settings=settings)
+    assert result.summary["elements"]["Fe"]["quality_warning"] is None
+    warning = result.summary["elements"]["Ni"]["quality_warning"]
+    assert warning.startswith("grouped-CV R² -0.31: ")
+    page = result.html.read_text(encoding="utf-8")
+    flagged = page[page.index("<div class='warning'>") :]
+    flagged = flagged[: flagged.index("</div>")]
+    assert "<b>Ni</b>" in flagged
+    assert "<b>Fe</b>" not in flagged
+    # The effects drawn are said, with why; no region is named anywhere.
+    drawn = result.summary["elements"]["Fe"]["effects"]
+    assert f"Fe: {', '.join(drawn)}" in page
+    assert "highest held-out %IncMSE (report.effects unset)" in page
+    # The site table's factor is compared, tabled and drawn beside the layers'.
+    assert "<h3>surveyed cover <span class='note'>(site-table column)</span></h3>" in page
+    assert "groups_surveyed_cover.png" in {path.name for path in result.figures}
+    groups = result.summary["elements"]["Fe"]["groups"]
+    assert groups["surveyed cover"]["source"] == "site-table column"
+    assert set(groups["surveyed cover"]["letters"]) <= set(table["vegetation"])
+    text = page[page.index("</p>") :].lower()  # after the input paths (in a 'plateau' dir)
+    assert "plateau" not in text
+    assert "tibet" not in text

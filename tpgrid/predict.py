@@ -15,9 +15,11 @@ graph does not grow with the forests. Workers compile the kernel, or load it fro
 cache, once when they join (:class:`KernelWarmUp`).
 
 Only what changed is computed (:mod:`tpgrid.carryover`): the group records the run's identity
-(``tpgrid:run``), so re-running with the same inputs does nothing; chunks whose inputs did not
-change are carried over, each file checked against its record first; a killed run resumes from
-its done markers. An output path holding another run is only replaced when asked.
+(its record, the child group :data:`~tpgrid.outputs.layers.RUN_GROUP` named by ``tpgrid:run``,
+with each model's grouped-CV R², by which publishing flags poor maps), so re-running with the
+same inputs does nothing; chunks whose inputs did not change are carried over, each file
+checked against its record first; a killed run resumes from its done markers. An output path
+holding another run is only replaced when asked.
 """
 
 from __future__ import annotations
@@ -55,7 +57,16 @@ from tpgrid.engine import ChunkJob, ChunkRun
 from tpgrid.errors import ArtifactError, ConfigError, OutputExistsError
 from tpgrid.grid import ChunkWindow
 from tpgrid.integrity import Damage
-from tpgrid.outputs import ATTR_RUN, LAYERS, global_attrs, layer_layouts, variable_name
+from tpgrid.outputs import (
+    ATTR_RUN,
+    LAYERS,
+    RUN_GROUP,
+    global_attrs,
+    layer_layouts,
+    read_run_record,
+    variable_name,
+    write_run_record,
+)
 from tpgrid.store import (
     ATTR_CHUNK_FILES,
     ATTR_COMPLETE,
@@ -203,7 +214,10 @@ def predict_cube(
     grid = cube_grid(cube)
     check_models(cube, grid, models)
     run = run_record(cube, grid, models, unseen)
-    previous = _previous_run(out)
+    for model in models:
+        # Not part of the run's identity (the model hash is): what publishing flags maps by.
+        run["models"][model.element]["cv_r2"] = grouped_r2(model)
+    previous = read_run_record(out)
     records = records_from_json(read_attrs(out) or {}) if previous is not None else None
     total = len(models) * len(list(grid.windows()))
     repaired: list[Damage] = []
@@ -287,27 +301,33 @@ def predict_cube(
             entry["pixels_predicted"] = sum(c[0] for c in counts[model.element].values())
             entry["pixels_unseen"] = sum(c[1] for c in counts[model.element].values())
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
-        engine.finish(attrs | {ATTR_RUN: run, ATTR_CHUNK_FILES: records_attr(files)})
+        pointer = write_run_record(staging, run)  # before finish: consolidated with the rest
+        engine.finish(attrs | {ATTR_RUN: pointer, ATTR_CHUNK_FILES: records_attr(files)})
     computed = sum(len(windows) for windows in to_predict.values())
     log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)
     seconds = time.perf_counter() - started
     return _report(out, run, False, seconds, computed, total, repaired)
 
 
+def grouped_r2(model: ModelArtifact) -> float | None:
+    """The model's grouped-CV R² as its fit recorded it, None where it recorded none."""
+    r2 = model.record.get("cv", {}).get("grouped", {}).get("r2")
+    return None if r2 is None else float(r2)
+
+
 def verify_prediction(path: str | Path) -> list[Damage]:
     """Every chunk file of every layer of the prediction group at ``path`` checked against its
-    record (missing, changed, or a file where none was written), and a group not marked
-    complete. Reads the records and the files only: nothing is decoded, no Dask."""
-    return verify_group(Path(path), "prediction")
-
-
-def _previous_run(out: Path) -> dict[str, Any] | None:
-    """The run record of the complete prediction group at ``out``, if there is one."""
-    attrs = read_attrs(out) if out.exists() else None
-    if attrs is None or not attrs.get(ATTR_COMPLETE) or ATTR_RUN not in attrs:
-        return None
-    run: dict[str, Any] = attrs[ATTR_RUN]
-    return run
+    record (missing, changed, or a file where none was written), a group not marked complete,
+    and its run record (missing, or not the SHA-256 its attribute names). Reads the records
+    and the files only: nothing is decoded, no Dask."""
+    path = Path(path)
+    damage = verify_group(path, "prediction")
+    complete = (read_attrs(path) or {}).get(ATTR_COMPLETE)
+    if complete and read_run_record(path) is None:
+        damage.append(
+            Damage(path / RUN_GROUP, f"missing, or not the run the group's {ATTR_RUN} names")
+        )
+    return damage
 
 
 def _product(run: Mapping[str, Any]) -> tuple[Any, ...]:

@@ -31,8 +31,6 @@ from tpgrid.errors import AnalysisError
 
 #: A fitted model: ``X`` (n, n_columns) float32 → prediction (n,) in mg/kg.
 Predict = Callable[[F32], F64]
-#: The predictors whose effects the paper shows (Fig. 6), as cube variable names.
-DEFAULT_EFFECTS = ("cia", "clay", "slope", "ai", "map")
 
 
 def predictor_columns(column_variables: Sequence[str]) -> dict[str, list[int]]:

@@ -2,8 +2,9 @@
 
 A run is one Zarr v3 group on the cube's grid (written by :mod:`tpgrid.predict`) holding, per
 element, the variables ``{element}_{layer}`` (mean, variance, sd, unseen) with CF attributes,
-a ``spatial_ref`` grid mapping and ACDD discovery attributes. Publishing turns the group into
-a directory that GIS users and catalogues can read without Zarr (GDAL cannot read Zarr v3):
+a ``spatial_ref`` grid mapping (a coordinate: ``xr.open_zarr(path).rio.crs`` is the grid's CRS),
+ACDD discovery attributes and the run's record in a child group. Publishing turns the group
+into a directory that GIS users and catalogues can read without Zarr (GDAL cannot read Zarr v3):
 one Cloud-Optimized GeoTIFF per element and layer, one quicklook PNG per element (mean and sd
 with colour bars) and a STAC item describing the run and its assets, each with its size and
 checksum. The directory is assembled beside its final path and swapped in when complete. The
@@ -21,10 +22,14 @@ from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import (
     ATTR_RUN,
     LAYERS,
+    RUN_GROUP,
     global_attrs,
     layer_layouts,
     open_prediction,
+    quality_warning,
+    read_run_record,
     variable_name,
+    write_run_record,
 )
 from tpgrid.outputs.maps import (
     PublishReport,
@@ -48,6 +53,7 @@ __all__ = [
     "ATTR_RUN",
     "COG_MEDIA_TYPE",
     "LAYERS",
+    "RUN_GROUP",
     "STAC_ITEM",
     "MapFiles",
     "PublishReport",
@@ -58,12 +64,15 @@ __all__ = [
     "open_prediction",
     "publish",
     "published_run",
+    "quality_warning",
     "quicklook_figure",
     "read_item",
+    "read_run_record",
     "stac_item",
     "variable_name",
     "write_cog",
     "write_item",
     "write_maps",
     "write_quicklook",
+    "write_run_record",
 ]

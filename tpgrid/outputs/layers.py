@@ -12,7 +12,17 @@ sd        float32  NaN          its square root, mg/kg
 unseen    uint8    255          1 where a categorical class was never seen in training
 ========  =======  ===========  ===================================================
 
-with CF attributes, a ``spatial_ref`` grid mapping and ACDD discovery attributes.
+with CF attributes, a ``spatial_ref`` grid mapping and ACDD discovery attributes. Each variable
+names ``spatial_ref`` in its ``coordinates`` as well as its ``grid_mapping``, so plain
+``xr.open_zarr(path)`` decodes it as a coordinate and ``ds.rio.crs`` is the grid's CRS (with
+``grid_mapping`` alone, xarray keeps it a data variable unless asked for
+``decode_coords="all"``).
+
+The run's record (its identity and inputs, see :mod:`tpgrid.predict`; hundreds of KB for a
+large grid) is the attributes of the child group :data:`RUN_GROUP`, which xarray does not
+open with the layers, not an attribute that every ``print(ds)`` would show; the group's
+:data:`ATTR_RUN` attribute holds only the run id and that group's name
+(:func:`write_run_record`, :func:`read_run_record`).
 
 The prediction writes the group laid out here, and everything that reads it (publishing, the
 report, carrying chunks over between runs) finds its variables by these names; it is the
@@ -21,12 +31,13 @@ bottom of the package, so a prediction worker needs nothing else of it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
+import zarr
 
 from tpgrid import __version__
 from tpgrid.core.blocks import UNSEEN_NODATA
@@ -37,8 +48,14 @@ from tpgrid.store import ATTR_COMPLETE, VariableLayout, read_attrs
 LAYERS = ("mean", "variance", "sd", "unseen")
 UNITS = "mg/kg"
 VARIANCE_UNITS = "mg2 kg-2"  # (mg/kg)², in UDUNITS syntax as CF asks
-#: Group attribute with the run's identity and inputs (see `tpgrid.predict`).
+#: Child group whose attributes are the run's record (identity and inputs, `tpgrid.predict`).
+RUN_GROUP = "tpgrid_run"
+#: Group attribute naming the run: ``{"run_id", "record": RUN_GROUP}``.
 ATTR_RUN = "tpgrid:run"
+#: Grid mapping variable of the group, also named in every variable's ``coordinates``.
+GRID_MAPPING = "spatial_ref"
+#: A model whose grouped-CV R² is below this predicts held-out sites worse than their mean.
+POOR_R2 = 0.0
 
 
 def variable_name(element: str, layer: str) -> str:
@@ -48,7 +65,12 @@ def variable_name(element: str, layer: str) -> str:
 
 def layer_layouts(element: str, n_trees: int, unseen: str) -> dict[str, VariableLayout]:
     """The four variables of ``element`` with their CF attributes (``unseen``: the policy)."""
-    common = {"coverage_content_type": "modelResult", "tpgrid:element": element}
+    common = {
+        "coverage_content_type": "modelResult",
+        "tpgrid:element": element,
+        # Default decoding then makes spatial_ref a coordinate: the CRS without decode_coords.
+        "coordinates": GRID_MAPPING,
+    }
     return {
         variable_name(element, "mean"): VariableLayout(
             "float32",
@@ -91,20 +113,30 @@ def layer_layouts(element: str, n_trees: int, unseen: str) -> dict[str, Variable
     }
 
 
+def quality_warning(r2: float | None) -> str | None:
+    """The warning a map carries when its model's grouped-CV R² (``r2``) is below
+    :data:`POOR_R2`; None for a better model, or when no R² is known."""
+    if r2 is None or not r2 < POOR_R2:
+        return None
+    return (
+        f"grouped-CV R² {r2:.2f}: this model predicts held-out sites worse than their mean "
+        "does; its map is not a usable prediction"
+    )
+
+
 def global_attrs(grid: TargetGrid, elements: Sequence[str], run_id: str) -> dict[str, Any]:
-    """CF and ACDD-1.3 attributes of a run's group."""
+    """CF and ACDD-1.3 attributes of a run's group; nothing in them names a region (the grid
+    may be anywhere), the bounds say where it is."""
     footprint = grid.geobox.footprint("EPSG:4326", npoints=20)
     box = footprint.boundingbox
     resolution = f"{grid.spec.resolution:g} {grid.crs.units[0]}"
     return {
         "Conventions": "CF-1.10, ACDD-1.3",
-        "title": f"Soil micronutrients ({', '.join(elements)}) of the Tibetan Plateau at "
-        f"{resolution}, random forest",
+        "title": f"Soil element content ({', '.join(elements)}) at {resolution}, random forest",
         "summary": "Topsoil content of each element predicted by a random forest from "
         "environmental covariates, with the variance between the forest's trees as a "
         "per-pixel uncertainty.",
-        "keywords": "soil, micronutrients, trace elements, Tibetan Plateau, random forest, "
-        + ", ".join(elements),
+        "keywords": "soil, trace elements, random forest, " + ", ".join(elements),
         "id": run_id,
         "naming_authority": "tpgrid",
         "product_version": __version__,
@@ -126,14 +158,38 @@ def global_attrs(grid: TargetGrid, elements: Sequence[str], run_id: str) -> dict
     }
 
 
+def write_run_record(group: Path, run: Mapping[str, Any]) -> dict[str, str]:
+    """Write ``run`` as the attributes of the child group :data:`RUN_GROUP` of the group at
+    ``group`` (replacing any); the value of the group's :data:`ATTR_RUN` attribute."""
+    root = zarr.open_group(group, mode="r+", zarr_format=3)
+    root.create_group(RUN_GROUP, overwrite=True, attributes=dict(run))
+    return {"run_id": str(run["run_id"]), "record": RUN_GROUP}
+
+
+def read_run_record(path: Path) -> dict[str, Any] | None:
+    """The run record of the complete prediction group at ``path``; None when there is no
+    complete group there, or its record is missing or of another run (damaged, or a group
+    written by a tpgrid that kept the record in the attribute)."""
+    attrs = read_attrs(path) if path.exists() else None
+    if attrs is None or not attrs.get(ATTR_COMPLETE):
+        return None
+    pointer = attrs.get(ATTR_RUN)
+    if not isinstance(pointer, dict) or pointer.get("record") != RUN_GROUP:
+        return None
+    run = read_attrs(path / RUN_GROUP)
+    if run is None or run.get("run_id") != pointer.get("run_id"):
+        return None
+    return run
+
+
 def open_prediction(path: str | Path) -> tuple[xr.Dataset, dict[str, Any]]:
     """A complete run's group (lazy) and its run record; :class:`PredictionError` otherwise."""
     path = Path(path)
-    attrs = read_attrs(path)
-    if attrs is None or not attrs.get(ATTR_COMPLETE) or ATTR_RUN not in attrs:
+    run = read_run_record(path)
+    if run is None:
         raise PredictionError(
-            f"{path} is not a complete tpgrid prediction: run `tpgrid predict` to make it"
+            f"{path} is not a complete tpgrid prediction with its run record ({RUN_GROUP}): run "
+            "`tpgrid predict` to make it (with --overwrite to replace what is there)"
         )
     ds: xr.Dataset = xr.open_zarr(path, consolidated=True, zarr_format=3, decode_coords="all")
-    run: dict[str, Any] = attrs[ATTR_RUN]
     return ds, run

@@ -42,7 +42,7 @@ from tpgrid.tasks import Progress, task_runner
 log = logging.getLogger(__name__)
 
 #: Part of every file digest: a change in how files are made invalidates earlier ones.
-FORMAT_VERSION = "tpgrid-publication/3"
+FORMAT_VERSION = "tpgrid-publication/4"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,11 @@
-"""Quicklook PNGs: an element's mean and sd side by side, each with a colour bar.
+"""Quicklook PNGs: an element's mean and sd side by side, each with a colour bar, and a line
+saying what the white pixels are.
 
 A quicklook shows a published run at a glance, without a GIS. It is drawn from the COGs'
-overviews, so it needs the COGs written first and never reads the whole map.
+overviews, so it needs the COGs written first and never reads the whole map. The mean and the
+uncertainty have the colour maps of the report's maps (:data:`MEAN_COLOURS`,
+:data:`UNCERTAINTY_COLOURS`: sequential, the uncertainty light where it is low), so the two
+read alike.
 """
 
 from __future__ import annotations
@@ -22,11 +26,22 @@ if TYPE_CHECKING:
 
 #: Longest side of a quicklook panel, in pixels of the map (read from the COG's overviews).
 QUICKLOOK_PX = 800
-#: The figure, in inches at `DPI`, and the room of each panel's parts, in inches: the map's
-#: ticks and labels left and below, its title above, its colour bar's ticks and label right.
-FIGURE_IN = (11.0, 4.6)
+#: Colour maps of a mean and of an uncertainty (sd, variance, interval half-width) here and
+#: in the report's maps: sequential, the uncertainty light where low (small is good) but never
+#: white, which is no data.
+MEAN_COLOURS = "viridis"
+UNCERTAINTY_COLOURS = "plasma_r"
+#: What the pixels left white are.
+NO_DATA_NOTE = (
+    "White: no data (outside the mask, a covariate missing there, or, with unseen: nan, "
+    "a class the model never saw)"
+)
+#: The figure, in inches at `DPI`, and the room of each panel's parts, in inches: the
+#: no-data note at the bottom, the map's ticks and labels left and below it, its title above,
+#: its colour bar's ticks and label right.
+FIGURE_IN = (11.0, 4.85)
 DPI = 100
-_LEFT, _BOTTOM, _TOP, _RIGHT = 0.8, 0.55, 0.35, 0.95
+_NOTE, _LEFT, _BOTTOM, _TOP, _RIGHT = 0.25, 0.8, 0.55, 0.35, 0.95
 _BAR_PAD, _BAR_WIDTH, _BAR_SHRINK = 0.12, 0.15, 0.85
 #: zlib level of the PNG: the default (6) makes a quicklook ~20 % slower for a file ~10 %
 #: smaller (see docs/performance.md).
@@ -46,12 +61,12 @@ def write_quicklook(directory: Path, element: str) -> Path:
 
 def quicklook_figure(directory: Path, element: str) -> Figure:
     """Mean and sd of ``element`` side by side, each with a colour bar in mg/kg, read from the
-    COGs in ``directory``."""
+    COGs in ``directory``, above a line saying what white (NaN) pixels are."""
     # Imported here: prediction workers import this module and never draw.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("mean", "viridis"), ("sd", "magma")]
+    panels = [("mean", MEAN_COLOURS), ("sd", UNCERTAINTY_COLOURS)]
     figure = Figure(figsize=FIGURE_IN)
     FigureCanvasAgg(figure)  # attaches a non-interactive canvas: no pyplot, no display
     for k, (layer, colours) in enumerate(panels):
@@ -68,6 +83,7 @@ def quicklook_figure(directory: Path, element: str) -> Figure:
         axes.set_ylabel("northing (km)")
         bar = figure.add_axes(bar_rect, label="<colorbar>")
         figure.colorbar(image, cax=bar, label=f"{element} ({UNITS})")
+    figure.text(0.5, 0.4 * _NOTE / FIGURE_IN[1], NO_DATA_NOTE, ha="center", fontsize=9)
     return figure
 
 
@@ -79,17 +95,17 @@ def _panel_rects(
     constrained layout, which measured every tick label twice and took ~40 % of a quicklook."""
     width, height = FIGURE_IN
     room_w = width / panels - _LEFT - _RIGHT - _BAR_PAD - _BAR_WIDTH
-    room_h = height - _BOTTOM - _TOP
+    room_h = height - _NOTE - _BOTTOM - _TOP
     left, right, bottom, top = extent_km
     aspect = abs(right - left) / max(abs(top - bottom), 1e-12)
     map_w, map_h = (
         (room_w, room_w / aspect) if room_w / aspect <= room_h else (room_h * aspect, room_h)
     )
     x = k * width / panels + _LEFT + (room_w - map_w) / 2
-    y = _BOTTOM + (room_h - map_h) / 2
+    y = _NOTE + _BOTTOM + (room_h - map_h) / 2
     # As tall as the panel's room (shrunk), as matplotlib's colorbar(ax=...) places it.
     bar_h = _BAR_SHRINK * room_h
-    bar = (x + map_w + _BAR_PAD, _BOTTOM + (room_h - bar_h) / 2, _BAR_WIDTH, bar_h)
+    bar = (x + map_w + _BAR_PAD, _NOTE + _BOTTOM + (room_h - bar_h) / 2, _BAR_WIDTH, bar_h)
     return _fraction((x, y, map_w, map_h)), _fraction(bar)
 
 

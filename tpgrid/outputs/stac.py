@@ -22,7 +22,13 @@ from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage, FileRecord, file_record
 from tpgrid.jsonable import plain
-from tpgrid.outputs.layers import LAYERS, UNITS, VARIANCE_UNITS, variable_name
+from tpgrid.outputs.layers import (
+    LAYERS,
+    UNITS,
+    VARIANCE_UNITS,
+    quality_warning,
+    variable_name,
+)
 from tpgrid.outputs.names import STAC_ITEM, cog_name, quicklook_name
 
 #: STAC item property: per published file, the digest of what it was made from
@@ -35,6 +41,10 @@ STAC_EXTENSIONS = [
     # file:size and file:checksum of every asset: anyone can verify a published version.
     "https://stac-extensions.github.io/file/v2.1.0/schema.json",
 ]
+#: Asset fields of every file of an element: its model's grouped-CV R², and a warning when
+#: that is below 0 (the map predicts held-out sites worse than their mean).
+ASSET_CV_R2 = "tpgrid:cv_r2"
+ASSET_QUALITY_WARNING = "tpgrid:quality_warning"
 #: Multihash prefix of a SHA-256 digest (code 0x12, length 0x20), as in ``file:checksum``.
 SHA256_MULTIHASH = "1220"
 
@@ -134,13 +144,22 @@ def stac_item(
     dated now (its publication).
 
     ``cog_shape`` is the (rows, cols) of the COGs (the grid's); the transform is the grid's.
-    Asset hrefs are relative to the item, so the directory can be moved as a whole.
+    Asset hrefs are relative to the item, so the directory can be moved as a whole. Every
+    asset of an element carries its model's grouped-CV R² (``tpgrid:cv_r2``, as the run
+    records it) and, for a model worse than the held-out sites' mean, a
+    ``tpgrid:quality_warning`` that its title repeats: where a catalogue shows an asset.
     """
     footprint = grid.geobox.footprint("EPSG:4326", npoints=20)
     box = footprint.boundingbox
     published = datetime.now(UTC).isoformat(timespec="seconds")
     assets: dict[str, Any] = {}
     for element in elements:
+        r2 = run["models"][element].get("cv_r2")
+        warning = quality_warning(r2)
+        quality = ({} if r2 is None else {ASSET_CV_R2: r2}) | (
+            {} if warning is None else {ASSET_QUALITY_WARNING: warning}
+        )
+        flagged = "" if warning is None else f" (poor model: grouped-CV R² {r2:.2f})"
         for layer in LAYERS:
             name = variable_name(element, layer)
             unseen = layer == "unseen"
@@ -148,7 +167,7 @@ def stac_item(
                 "href": f"./{cog_name(element, layer)}",
                 "type": COG_MEDIA_TYPE,
                 "roles": ["data"],
-                "title": f"{element} {layer}",
+                "title": f"{element} {layer}{flagged}",
                 "raster:bands": [
                     {
                         "data_type": "uint8" if unseen else "float32",
@@ -160,12 +179,14 @@ def stac_item(
                         ),
                     }
                 ],
+                **quality,
             }
         assets[f"{element}_quicklook"] = {
             "href": f"./{quicklook_name(element)}",
             "type": "image/png",
             "roles": ["overview"],
-            "title": f"{element} mean and between-tree SD",
+            "title": f"{element} mean and between-tree SD{flagged}",
+            **quality,
         }
     return {
         "type": "Feature",

@@ -5,10 +5,15 @@ Input is what ``tpgrid fit`` wrote (one directory per element: artifact, packed 
 ``training.parquet``, ``cv_predictions.parquet``, ``held_out.npz``), the site table and the
 cube the models were fitted on. Per element the report
 
+0. warns of every model that predicts held-out sites worse than their mean (grouped-CV
+   R² below 0);
 1. describes the measured values before and after screening (the paper's table, histograms);
-2. compares site means across vegetation types and lithologies (ANOVA, Tukey HSD letters);
+2. compares site means by every categorical predictor (classes named by the layer's class
+   table) and every categorical column of the site table, or those ``report.factors`` names
+   (ANOVA, Tukey HSD letters);
 3. ranks the predictors (held-out %IncMSE per predictor and per group, betasq) and draws PDP
-   and ALE curves of the chosen ones;
+   and ALE curves of the most important continuous ones, or of those ``report.effects``
+   names;
 4. plots observed against out-of-fold predicted values (Piñeiro: observed on y) with the
    grouped, random and spatial CV metrics of the fit;
 5. computes the dissimilarity index and area of applicability over the cube on the current

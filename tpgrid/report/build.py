@@ -17,7 +17,9 @@ from tpgrid.fit import SiteSource
 from tpgrid.report.analysis import (
     ReportContents,
     analyse_elements,
+    check_settings,
     descriptive_statistics,
+    site_factors,
 )
 from tpgrid.report.figure_data import SECTIONS, figure_plans
 from tpgrid.report.inputs import find_elements, load_element, open_matching_prediction
@@ -63,7 +65,9 @@ def write_report(
     ``settings.applicability``, ``applicability.zarr`` (computed on the current Dask client).
 
     ``cube`` and ``sites`` default to those recorded by the fit (the site table with its CRS and
-    coordinate columns; a bare ``sites`` path is a lon/lat table). With ``prediction`` (a
+    coordinate columns; a bare ``sites`` path is a lon/lat table). ``settings.effects`` or
+    ``settings.factors`` naming something the models and the site table do not have is a
+    :class:`~tpgrid.errors.ConfigError`, raised before anything is computed. With ``prediction`` (a
     ``tpgrid predict`` output made with these models), the report maps each element's mean and
     the half-width of its calibrated interval, and records the run's id. ``out`` is replaced
     only when ``overwrite``. ``progress(stage, done, total)`` is called as elements finish.
@@ -88,9 +92,11 @@ def write_report(
         str(name): str(dataset[name].attrs.get("tpgrid:group", "other"))
         for name in dataset.data_vars
     }
-    analyses = analyse_elements(loaded, groups, settings, progress)
-    descriptive, kept = descriptive_statistics(site_source, loaded)
+    descriptive, kept, frame = descriptive_statistics(site_source, loaded)
     sites_path = site_source.path if isinstance(site_source, SiteSource) else Path(site_source)
+    factors = site_factors(frame)
+    check_settings(loaded, factors, settings)
+    analyses = analyse_elements(loaded, groups, settings, progress, factors)
     sources = {"models": models, "cube": cube_path, "sites": sites_path, "prediction": prediction}
 
     staging = staging_path(out)

@@ -18,11 +18,11 @@ from tpgrid.aoa import layer_name
 from tpgrid.core.blocks import AOA_NODATA
 from tpgrid.core.stats import site_means
 from tpgrid.outputs import variable_name
+from tpgrid.outputs.quicklook import MEAN_COLOURS, UNCERTAINTY_COLOURS
 from tpgrid.report.analysis import (
-    FACTORS,
     ElementAnalysis,
     ReportContents,
-    site_classes,
+    compared_factors,
     site_values,
 )
 from tpgrid.report.figures import MAP_PX, Data
@@ -56,10 +56,15 @@ def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePl
         ),
         FigurePlan("uncertainty", "coverage.png", "coverage", _coverage(contents)),
     ]
-    for factor in FACTORS:
-        panels = [_groups_panel(a, factor) for a in analyses if factor in a.comparisons]
-        if panels:
-            plans.append(FigurePlan("groups", f"groups_{factor}.png", "groups", {"panels": panels}))
+    files: set[str] = set()
+    for factor in compared_factors(analyses):
+        name = factor.name
+        panels = [_groups_panel(a, name) for a in analyses if name in a.comparisons]
+        file = f"groups_{_file_safe(name)}.png"
+        if file in files:  # "land use" and "land_use"
+            file = f"groups_{_file_safe(name)}_{len(files)}.png"
+        files.add(file)
+        plans.append(FigurePlan("groups", file, "groups", {"factor": name, "panels": panels}))
     prediction = contents.sources.get("prediction")
     for analysis in analyses:
         element = analysis.element
@@ -127,8 +132,12 @@ def load_figure_data(plan: FigurePlan) -> Data:
         "element": element,
         "k": where["k"],
         "level": where["level"],
-        "mean": np.where(outside, np.nan, mean),
-        "half": np.where(outside, np.nan, where["k"] * sd),
+        "mean": mean,
+        "half": where["k"] * sd,
+        "outside": outside,
+        # The quicklooks' colours: a map reads the same in the report and the publication.
+        "mean_colours": MEAN_COLOURS,
+        "uncertainty_colours": UNCERTAINTY_COLOURS,
     }
 
 
@@ -186,12 +195,16 @@ def _coverage(contents: ReportContents) -> dict[str, Any]:
     }
 
 
+def _file_safe(name: str) -> str:
+    """A factor's name as part of a file name (a site-table column may hold any text)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
 def _groups_panel(analysis: ElementAnalysis, factor: str) -> dict[str, Any]:
     result = analysis.comparisons[factor]
-    feature = next(f for f in analysis.model.artifact.features.categorical if f.variable == factor)
-    classes = site_classes(analysis.model, feature)
+    classes = analysis.factors[factor].classes
     values = site_values(analysis.model)
-    order = [name for name in feature.names if name in result.table.index]
+    order = [name for name in analysis.factors[factor].order if name in result.table.index]
     return {
         "element": analysis.element,
         "p_value": float(result.p_value),

@@ -72,7 +72,8 @@ def groups_figure(data: Data, path: Path) -> None:
     panel per element that has the comparison."""
     panels = data["panels"]
     columns = min(4, len(panels))
-    figure = _new_figure(3.6 * columns, 3.0 * math.ceil(len(panels) / columns))
+    figure = _new_figure(3.6 * columns, 3.0 * math.ceil(len(panels) / columns) + 0.4)
+    figure.suptitle(f"site means by {data['factor']}")
     for ax, panel in zip(_panels(figure, len(panels), columns), panels, strict=True):
         order, values = panel["classes"], panel["values"]
         positions = np.arange(len(order))
@@ -188,9 +189,13 @@ def applicability_figure(data: Data, path: Path) -> None:
 
 
 def map_figure(data: Data, path: Path) -> None:
-    """The element's predicted mean and the half-width ``k·sd`` of its calibrated interval
-    (NaN, drawn grey, outside the area of applicability)."""
+    """The element's predicted mean and the half-width ``k·sd`` of its calibrated interval,
+    in the colour maps the data names (the quicklooks'); grey outside the area of
+    applicability (``outside``), white where there is no data (NaN)."""
     element, k, level = data["element"], data["k"], data["level"]
+    outside = np.asarray(data["outside"], dtype=bool)
+    grey = np.zeros((*outside.shape, 4))
+    grey[outside] = (0.73, 0.73, 0.73, 1.0)
     figure = _new_figure(11, 4.8)
     for ax, values, title, cmap in zip(
         figure.subplots(1, 2),
@@ -199,11 +204,11 @@ def map_figure(data: Data, path: Path) -> None:
             f"{element}: mean, mg/kg",
             f"half-width of the {level:.0%} interval (k = {k:.2f}), mg/kg",
         ),
-        ("viridis", "magma_r"),
+        (data["mean_colours"], data["uncertainty_colours"]),
         strict=True,
     ):
-        ax.set_facecolor("#bbbbbb")
-        shown = ax.imshow(values, cmap=cmap, interpolation="nearest")
+        shown = ax.imshow(np.where(outside, np.nan, values), cmap=cmap, interpolation="nearest")
+        ax.imshow(grey, interpolation="nearest")
         figure.colorbar(shown, ax=ax, shrink=0.8)
         ax.set_title(title, fontsize=10)
         ax.set_xticks([])

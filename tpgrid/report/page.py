@@ -16,7 +16,13 @@ from tpgrid import __version__
 from tpgrid.core.uncertainty import CALIBRATED_SD, TREE_QUANTILES
 from tpgrid.fit import SCHEMES
 from tpgrid.jsonable import plain
-from tpgrid.report.analysis import FACTORS, ElementAnalysis, ReportContents
+from tpgrid.report.analysis import (
+    EFFECTS_SHOWN,
+    ElementAnalysis,
+    Factor,
+    ReportContents,
+    compared_factors,
+)
 from tpgrid.report.figures import number
 from tpgrid.report.settings import APPLICABILITY_DIR
 
@@ -35,6 +41,8 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
             "pineiro_line": {
                 s: {"slope": a, "intercept": b} for s, (a, b) in analysis.lines.items()
             },
+            "quality_warning": analysis.quality_warning,
+            "effects": [pdp.variable for pdp, _ in analysis.effects],
             "coverage": analysis.coverage.reset_index().to_dict(orient="records"),
             "interval_k": analysis.k,
             "correlated_pairs": analysis.correlated.to_dict(orient="records"),
@@ -43,6 +51,7 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
             "betasq_percent": analysis.betasq["percent"].to_dict(),
             "groups": {
                 factor: {
+                    "source": analysis.factors[factor].source,
                     "anova_p": result.p_value,
                     "letters": result.table["letters"].to_dict(),
                     "means": result.table["mean"].to_dict(),
@@ -71,6 +80,56 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
     return summary
 
 
+def _quality_html(analyses: Sequence[ElementAnalysis]) -> str:
+    """A warning naming each element whose model predicts held-out sites worse than their
+    mean (grouped-CV R² below 0); empty when there is none."""
+    flagged = [(a.element, a.quality_warning) for a in analyses if a.quality_warning]
+    if not flagged:
+        return ""
+    items = "".join(
+        f"<li><b>{html.escape(element)}</b>: {html.escape(str(warning))}</li>"
+        for element, warning in flagged
+    )
+    return (
+        "<div class='warning'><h2>Models worse than the mean</h2><p>These models predict the "
+        "sites they did not see worse than the mean of those sites would; their maps are "
+        "published, flagged, but say less than a constant map would. More sites or other "
+        f"covariates may help.</p><ul>{items}</ul></div>"
+    )
+
+
+def _effects_note(contents: ReportContents) -> str:
+    """Which predictors the PDP and ALE curves are drawn for, and why."""
+    chosen = "; ".join(
+        f"{a.element}: {', '.join(pdp.variable for pdp, _ in a.effects) or 'none'}"
+        for a in contents.analyses
+    )
+    if contents.settings.effects is None:
+        why = (
+            f"each element's {EFFECTS_SHOWN} continuous predictors with the highest held-out "
+            "%IncMSE (report.effects unset)"
+        )
+    else:
+        why = "the predictors named in report.effects"
+    return f"PDP and ALE curves are drawn for {why}: {html.escape(chosen)}."
+
+
+def _groups_html(analyses: Sequence[ElementAnalysis]) -> str:
+    """A letters table per factor compared, headed by its name and where it comes from."""
+    factors: list[Factor] = compared_factors(analyses)
+    if not factors:
+        return (
+            "<p>No comparison: the models have no categorical predictor and the site table "
+            "no text column with 2–30 classes per site (or report.factors names none of "
+            "them), or no factor has two classes with two sites each.</p>"
+        )
+    return "".join(
+        f"<h3>{html.escape(factor.name)} <span class='note'>({html.escape(factor.source)})"
+        "</span></h3>" + _table(_letters_table(analyses, factor.name))
+        for factor in factors
+    )
+
+
 def _not_mapped_html(not_mapped: Mapping[str, str]) -> str:
     """A short section naming the elements without maps, and why; empty when there are none."""
     if not not_mapped:
@@ -88,7 +147,9 @@ h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.85em; }
 th, td { border: 1px solid #ddd; padding: 3px 7px; text-align: right; }
 th { background: #f3f3f3; } img { max-width: 100%; display: block; margin: 0.8em 0; }
-p.note { color: #555; font-size: 0.9em; }
+p.note, span.note { color: #555; font-size: 0.9em; font-weight: normal; }
+div.warning { border: 2px solid #c0392b; background: #fdecea; padding: 0 1em; margin: 1em 0; }
+div.warning h2 { border: none; color: #c0392b; margin-top: 0.6em; }
 """
 
 
@@ -172,23 +233,24 @@ def report_page(
     sections = [
         f"<h1>tpgrid science report</h1><p class='note'>{sources}{run}"
         f"<br>tpgrid {html.escape(summary['tpgrid_version'])}</p>"
+        + _quality_html(analyses)
         + _not_mapped_html(contents.not_mapped),
         "<h2>1. Descriptive statistics</h2>"
         "<p class='note'>Samples measured and kept after screening (mean ± k SD); mean, SD, CV "
         "and median over site means of the kept samples, min/max over the samples, mg/kg as "
         "measured.</p>" + _table(contents.descriptive, 5) + images("descriptive"),
         "<h2>2. Group differences</h2><p class='note'>One-way ANOVA and Tukey HSD (α = 0.05) of "
-        "site means, on the values the models were fitted to; classes sharing a letter do not "
-        "differ; classes with fewer than two sites are not tested.</p>"
-        + "".join(
-            f"<h3>{factor}</h3>" + _table(_letters_table(analyses, factor)) for factor in FACTORS
-        )
-        + images("groups"),
+        "site means, on the values the models were fitted to, by each categorical predictor "
+        "(the class of the site's pixel) and each text column of the site table with 2–30 "
+        "classes per site; classes sharing a letter do not differ; classes with fewer than "
+        "two sites are not tested.</p>" + _groups_html(analyses) + images("groups"),
         "<h2>3. Drivers</h2><p class='note'>%IncMSE: growth of the held-out MSE when a "
         "predictor is shuffled, on forests refitted on the grouped CV folds. betasq: squared "
         "standardized OLS coefficients (aliased columns left out). PDP and ALE of the final "
         "forest over the training rows; ticks mark the training deciles. Strongly correlated "
-        "predictors (below) split or swap credit in all three: read them together.</p>"
+        "predictors (below) split or swap credit in all three: read them together. "
+        + _effects_note(contents)
+        + "</p>"
         + (_table(correlated) if not correlated.empty else "")
         + images("drivers"),
         "<h2>4. Model checks</h2><p class='note'>Observed (y) against out-of-fold predicted (x), "
@@ -213,8 +275,9 @@ def report_page(
         + images("uncertainty")
         + (
             f"<h3>Maps</h3><p class='note'>Mean, and half-width k·sd of the calibrated {level} "
-            f"interval, of prediction run {contents.run_id}; grey: outside the area of "
-            "applicability.</p>" + images("maps")
+            f"interval (light: narrow), of prediction run {contents.run_id}; grey: outside the "
+            "area of applicability; white: no data (outside the mask, or a covariate "
+            "missing).</p>" + images("maps")
             if figures["maps"]
             else ""
         ),

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tpgrid.core.explain import DEFAULT_EFFECTS
 from tpgrid.core.uncertainty import LEVEL
 
 REPORT_FILE = "report.html"
@@ -23,8 +22,17 @@ class ReportSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    effects: tuple[str, ...] = Field(
-        DEFAULT_EFFECTS, description="predictors for PDP and ALE (cube variable names)"
+    effects: tuple[str, ...] | None = Field(
+        None,
+        description="continuous predictors (cube variable names) to draw PDP and ALE curves "
+        "of, for every element; unset: each element's five continuous predictors with the "
+        "highest held-out %IncMSE",
+    )
+    factors: tuple[str, ...] | None = Field(
+        None,
+        description="categorical predictors (cube layers) and site-table columns to compare "
+        "site means by (ANOVA, Tukey HSD); unset: every categorical predictor and every text "
+        "column of the site table with 2-30 classes",
     )
     level: float = Field(LEVEL, gt=0, lt=1, description="nominal coverage of the intervals")
     seed: int = Field(0, ge=0, description="seed of the PDP's sample")
