@@ -1,4 +1,5 @@
-"""A survey unlike the Tibetan Plateau, built in code: what a user elsewhere brings to tpgrid.
+"""A survey unlike the Tibetan Plateau, built in code: what a user elsewhere brings to tpgrid
+(``python -m tests.regions DIR`` writes it, for the walk-through in docs/your-data.md).
 
 A 16 km × 12 km field survey in Europe's equal-area grid (EPSG:3035) at 50 m: two continuous
 covariates on different grids (NDWI at 50 m, clay at 100 m on an offset grid), one categorical
@@ -138,3 +139,10 @@ def _site_table(
     )
     frame.loc[frame.index[::25], "Cd"] = np.nan  # not every sample was measured for Cd
     return frame
+
+
+if __name__ == "__main__":  # python -m tests.regions DIR: the example survey of docs/your-data.md
+    import sys
+
+    made = build_region(Path(sys.argv[1]))
+    print(f"rasters: {made.rasters}\nsites:   {made.sites}\ntemplate: {made.template}")
