@@ -27,7 +27,7 @@ from tpgrid.synthetic import (
 )
 from tpgrid.synthetic.layers import LITHOLOGY_CLASSES
 from tpgrid.synthetic.products import NativeRaster, on_target_grid
-from tpgrid.synthetic.sampling import site_density, site_design
+from tpgrid.synthetic.sampling import MIN_SITES_PER_ELEMENT, site_density, site_design
 from tpgrid.synthetic.truth import RESPONSES, response_functions
 
 
@@ -242,7 +242,7 @@ def test_element_site_counts_follow_the_missingness_design(sites: pd.DataFrame) 
     assert per_site.isin([0, 3]).all().all()  # whole sites are missing, never single samples
     counts = (per_site == 3).sum()
     assert counts.to_dict() == design.sites_per_element
-    assert min(counts["Ni"], counts["Mo"]) >= 15
+    assert min(counts["Ni"], counts["Mo"]) >= MIN_SITES_PER_ELEMENT
     assert counts["Fe"] == counts["Zn"] == sites["site_id"].nunique()
 
 
