@@ -24,8 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
