@@ -78,16 +78,16 @@ RESPONSES: dict[str, Response] = {
 }
 
 # Coefficients of each response on ln(mg/kg), per element (columns in RESPONSES order). Main
-# drivers besides slope: Fe and V weathering (CIA), Mn and Mo organic matter (SOC; Mo also pH),
-# Cu and Ni clay; lithology and vegetation factors are in paper.py.
+# drivers besides slope: Fe and Zn weathering (CIA; Zn the U in MAP and AI), Mn and Mo organic
+# matter (SOC; Mo also pH), Cu and Ni clay; lithology and vegetation factors are in paper.py.
 COEFFICIENTS: dict[str, dict[str, float]] = {
     element: dict(zip(RESPONSES, row, strict=True))
     for element, row in {
         #     cia   slope  map   ai    clay  mat   ph     soc   ndvi  dem    grazing
-        "Fe": (0.08, 1.00, 0.04, 0.02, 0.10, 0.01, -0.01, 0.00, 0.01, -0.05, -0.01),
+        "Fe": (0.25, 1.00, 0.04, 0.02, 0.10, 0.01, -0.01, 0.00, 0.01, -0.05, -0.01),
         "Mn": (0.06, 0.80, 0.04, 0.02, 0.03, 0.01, 0.02, 0.12, 0.02, -0.05, -0.01),
         "Cu": (0.06, 0.50, 0.03, 0.02, 0.30, 0.01, -0.01, 0.10, 0.01, -0.03, -0.02),
-        "Zn": (0.07, 0.80, 0.04, 0.03, 0.05, 0.01, 0.01, 0.10, 0.02, -0.05, -0.01),
+        "Zn": (0.15, 0.80, 0.08, 0.05, 0.05, 0.01, 0.01, 0.10, 0.02, -0.05, -0.01),
         "Ni": (0.04, 0.70, 0.02, 0.01, 0.20, 0.01, 0.01, 0.00, 0.01, -0.03, 0.00),
         "V": (0.08, 0.90, 0.03, 0.02, 0.10, 0.01, -0.01, 0.00, 0.01, -0.05, -0.01),
         "Mo": (0.03, 0.75, 0.02, 0.01, 0.03, 0.01, 0.10, 0.25, 0.01, -0.02, 0.00),
