@@ -44,7 +44,7 @@ from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.sources import load_catalog
 from tpgrid.synthetic import PlateauFiles, log_truth_without_intercept
 
-ELEMENT = "Zn"  # the element with the strongest CIA, slope and MAP coefficients
+ELEMENT = "Zn"  # the element with the strongest MAP and AI coefficients and a strong CIA one
 N_TRAIN, N_TEST = 5000, 1500
 
 

@@ -273,12 +273,13 @@ def test_elements_with_fewer_sites_than_folds_are_skipped_with_the_reason(
     cube_path: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    settings = QUICK.model_copy(update={"elements": ("Ni", "Cu"), "cv_folds": 16})
+    # More folds than Ni's 60 sites, fewer than Cu's 72.
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Cu"), "cv_folds": 64})
     report = fit_models(plateau.sites, cube_path, tmp_path, settings, local_threads=2)
     assert [f.element for f in report.fitted] == ["Cu"]
     (skipped,) = report.skipped
     assert skipped.element == "Ni"
-    assert "15 sites with usable Ni values, fewer than the 16 CV folds" in skipped.reason
+    assert "60 sites with usable Ni values, fewer than the 64 CV folds" in skipped.reason
     assert not (tmp_path / "Ni").exists()
 
 
@@ -287,8 +288,8 @@ def test_no_fittable_element_is_a_fit_error(
     cube_path: Path,  # noqa: F811
     tmp_path: Path,
 ) -> None:
-    settings = QUICK.model_copy(update={"elements": ("Ni", "Mo"), "cv_folds": 16})
-    with pytest.raises(FitError, match=r"no element could be fitted:\n  Ni: 15 sites"):
+    settings = QUICK.model_copy(update={"elements": ("Ni", "Mo"), "cv_folds": 64})
+    with pytest.raises(FitError, match=r"no element could be fitted:\n  Ni: 60 sites"):
         fit_models(plateau.sites, cube_path, tmp_path, settings)
 
 
@@ -465,13 +466,14 @@ def test_tpgrid_fit_prints_the_cv_table_and_the_skipped_elements(
                 *("--sites", str(plateau.sites), "--cube", str(cube_path)),
                 *("--out", str(tmp_path / "models"), "--settings", str(settings)),
                 *("-e", "Mo", "-e", "Cu", "--trees", "40", "--search-trees", "10"),
-                *("--folds", "16", "--scheduler-address", client.scheduler.address),
+                # More folds than Mo's 60 sites, fewer than Cu's 72.
+                *("--folds", "64", "--scheduler-address", client.scheduler.address),
             ],
         )
     assert result.exit_code == 0, result.output
     assert "Cu " in result.output
     assert all(scheme in result.output for scheme in ("grouped", "random", "spatial"))
-    assert "Mo skipped: 15 sites" in result.output
+    assert "Mo skipped: 60 sites" in result.output
     assert load_model(tmp_path / "models" / "Cu").record["hyperparameters"]["n_estimators"] == 40
 
 

@@ -69,7 +69,7 @@ def test_csv_and_parquet_give_the_same_table(plateau: PlateauFiles) -> None:  # 
     from_csv = read_sites(plateau.sites).frame
     from_parquet = read_sites(plateau.sites_parquet).frame
     pd.testing.assert_frame_equal(from_csv, from_parquet, check_dtype=False)
-    assert from_csv["Ni"].isna().sum() == 360 - 45  # blank cells are missing values
+    assert from_csv["Ni"].isna().sum() == 360 - 180  # blank cells are missing values
 
 
 def test_unknown_columns_are_kept(frame: pd.DataFrame, tmp_path: Path) -> None:

@@ -41,9 +41,24 @@ def test_catalog_rejects_wrong_types(make_catalog: Callable[..., Path]) -> None:
         load_catalog(path)
 
 
-def test_catalog_rejects_an_unknown_group(make_catalog: Callable[..., Path]) -> None:
-    path = make_catalog({"dem": {"path": "dem.tif", "kind": "continuous", "group": "geology"}})
-    with pytest.raises(ConfigError, match=r"layers\.dem\.group"):
+def test_a_group_is_any_name_and_defaults_to_other(make_catalog: Callable[..., Path]) -> None:
+    path = make_catalog(
+        {
+            "twi": {"path": "twi.tif", "kind": "continuous", "group": "hydrology"},
+            "pb_2": {"path": "pb.tif", "kind": "continuous", "group": "Legacy_mines2"},
+            "elev": {"path": "e.tif", "kind": "continuous"},
+        }
+    )
+    groups = {name: layer.group for name, layer in load_catalog(path).layers.items()}
+    assert groups == {"twi": "hydrology", "pb_2": "Legacy_mines2", "elev": "other"}
+
+
+@pytest.mark.parametrize("group", ["land cover", "2nd_order", "", "x" * 41])
+def test_catalog_rejects_a_group_that_is_not_a_name(
+    make_catalog: Callable[..., Path], group: str
+) -> None:
+    path = make_catalog({"dem": {"path": "dem.tif", "kind": "continuous", "group": group}})
+    with pytest.raises(ConfigError, match=r"(?s)layers\.dem\.group.*letters, digits and _"):
         load_catalog(path)
 
 

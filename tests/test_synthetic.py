@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import rasterio
+import yaml
 
 from tpgrid.errors import ConfigError, OutputExistsError
 from tpgrid.grid import TargetGrid, load_grid_spec
@@ -24,8 +25,9 @@ from tpgrid.synthetic import (
     log_truth_without_intercept,
     write_plateau,
 )
+from tpgrid.synthetic.layers import LITHOLOGY_CLASSES
 from tpgrid.synthetic.products import NativeRaster, on_target_grid
-from tpgrid.synthetic.sampling import site_density, site_design
+from tpgrid.synthetic.sampling import MIN_SITES_PER_ELEMENT, site_density, site_design
 from tpgrid.synthetic.truth import RESPONSES, response_functions
 
 
@@ -115,6 +117,45 @@ def test_catalog_loads_and_every_layer_opens_with_a_crs(plateau: PlateauFiles) -
             assert layer.valid_range[0] <= values.min() <= values.max() <= layer.valid_range[1]
 
 
+def test_catalog_groups_name_what_each_layer_is(plateau: PlateauFiles) -> None:
+    layers = load_catalog(plateau.catalog).layers
+    assert layers["vegetation"].group == "land_cover"
+    assert layers["lithology"].group == "geology"
+    assert "categorical" not in {layer.group for layer in layers.values()}
+
+
+def test_lithology_classes_are_named_in_words_with_their_map_codes(
+    plateau: PlateauFiles,
+) -> None:
+    classes = load_catalog(plateau.catalog).layers["lithology"].classes
+    assert classes is not None
+    assert classes[2] == "acid metamorphic (MA)"
+    assert [name[-3:-1] for name in classes.values()] == list(LITHOLOGY_CLASSES.values())
+    assert all(len(name) > 8 for name in classes.values())
+
+
+def test_the_real_catalog_template_names_groups_and_classes_like_the_synthetic_one(
+    plateau: PlateauFiles,
+) -> None:
+    template = load_catalog(Path(__file__).parents[1] / "pipelines" / "tibet_catalog.yaml")
+    synthetic = load_catalog(plateau.catalog)
+    assert {n: layer.group for n, layer in template.layers.items()} == {
+        n: layer.group for n, layer in synthetic.layers.items()
+    }
+    assert template.layers["lithology"].classes == synthetic.layers["lithology"].classes
+
+
+def test_grid_yaml_states_the_whole_grid(plateau: PlateauFiles) -> None:
+    written = yaml.safe_load(plateau.grid.read_text())
+    assert written == {
+        "crs": "ESRI:102025",
+        "resolution": 1000.0,
+        "bbox": [90.0, 30.0, 94.0, 33.0],
+        "chunk": 128,
+        "mask": "plateau",
+    }
+
+
 def test_texture_fractions_sum_to_100(plateau: PlateauFiles) -> None:
     def read(name: str) -> np.ndarray:
         with rasterio.open(plateau.root / "covariates" / f"{name}.tif") as src:
@@ -201,7 +242,7 @@ def test_element_site_counts_follow_the_missingness_design(sites: pd.DataFrame) 
     assert per_site.isin([0, 3]).all().all()  # whole sites are missing, never single samples
     counts = (per_site == 3).sum()
     assert counts.to_dict() == design.sites_per_element
-    assert min(counts["Ni"], counts["Mo"]) >= 15
+    assert min(counts["Ni"], counts["Mo"]) >= MIN_SITES_PER_ELEMENT
     assert counts["Fe"] == counts["Zn"] == sites["site_id"].nunique()
 
 

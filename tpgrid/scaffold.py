@@ -320,7 +320,7 @@ def _catalog_text(layers: Sequence[GuessedLayer], out: Path) -> str:
                 "    group: covariates  # CHECK: a free name; the report groups predictors by it",
                 f"    units: {_quoted(layer.units)}"
                 + ("" if layer.units else "  # CHECK: the file does not say"),
-                "    # valid_range: [low, high]  # a value outside stops the build, naming the layer",
+                "    # valid_range: [low, high]  # a value outside stops the build",
             ]
         if layer.description:
             lines.append(f"    description: {_quoted(layer.description)}")

@@ -8,9 +8,12 @@ A catalog is a YAML file::
       vegetation:
         path: vegetation.tif
         kind: categorical
-        group: categorical
+        group: land_cover
         classes: {1: forest, 2: shrub}
     terrain: {dem: dem}        # derive slope, northness, eastness from this layer
+
+A layer's ``group`` is a free name (``hydrology``, ``geology``, …; default ``other``): the
+report sums the predictors' importance per group.
 
 Relative paths are relative to the catalog file; ``http(s)://``, ``s3://``, ``gs://`` and GDAL
 ``/vsi…/`` paths are opened through GDAL's virtual file systems. Opening is lazy and chunked.
@@ -21,8 +24,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import odc.geo.xr  # noqa: F401  (registers the .odc accessor used on opened layers)
@@ -30,7 +34,7 @@ import rasterio
 import rioxarray
 import xarray as xr
 from odc.geo.geobox import GeoBox
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from rasterio.errors import RasterioIOError
 
 from tpgrid.errors import SourceError
@@ -38,7 +42,21 @@ from tpgrid.grid import TargetGrid
 from tpgrid.yamlfile import read_mapping, validated
 
 Kind = Literal["continuous", "categorical"]
-Group = Literal["topography", "climate", "vegetation", "soil", "categorical", "disturbance"]
+_GROUP_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,39}")
+
+
+def _group_name(name: str) -> str:
+    # The name labels report tables and figures, so it is kept to a short word.
+    if not _GROUP_NAME.fullmatch(name):
+        raise ValueError(
+            f"group {name!r} must be a name of up to 40 letters, digits and _ that starts "
+            "with a letter, e.g. hydrology or land_cover"
+        )
+    return name
+
+
+#: A predictor group: any short identifier-like name; the report sums importance per group.
+Group = Annotated[str, AfterValidator(_group_name)]
 Resampling = Literal[
     "auto", "nearest", "bilinear", "cubic", "average", "mode", "min", "max", "med", "sum"
 ]
@@ -54,7 +72,7 @@ class Layer(BaseModel):
 
     path: str
     kind: Kind
-    group: Group
+    group: Group = Field("other", description="predictor group the report sums importance by")
     units: str = ""
     description: str = ""
     band: int = Field(1, ge=1)

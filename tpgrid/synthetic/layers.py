@@ -14,7 +14,9 @@ lithology                      UTM 46N (EPSG:32646)        1 km      uint8 codes
 grazing                        EPSG:4326 (yearbooks)       0.25°     float32
 =============================  ==========================  ========  ===============
 
-Categorical layers carry class codes (:data:`VEGETATION_CLASSES`, :data:`LITHOLOGY_CLASSES`).
+Categorical layers carry class codes (:data:`VEGETATION_CLASSES`, :data:`LITHOLOGY_CLASSES`);
+the catalog names lithology classes in words (:data:`LITHOLOGY_NAMES`). Each layer's predictor
+group is a free name: vegetation types are ``land_cover``, lithology ``geology``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,16 @@ from typing import Literal
 
 VEGETATION_CLASSES = {1: "forest", 2: "shrub", 3: "meadow", 4: "steppe", 5: "desert", 6: "cropland"}
 LITHOLOGY_CLASSES = {1: "IA", 2: "MA", 3: "SC", 4: "SO", 5: "UE", 6: "UF"}
+# What the map's SOTER-style codes stand for: the catalog names classes by these, so the report
+# reads "acid metamorphic (MA)" where the map and the site table say "MA".
+LITHOLOGY_NAMES = {
+    "IA": "acid igneous (IA)",
+    "MA": "acid metamorphic (MA)",
+    "SC": "clastic sedimentary (SC)",
+    "SO": "carbonate sedimentary (SO)",
+    "UE": "aeolian deposits (UE)",
+    "UF": "fluvial deposits (UF)",
+}
 CATEGORY_NODATA = 0
 FLOAT_NODATA = -9999.0
 DEM_NODATA = -32768
@@ -199,7 +211,7 @@ LAYERS: dict[str, LayerSpec] = {
     ),
     "vegetation": LayerSpec(
         "categorical",
-        "categorical",
+        "land_cover",
         "",
         "EPSG:4326",
         1 / 240,
@@ -211,7 +223,7 @@ LAYERS: dict[str, LayerSpec] = {
     ),
     "lithology": LayerSpec(
         "categorical",
-        "categorical",
+        "geology",
         "",
         UTM_46N,
         1000,
@@ -248,9 +260,10 @@ def catalog_document() -> dict[str, object]:
             "units": spec.units,
             "description": spec.description,
         }
-        if spec.kind == "categorical":
-            classes = VEGETATION_CLASSES if name == "vegetation" else LITHOLOGY_CLASSES
-            entry["classes"] = dict(classes)
+        if name == "vegetation":
+            entry["classes"] = dict(VEGETATION_CLASSES)
+        elif name == "lithology":
+            entry["classes"] = {c: LITHOLOGY_NAMES[a] for c, a in LITHOLOGY_CLASSES.items()}
         else:
             entry["valid_range"] = list(spec.valid_range or ())
         layers[name] = entry

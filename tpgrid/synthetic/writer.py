@@ -172,8 +172,9 @@ def write_plateau(
         )
     catalog = yaml.safe_dump(catalog_document(), sort_keys=False, allow_unicode=True)
     (out_dir / "catalog.yaml").write_text(catalog, encoding="utf-8")
+    # Only the settings SIZES states, so the file reads as the grid's full description.
     (out_dir / "grid.yaml").write_text(
-        yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+        yaml.safe_dump(spec.model_dump(mode="json", exclude_unset=True), sort_keys=False)
     )
 
     covariates = on_target_grid(products, grid)
