@@ -14,7 +14,7 @@ import pytest
 import rasterio
 import yaml
 
-from tests.regions import CRS, ELEMENTS, LAND_USE, Region, build_region
+from tests.regions import CRS, ELEMENTS, LAND_USE, SOIL_TYPES, Region, build_region
 from tpgrid.config import load_pipeline
 from tpgrid.errors import OutputExistsError, SiteTableError, SourceError
 from tpgrid.grid import TargetGrid
@@ -130,8 +130,24 @@ def test_init_then_run_maps_the_survey_then_on_a_template_grid(
     for path in maps:
         with rasterio.open(path) as cog:
             assert (cog.crs, cog.transform, cog.shape) == ndwi_grid, path.name
-    report = json.loads((config.published_dir / "current" / "report" / "report.json").read_text())
-    assert "EPSG:3035" in json.dumps(report) or "3035" in json.dumps(report)
+    current = config.published_dir / "current"
+    report = json.loads((current / "report" / "report.json").read_text())
+    for element in ELEMENTS:
+        analysis = report["elements"][element]
+        # Effects of the survey's own continuous predictors; groups by its own classes.
+        assert analysis["effects"]
+        assert set(analysis["effects"]) <= {"ndwi", "clay"}
+        assert set(analysis["groups"]) == {"landuse", "soil_type"}
+        assert set(analysis["groups"]["landuse"]["means"]) <= {f"class {c}" for c in LAND_USE}
+        assert set(analysis["groups"]["soil_type"]["means"]) == set(SOIL_TYPES)
+        record = json.loads((config.models_dir / element / "model.json").read_text())["record"]
+        choice = record["cv"]["spatial"]["block_choice"]
+        # Derived from the sites' spacing: well below the 16 km survey, not the plateau's 100 km.
+        assert 0 < choice["block_km"] < 16
+        assert record["sites"]["crs"] == CRS
+    item = json.loads((current / "item.json").read_text())
+    assert "tpgrid:cv_r2" in item["assets"]["Pb_mean"]
+    assert "plateau" not in (current / "report" / "report.html").read_text().lower()
 
     # The same survey mapped on a template raster's grid: 100 m, offset, part of the area.
     (project / "grid_like.yaml").write_text(f"like: {region.template}\n")

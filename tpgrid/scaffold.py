@@ -45,6 +45,8 @@ from tpgrid.sources import CATEGORICAL_NODATA, load_catalog
 #: An integer raster with more distinct values than this is taken for a continuous quantity.
 MAX_GUESSED_CLASSES = 30
 RASTER_SUFFIXES = (".tif", ".tiff")
+#: Chunks a written grid should have at least (a smaller chunk edge is chosen until it does).
+MIN_CHUNKS = 8
 FILES = ("catalog.yaml", "grid.yaml", "pipeline.yaml")
 _EQUAL_AREA = "ESRI:54009"  # Mollweide: pixel areas comparable across CRSs
 
@@ -345,7 +347,7 @@ def _grid_text(template: GuessedLayer, out: Path) -> str:
         "extent: ["
         + ", ".join(f"{v:.12g}" for v in (box.left, box.bottom, box.right, box.top))
         + "]  # x_min, y_min, x_max, y_max in the grid's CRS",
-        "chunk: 512  # pixels per chunk edge: the unit of work and memory",
+        f"chunk: {_chunk_edge(template)}  # chunk edge in pixels: the unit of work and memory",
         "# mask: area.geojson  # map only inside this polygon (default: every pixel)",
     ]
     return "\n".join(lines) + "\n"
@@ -383,6 +385,16 @@ def _pipeline_text(
         "# cluster: cluster.yaml  # or --cluster / --scheduler-address; default: local processes",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _chunk_edge(template: GuessedLayer) -> int:
+    """512, or smaller on a small grid so that its chunks can keep several workers busy."""
+    with rasterio.open(template.path) as src:
+        height, width = src.height, src.width
+    for edge in (512, 256):
+        if math.ceil(height / edge) * math.ceil(width / edge) >= MIN_CHUNKS:
+            return edge
+    return 128
 
 
 def _check_runnable(pipeline: Path) -> None:
