@@ -100,7 +100,13 @@ def applicability(
     ]
     frame = training_table(table, "Fe", located).frame
     frame = frame[frame["site_id"].isin(outside.index)].reset_index(drop=True)
-    layers = cube_layers(cube, cube_path)
+    # A model of the regional covariates: on the small plateau Fe's own forest leans on slope
+    # and lithology, which the region keeps as they were; its CIA, clay and NPP become new.
+    layers = {
+        name: attrs
+        for name, attrs in cube_layers(cube, cube_path).items()
+        if name not in ("slope", "northness", "eastness", "lithology")
+    }
     at_sites = extract_covariates(
         cube, outside["row"].to_numpy(), outside["col"].to_numpy(), list(layers)
     )
