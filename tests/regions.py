@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-import rasterio
 from affine import Affine
 from scipy.ndimage import gaussian_filter
+
+from tests.conftest import write_tif
 
 CRS = "EPSG:3035"
 X0, Y0 = 4_321_000.0, 3_222_000.0  # north-west corner of the 50 m grid
@@ -48,21 +49,32 @@ def build_region(root: Path, seed: int = 0, n_sites: int = 150) -> Region:
     ndwi = np.clip(_smooth(rng, (ROWS, COLS), 12) * 0.25, -0.6, 0.8)
     clay_coarse = 25 + 8 * _smooth(rng, (ROWS // 2 + 1, COLS // 2 + 1), 5)
     land = _land_use(rng)
-    _write(rasters / "ndwi.tif", ndwi.astype("float32"), Affine(RES, 0, X0, 0, -RES, Y0), None)
+    write_tif(rasters / "ndwi.tif", ndwi.astype("float32"), crs=CRS, transform=_grid(RES, X0, Y0))
     # The clay product's own grid: 100 m, its corner 30 m west and north of the NDWI grid's.
-    clay_transform = Affine(2 * RES, 0, X0 - 30, 0, -2 * RES, Y0 + 30)
-    _write(rasters / "clay.tif", clay_coarse.astype("float32"), clay_transform, -9999.0)
-    _write(rasters / "landuse.tif", land, Affine(RES, 0, X0, 0, -RES, Y0), 0)
+    clay_transform = _grid(2 * RES, X0 - 30, Y0 + 30)
+    write_tif(
+        rasters / "clay.tif",
+        clay_coarse.astype("float32"),
+        crs=CRS,
+        transform=clay_transform,
+        nodata=-9999.0,
+    )
+    write_tif(rasters / "landuse.tif", land, crs=CRS, transform=_grid(RES, X0, Y0), nodata=0)
 
     # The template: 100 m, offset by 20 m, the area's central part.
     template = root / "template.tif"
     t_rows, t_cols = 80, 120
-    t_transform = Affine(2 * RES, 0, X0 + 2020, 0, -2 * RES, Y0 - 1980)
-    _write(template, np.zeros((t_rows, t_cols), "uint8"), t_transform, None)
+    t_transform = _grid(2 * RES, X0 + 2020, Y0 - 1980)
+    write_tif(template, np.zeros((t_rows, t_cols), "uint8"), crs=CRS, transform=t_transform)
 
     sites = root / "sites.csv"
     _site_table(rng, n_sites, ndwi, clay_coarse, land).to_csv(sites, index=False)
     return Region(root=root, rasters=rasters, sites=sites, template=template)
+
+
+def _grid(res: float, west: float, north: float) -> Affine:
+    """A north-up grid's transform."""
+    return Affine(res, 0, west, 0, -res, north)
 
 
 def _smooth(
@@ -78,28 +90,6 @@ def _land_use(rng: np.random.Generator) -> npt.NDArray[np.uint8]:
     land = np.select([score < -0.6, score < 0.3, score < 1.4], [3, 1, 2], 5).astype("uint8")
     land[:6, :10] = 0  # a corner without a land-use class (nodata)
     return land
-
-
-def _write(
-    path: Path, data: npt.NDArray[np.generic], transform: Affine, nodata: float | None
-) -> None:
-    profile = {
-        "driver": "GTiff",
-        "height": data.shape[0],
-        "width": data.shape[1],
-        "count": 1,
-        "dtype": str(data.dtype),
-        "crs": CRS,
-        "transform": transform,
-        "tiled": True,
-        "blockxsize": 128,
-        "blockysize": 128,
-        "compress": "deflate",
-    }
-    if nodata is not None:
-        profile["nodata"] = nodata
-    with rasterio.open(path, "w", **profile) as dst:
-        dst.write(data, 1)
 
 
 def _site_table(
