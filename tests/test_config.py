@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tpgrid.client import SchedulerFileSpec
 from tpgrid.config import demo_config, load_pipeline
 from tpgrid.errors import ConfigError
 from tpgrid.fit import SiteSource
@@ -116,3 +117,15 @@ def test_a_grid_without_crs_and_resolution_names_the_keys(tmp_path: Path) -> Non
     )
     with pytest.raises(ConfigError, match=r"(?s)p\.yaml.*grid.*set \['crs', 'resolution'\]"):
         load_pipeline(path)
+
+
+def test_an_inline_cluster_spec_reads_its_paths_from_the_pipeline_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "pipelines"
+    folder.mkdir()
+    (folder / "p.yaml").write_text(
+        "name: p\nworkdir: work\nsynthetic: {}\n"
+        "cluster: {kind: scheduler_file, scheduler_file: run/scheduler.json}\n"
+    )
+    config = load_pipeline(folder / "p.yaml")
+    assert isinstance(config.cluster, SchedulerFileSpec)
+    assert config.cluster.scheduler_file == folder / "run" / "scheduler.json"

@@ -134,8 +134,14 @@ def load_cluster_spec(path: str | Path) -> ClusterSpec:
     """Read a cluster spec YAML; every mistake names the file and the key. A relative path in
     it (``scheduler_file``) is relative to the YAML's folder, wherever the command runs."""
     data = read_mapping(path, "cluster spec", "see cluster/*.yaml for examples")
-    spec = parse_cluster_spec(data, source=f"cluster spec {path}")
-    folder = Path(path).parent
+    return resolved_against(
+        parse_cluster_spec(data, source=f"cluster spec {path}"), Path(path).parent
+    )
+
+
+def resolved_against(spec: ClusterSpec, folder: Path) -> ClusterSpec:
+    """``spec`` with its relative paths (``scheduler_file``) read from ``folder``: the folder
+    of the YAML that holds the spec."""
     relative = {
         key: (folder / value).resolve()
         for key in type(spec).model_fields

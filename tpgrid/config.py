@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tpgrid.client import ClusterSpec
+from tpgrid.client import ClusterSpec, resolved_against
 from tpgrid.core.blocks import UnseenPolicy
 from tpgrid.errors import StorageError
 from tpgrid.fit import PLATEAU_FIT, FitSettings, SearchGrid, SiteSource
@@ -197,7 +197,7 @@ def parse_pipeline(
     data: dict[str, Any], base_dir: Path, source: str = "pipeline config"
 ) -> PipelineConfig:
     """Validate a config mapping; relative paths are resolved against ``base_dir`` (those of a
-    grid given inline too)."""
+    grid or cluster spec given inline too)."""
     config = validated(PipelineConfig.model_validate, data, source)
     absolute: dict[str, Any] = {
         key: (base_dir / value).resolve()
@@ -210,6 +210,8 @@ def parse_pipeline(
         absolute["sites"] = config.sites.model_copy(
             update={"path": (base_dir / config.sites.path).resolve()}
         )
+    if config.cluster is not None:
+        absolute["cluster"] = resolved_against(config.cluster, base_dir)
     check_workdir(absolute["workdir"])
     return config.model_copy(update=absolute)
 
