@@ -70,28 +70,28 @@ def ij_variance(
     (:func:`inbag_counts`, or a site bootstrap's own counts). ``bias_corrected`` returns V_IJ-U,
     else V_IJ (module docstring). The covariances are one matrix product per block of rows,
     centred counts (n_samples × B) times centred predictions (B × rows), with blocks of at
-    most ``block_bytes`` of covariances; the result does not depend on the block size."""
+    most ``block_bytes`` of covariances; the block size changes the result by rounding only."""
     t = np.asarray(tree_predictions, dtype=np.float64)
     counts = np.asarray(inbag, dtype=np.float64)
-    if t.ndim != 2 or counts.ndim != 2 or t.shape[1] != counts.shape[1]:
+    if t.ndim != 2 or counts.ndim != 2 or t.shape[1] != counts.shape[1] or counts.size == 0:
         raise AnalysisError(
             f"tree predictions {t.shape} and in-bag counts {counts.shape} must be "
-            "(rows, trees) and (training rows, trees) with the same trees"
+            "(rows, trees) and (training rows, trees) with the same trees, at least one of each"
         )
     n_samples, n_trees = counts.shape
     # Centring both factors makes the product a covariance without a separate mean term.
     counts_c = counts - counts.mean(axis=1, keepdims=True)
-    t_c = t - t.mean(axis=1, keepdims=True)
-    rows_per_block = max(1, block_bytes // (8 * max(n_samples, 1)))
+    count_var = float(np.mean(counts_c * counts_c))
+    rows_per_block = max(1, block_bytes // (8 * n_samples))
     variance = np.empty(t.shape[0], dtype=np.float64)
     for start in range(0, t.shape[0], rows_per_block):
-        block = slice(start, start + rows_per_block)
-        cov = counts_c @ t_c[block].T / n_trees  # (n_samples, rows in block)
-        variance[block] = np.einsum("ir,ir->r", cov, cov)
-    if bias_corrected:
-        count_var = float(np.mean(counts_c * counts_c)) if counts.size else 0.0
-        tree_var = np.einsum("rb,rb->r", t_c, t_c) / n_trees
-        variance -= n_samples * count_var * tree_var / n_trees
-    if counts.size and counts.max() == 1:
+        block = t[start : start + rows_per_block]
+        t_c = block - block.mean(axis=1, keepdims=True)
+        cov = counts_c @ t_c.T  # B · covariances, (n_samples, rows in block)
+        v = np.einsum("ir,ir->r", cov, cov)
+        if bias_corrected:
+            v -= n_samples * count_var * np.einsum("rb,rb->r", t_c, t_c)
+        variance[start : start + rows_per_block] = v / n_trees**2
+    if counts.max() == 1:
         variance /= (1.0 - counts.mean()) ** 2
     return variance
