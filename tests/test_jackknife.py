@@ -63,6 +63,19 @@ def test_inbag_counts_are_forestcis(
     np.testing.assert_array_equal(counts.sum(axis=0), drawn)
 
 
+def test_inbag_counts_leave_out_the_rows_scikit_learns_oob_prediction_uses() -> None:
+    """Against scikit-learn itself, on a forest built as the fit's final one (all cores, OOB)."""
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 3))
+    y = X[:, 0] + rng.normal(scale=0.3, size=50)
+    forest = RandomForestRegressor(n_estimators=40, oob_score=True, random_state=5, n_jobs=-1)
+    forest.fit(X, y)
+    out_of_bag = inbag_counts(forest, 50) == 0
+    trees = _tree_predictions(forest, X)
+    oob_mean = (trees * out_of_bag).sum(axis=1) / out_of_bag.sum(axis=1)
+    np.testing.assert_allclose(oob_mean, forest.oob_prediction_, rtol=1e-12)
+
+
 @FOREST_CASES
 @given(
     n_train=st.integers(20, 60),
