@@ -79,7 +79,7 @@ def test_inbag_counts_leave_out_the_rows_scikit_learns_oob_prediction_uses() -> 
 @FOREST_CASES
 @given(
     n_train=st.integers(20, 60),
-    n_trees=st.integers(2, 30),
+    n_trees=st.integers(2, 90),
     seed=st.integers(0, 2**16),
     max_samples=max_samples_st,
 )
@@ -98,7 +98,7 @@ def test_ij_variance_is_forestcis_uncalibrated(
 
 
 @FOREST_CASES
-@given(n_train=st.integers(12, 40), n_trees=st.integers(2, 20), seed=st.integers(0, 2**16))
+@given(n_train=st.integers(12, 40), n_trees=st.integers(2, 60), seed=st.integers(0, 2**16))
 def test_subsampling_without_replacement_is_inflated_as_forestci_does(
     n_train: int, n_trees: int, seed: int
 ) -> None:
@@ -147,9 +147,11 @@ def test_block_size_does_not_change_the_result(
     np.testing.assert_allclose(blocked, whole, rtol=1e-13, atol=1e-15 * np.abs(whole).max())
 
 
-def test_packed_forest_tree_predictions_give_forestcis_variance() -> None:
-    """The map path: per-tree predictions from tpgrid's packed forest on float32 rows."""
-    forest, shape, X_test = _fitted(80, 24, 3, None)
+@pytest.mark.parametrize(("n_train", "n_trees"), [(80, 24), (20, 50)])
+def test_packed_forest_tree_predictions_give_forestcis_variance(n_train: int, n_trees: int) -> None:
+    """The map path: per-tree predictions from tpgrid's packed forest on float32 rows, with
+    more training rows than trees (the Gram matrix) and fewer (the counts themselves)."""
+    forest, shape, X_test = _fitted(n_train, n_trees, 3, None)
     trees = pack_forest(forest).predict_trees(X_test.astype(np.float32))
     ref = forestci.random_forest_error(forest, shape, X_test, calibrate=False)
     _assert_matches(ij_variance(trees, inbag_counts(forest, shape[0])), ref)

@@ -25,7 +25,7 @@ import numpy as np
 from tpgrid.core.arrays import F64, FloatArray
 from tpgrid.errors import AnalysisError
 
-#: Largest (training rows × map rows) covariance block :func:`ij_variance` holds at once.
+#: Largest (training rows or trees × map rows) product :func:`ij_variance` holds at once.
 BLOCK_BYTES = 64 * 2**20
 
 
@@ -68,9 +68,10 @@ def ij_variance(
     ``tree_predictions`` (n_rows, B) holds every tree's prediction per row (NaN rows give
     NaN); ``inbag`` (n_samples, B) the trees' in-bag counts of the training rows
     (:func:`inbag_counts`, or a site bootstrap's own counts). ``bias_corrected`` returns V_IJ-U,
-    else V_IJ (module docstring). The covariances are one matrix product per block of rows,
-    centred counts (n_samples × B) times centred predictions (B × rows), with blocks of at
-    most ``block_bytes`` of covariances; the block size changes the result by rounding only."""
+    else V_IJ (module docstring). It is one matrix product per block of rows: centred counts
+    (n_samples × B), or with more training rows than trees their B × B Gram matrix, times
+    centred predictions (B × rows), in blocks of at most ``block_bytes`` of product; the block
+    size changes the result by rounding only."""
     t = np.asarray(tree_predictions, dtype=np.float64)
     counts = np.asarray(inbag, dtype=np.float64)
     if t.ndim != 2 or counts.ndim != 2 or t.shape[1] != counts.shape[1] or counts.size == 0:
@@ -79,18 +80,27 @@ def ij_variance(
             "(rows, trees) and (training rows, trees) with the same trees, at least one of each"
         )
     n_samples, n_trees = counts.shape
-    # Centring both factors makes the product a covariance without a separate mean term.
+    # Centring the counts makes the product with centred predictions a covariance.
     counts_c = counts - counts.mean(axis=1, keepdims=True)
     count_var = float(np.mean(counts_c * counts_c))
-    rows_per_block = max(1, block_bytes // (8 * n_samples))
+    # Σ_i (N_c t_c)_i² = t_cᵀ (N_cᵀ N_c) t_c: with more training rows than trees, the trees'
+    # B × B Gram matrix makes each row cost B² instead of n · B, the same sum in another order.
+    gram = n_samples > n_trees
+    factor = counts_c.T @ counts_c if gram else counts_c
+    if gram and bias_corrected:
+        factor[np.diag_indices(n_trees)] -= n_samples * count_var
+    rows_per_block = max(1, block_bytes // (8 * factor.shape[0]))
     variance = np.empty(t.shape[0], dtype=np.float64)
     for start in range(0, t.shape[0], rows_per_block):
         block = t[start : start + rows_per_block]
         t_c = block - block.mean(axis=1, keepdims=True)
-        cov = counts_c @ t_c.T  # B · covariances, (n_samples, rows in block)
-        v = np.einsum("ir,ir->r", cov, cov)
-        if bias_corrected:
-            v -= n_samples * count_var * np.einsum("rb,rb->r", t_c, t_c)
+        product = factor @ t_c.T  # (n_samples or B, rows in block)
+        if gram:
+            v = np.einsum("br,rb->r", product, t_c)
+        else:
+            v = np.einsum("ir,ir->r", product, product)
+            if bias_corrected:
+                v -= n_samples * count_var * np.einsum("rb,rb->r", t_c, t_c)
         variance[start : start + rows_per_block] = v / n_trees**2
     if counts.max() == 1:
         variance /= (1.0 - counts.mean()) ** 2
