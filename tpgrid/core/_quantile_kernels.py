@@ -9,6 +9,23 @@ over all trees before any quantile can be read, and that gathering, not the walk
 
 import numba
 import numpy as np
+from numba.cpython.unsafe.numbers import trailing_zeros
+
+from tpgrid.core._kernels import (
+    AUTO,
+    LANES,
+    PACKETS,
+    PROBE_TREES,
+    _cycles,
+    _u,
+    _walk_lockstep,
+    _walk_packets,
+    tile_rows,
+)
+
+#: Bytes of the per-tile buffer of every tree's leaf per row: it bounds the tile's rows (512
+#: rows for 500 trees), so the buffer stays in L2/L3 between the walk and the gathering.
+LEAF_BUFFER_BYTES = 1 << 20
 
 
 @numba.njit(nogil=True, cache=True)
@@ -30,7 +47,7 @@ def forest_leaves(X, feature, threshold, left, roots):  # type: ignore[no-untype
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def _weighted_quantiles(y, rank, weight, m, quantiles, order, out, i):  # type: ignore[no-untyped-def]
+def _weighted_quantiles(y, rank, weight, cum, m, quantiles, order, out, i):  # type: ignore[no-untyped-def]
     """Quantiles of the distribution with ``weight[j]`` at ``y[rank[j]]``, j < m, into out[i].
 
     ``rank`` is ascending and starts at 0 (the smallest training target, with weight 0 if no leaf
@@ -38,7 +55,6 @@ def _weighted_quantiles(y, rank, weight, m, quantiles, order, out, i):  # type: 
     are visited in ascending ``order`` and the floor index carries over between them, as in
     quantile-forest's ``calc_weighted_quantile`` (C = 1, "linear"), whose steps this follows.
     """
-    cum = np.empty(m, dtype=np.float64)
     cum[0] = weight[0]
     for j in range(1, m):
         cum[j] = cum[j - 1] + weight[j]
@@ -92,64 +108,121 @@ def _weighted_quantiles(y, rank, weight, m, quantiles, order, out, i):  # type: 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def forest_quantiles(  # type: ignore[no-untyped-def]
-    X, feature, threshold, left, roots, leaf_offsets, samples, counts, y, quantiles, order,
-    weighted_leaves,
+    X, feature, threshold, left, roots, lockstep_levels, child_feature, node_index,
+    leaf_offsets, leaf_draws, samples, counts, y, quantiles, order, weighted_leaves, walk,
 ):  # fmt: skip
     """Weighted quantiles of the training targets per row of float32 ``X``: (n, n_quantiles).
 
     Leaf k holds entries ``leaf_offsets[k]:leaf_offsets[k + 1]`` of ``samples`` (positions in
-    the ascending ``y``) and ``counts`` (in-bag counts). In tree t a row's leaf of in-bag size
-    n_t gives each of its in-bag draws the weight ``1 / n_t * S / T`` (``weighted_leaves``: S is
-    the sum of the row's n_t over the T trees) or 1 (not); a sample's weight is the sum over its
-    draws, added one draw at a time in tree order as quantile-forest does, so the sums are equal
-    bit for bit. ``order`` sorts ``quantiles``. NaN rows give NaN.
+    the ascending ``y``) and ``counts`` (in-bag counts), ``leaf_draws[k]`` draws in all. In tree
+    t a row's leaf of n_t draws gives each of its draws the weight ``1 / n_t * S / T``
+    (``weighted_leaves``: S is the sum of the row's n_t over the T trees) or 1 (not); a sample's
+    weight is the sum over its draws, added one draw at a time in tree order as quantile-forest
+    does, so the sums are equal bit for bit. ``order`` sorts ``quantiles``. NaN rows give NaN.
+
+    Rows are walked a tile at a time, one tree after the other, by `forest_mean_variance`'s walks
+    (``walk`` as there) with ``node_index`` (float64 k at node k) as the leaf values, so each
+    tree is read once per tile; then each row's weights are gathered from its leaves.
     """
-    n = X.shape[0]
+    n, n_features = X.shape
     n_trees = roots.shape[0]
     n_train = y.shape[0]
     out = np.empty((n, quantiles.shape[0]), dtype=np.float64)
-    leaf = np.empty(n_trees, dtype=np.int64)
-    size = np.empty(n_trees, dtype=np.int64)
+    # The tile's leaves of every tree (int32) take at most LEAF_BUFFER_BYTES.
+    rows_per_tile = max(1, LEAF_BUFFER_BYTES // (4 * n_trees) // LANES) * LANES
+    rows_per_tile = min(rows_per_tile, tile_rows(n_features))
+    rows_per_tile = min(rows_per_tile, max(1, (n + LANES - 1) // LANES) * LANES)
+    stride = _u(rows_per_tile)
+    tile = np.empty(rows_per_tile * n_features, dtype=np.float32)  # feature-major
+    rows = np.empty(rows_per_tile, dtype=np.int64)  # tile row -> row of X
+    leaf_id = np.empty(rows_per_tile, dtype=np.float64)  # one tree's leaf per tile row
+    leaves = np.empty(rows_per_tile * n_trees, dtype=np.int32)  # row-major: a row's leaves
+    node = np.empty(rows_per_tile, dtype=np.uint32)
+    active = np.empty(rows_per_tile, dtype=np.uint32)
+    stack_node = np.empty(LANES, dtype=np.uint64)
+    stack_mask = np.empty(LANES, dtype=np.uint64)
     total = np.zeros(n_train, dtype=np.float64)  # weight per sample; zero again after each row
-    touched = np.empty(n_train + 1, dtype=np.int64)
+    # Bit r set: sample r has weight (or r = 0). Read word by word, the set bits give the
+    # weighted samples in ascending order without sorting them or sweeping all of ``total``.
+    held = np.zeros((n_train + 63) // 64, dtype=np.uint64)
+    rank = np.empty(n_train + 1, dtype=np.int64)
     weight = np.empty(n_train + 1, dtype=np.float64)
-    for i in range(n):
-        if np.isnan(X[i]).any():
-            out[i, :] = np.nan
-            continue
-        s = 0
-        for t in range(n_trees):
-            k = roots[t]
-            while left[k] != k:
-                k = left[k] + (X[i, feature[k]] > threshold[k])
-            leaf[t] = k
-            size[t] = 0
-            for e in range(leaf_offsets[k], leaf_offsets[k + 1]):
-                size[t] += counts[e]
-            s += size[t]
+    cum = np.empty(n_train + 1, dtype=np.float64)
+    i = 0
+    while i < n:
         m = 0
+        while i < n and m < rows_per_tile:
+            finite = True
+            for f in range(n_features):
+                finite &= not np.isnan(X[i, f])
+                tile[f * rows_per_tile + m] = X[i, f]
+            if finite:
+                rows[m] = i
+                m += 1
+            else:
+                out[i, :] = np.nan
+            i += 1
+        packet_cycles = lockstep_cycles = _u(0)
         for t in range(n_trees):
-            w = 1.0
-            if weighted_leaves:
-                w = 1.0 / size[t]
-                w *= s
-                w /= n_trees
-            k = leaf[t]
-            for e in range(leaf_offsets[k], leaf_offsets[k + 1]):
-                j = samples[e]
-                if total[j] == 0.0:  # weights are > 0: first draw of this sample
-                    touched[m] = j
-                    m += 1
-                for _ in range(counts[e]):
-                    total[j] += w
-        ranks = np.sort(touched[:m])
-        # The smallest target always comes first (weight 0 if no leaf holds it).
-        start = 0 if ranks[0] == 0 else 1
-        touched[0] = 0
-        weight[0] = 0.0
+            if walk == AUTO and t < 2 * PROBE_TREES:
+                packets = t % 2 == 0
+            elif walk == AUTO:
+                packets = bool(packet_cycles <= lockstep_cycles)
+            else:
+                packets = walk == PACKETS
+            start = _cycles()  # type: ignore[call-arg,var-annotated]
+            if packets:
+                _walk_packets(
+                    tile, stride, m, roots[t], feature, threshold, left, node_index, 0.0,
+                    leaf_id, stack_node, stack_mask,
+                )  # fmt: skip
+            else:
+                _walk_lockstep(
+                    tile, stride, m, roots[t], lockstep_levels[t], child_feature, threshold,
+                    node_index, 0.0, leaf_id, node, active,
+                )  # fmt: skip
+            if t < 2 * PROBE_TREES and packets:
+                packet_cycles += _cycles() - start
+            elif t < 2 * PROBE_TREES:
+                lockstep_cycles += _cycles() - start
+            for j in range(m):
+                leaves[j * n_trees + t] = np.int32(leaf_id[j])
         for j in range(m):
-            touched[start + j] = ranks[j]
-            weight[start + j] = total[ranks[j]]
-            total[ranks[j]] = 0.0
-        _weighted_quantiles(y, touched, weight, m + start, quantiles, order, out, i)
+            row_leaves = leaves[j * n_trees : (j + 1) * n_trees]
+            s = 0
+            for t in range(n_trees):
+                s += leaf_draws[row_leaves[t]]
+            held[0] = _u(1)  # the smallest target always comes first
+            for t in range(n_trees):
+                k = row_leaves[t]
+                w = 1.0
+                if weighted_leaves:
+                    w = 1.0 / leaf_draws[k]
+                    w *= s
+                    w /= n_trees
+                for e in range(leaf_offsets[k], leaf_offsets[k + 1]):
+                    sample = samples[e]
+                    held[sample >> 6] |= _u(1) << _u(sample & 63)
+                    for _ in range(counts[e]):
+                        total[sample] += w
+            size = _compact(total, held, rank, weight)
+            _weighted_quantiles(y, rank, weight, cum, size, quantiles, order, out, rows[j])
     return out
+
+
+@numba.njit(nogil=True, cache=True)
+def _compact(total, held, rank, weight):  # type: ignore[no-untyped-def]
+    """The samples whose bit is set in ``held``, ascending, into rank/weight; clears their bits
+    and ``total``. Returns how many."""
+    size = 0
+    for word_index in range(held.shape[0]):
+        word = held[word_index]
+        held[word_index] = _u(0)
+        while word != _u(0):
+            r = word_index * 64 + trailing_zeros(word)  # type: ignore[call-arg]
+            rank[size] = r
+            weight[size] = total[r]
+            total[r] = 0.0
+            size += 1
+            word &= word - _u(1)
+    return size

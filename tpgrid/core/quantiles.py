@@ -8,7 +8,7 @@ walks the packed forest per row and reads quantiles off that distribution.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.core import _quantile_kernels
-from tpgrid.core.forest import PackedForest, pack_forest
+from tpgrid.core.forest import _WALKS, PackedForest, Walk, pack_forest, warm_up_kernels
 
 _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "leaf_offsets": np.int64,
@@ -41,6 +41,9 @@ class LeafMembership:
       the order ``np.argsort`` gives them, which quantile-forest uses too (it decides which of
       equal targets a quantile interpolates towards, hence the exact match).
     - ``train_index``: int64 [n_train], the row of the training table each target came from.
+
+    Derived, not stored: ``leaf_draws`` (int64 [n_nodes], the sum of each leaf's counts) and
+    ``node_index`` (float64 [n_nodes], k at node k: what the walk reports for a leaf).
     """
 
     leaf_offsets: npt.NDArray[np.int64]
@@ -48,6 +51,8 @@ class LeafMembership:
     counts: npt.NDArray[np.int32]
     y_train: npt.NDArray[np.float64]
     train_index: npt.NDArray[np.int64]
+    leaf_draws: npt.NDArray[np.int64] = field(init=False, repr=False)
+    node_index: npt.NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, dtype in _ARRAY_DTYPES.items():
@@ -71,6 +76,14 @@ class LeafMembership:
             raise ValueError("LeafMembership.y_train must be ascending and NaN-free")
         if self.train_index.shape[0] != n_train:
             raise ValueError("LeafMembership.train_index must have one entry per target")
+        n_nodes = offsets.shape[0] - 1
+        leaf_of = np.repeat(np.arange(n_nodes), np.diff(offsets))
+        draws = np.bincount(leaf_of, self.counts, n_nodes).astype(np.int64)
+        node_index = np.arange(n_nodes, dtype=np.float64)
+        for array in (draws, node_index):
+            array.flags.writeable = False
+        object.__setattr__(self, "leaf_draws", draws)
+        object.__setattr__(self, "node_index", node_index)
 
     @property
     def n_nodes(self) -> int:
@@ -176,6 +189,7 @@ def forest_quantiles(
     X: npt.ArrayLike,
     quantiles: npt.ArrayLike,
     weighted_leaves: bool = True,
+    walk: Walk = "auto",
 ) -> npt.NDArray[np.float64]:
     """Quantiles of each row's conditional distribution: float64 (n_rows, n_quantiles).
 
@@ -195,7 +209,9 @@ def forest_quantiles(
     here is True because that is Meinshausen's forest.
 
     ``X`` is (n_rows, n_features), cast to float32; rows with a NaN covariate give NaN.
-    ``quantiles`` are in [0, 1].
+    ``quantiles`` are in [0, 1]. ``walk`` is as in `PackedForest.predict_mean_variance`: it
+    changes the speed, never the result. Every leaf reached must hold a draw (as every leaf of
+    a fitted forest does).
     """
     if membership.n_nodes != forest.n_nodes:
         raise ValueError(
@@ -209,17 +225,26 @@ def forest_quantiles(
         raise ValueError("quantiles must be a non-empty 1-D list of numbers in [0, 1]")
     if membership.y_train.size == 0:
         raise ValueError("the membership holds no training targets")
+    leaves = membership.leaf_offsets[1:] > membership.leaf_offsets[:-1]
+    if np.any(leaves != (forest.left == np.arange(forest.n_nodes))):
+        raise ValueError("the membership's leaves are not the forest's leaves")
+    warm_up_kernels()  # the walks it shares, under the cache lock
     return _quantile_kernels.forest_quantiles(  # type: ignore[no-any-return]
         X32,
         forest.feature,
         forest.threshold,
         forest.left,
         forest.roots,
+        forest.lockstep_levels,
+        forest.child_feature,
+        membership.node_index,
         membership.leaf_offsets,
+        membership.leaf_draws,
         membership.samples,
         membership.counts,
         membership.y_train,
         q,
         np.argsort(q, kind="stable").astype(np.int64),
         weighted_leaves,
+        _WALKS[walk],
     )
