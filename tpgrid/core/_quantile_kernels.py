@@ -23,9 +23,9 @@ from tpgrid.core._kernels import (
     tile_rows,
 )
 
-#: Bytes of the per-tile buffer of every tree's leaf per row: it bounds the tile's rows (512
-#: rows for 500 trees), so the buffer stays in L2/L3 between the walk and the gathering.
-LEAF_BUFFER_BYTES = 1 << 20
+#: Bytes of the per-tile buffer of every tree's leaf per row (int64): it bounds the tile's rows
+#: (1,024 rows for 500 trees), so the buffer stays in L2/L3 between the walk and the gathering.
+LEAF_BUFFER_BYTES = 4 << 20
 
 
 @numba.njit(nogil=True, cache=True)
@@ -108,21 +108,22 @@ def _weighted_quantiles(y, rank, weight, cum, m, quantiles, order, out, i):  # t
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def forest_quantiles(  # type: ignore[no-untyped-def]
-    X, feature, threshold, left, roots, lockstep_levels, child_feature, node_index,
-    leaf_offsets, leaf_draws, samples, counts, y, quantiles, order, weighted_leaves, walk,
+    X, feature, threshold, left, roots, lockstep_levels, child_feature, leaf_code, entries, y,
+    quantiles, order, weighted_leaves, walk,
 ):  # fmt: skip
     """Weighted quantiles of the training targets per row of float32 ``X``: (n, n_quantiles).
 
-    Leaf k holds entries ``leaf_offsets[k]:leaf_offsets[k + 1]`` of ``samples`` (positions in
-    the ascending ``y``) and ``counts`` (in-bag counts), ``leaf_draws[k]`` draws in all. In tree
-    t a row's leaf of n_t draws gives each of its draws the weight ``1 / n_t * S / T``
-    (``weighted_leaves``: S is the sum of the row's n_t over the T trees) or 1 (not); a sample's
-    weight is the sum over its draws, added one draw at a time in tree order as quantile-forest
-    does, so the sums are equal bit for bit. ``order`` sorts ``quantiles``. NaN rows give NaN.
+    Leaf k's header is ``entries[h]``, ``h = leaf_code[k]``: ``draws << 32 | n_samples``, then
+    ``n_samples`` entries ``count << 32 | sample`` (in-bag count, position in the ascending
+    ``y``). In tree t a row's leaf of n_t draws gives each of its draws the weight
+    ``1 / n_t * S / T`` (``weighted_leaves``: S is the sum of the row's n_t over the T trees) or
+    1 (not); a sample's weight is the sum over its draws, added one draw at a time in tree order
+    as quantile-forest does, so the sums are equal bit for bit. ``order`` sorts ``quantiles``.
+    NaN rows give NaN.
 
     Rows are walked a tile at a time, one tree after the other, by `forest_mean_variance`'s walks
-    (``walk`` as there) with ``node_index`` (float64 k at node k) as the leaf values, so each
-    tree is read once per tile; then each row's weights are gathered from its leaves.
+    (``walk`` as there) with ``leaf_code`` as the leaf values, so each tree is read once per
+    tile; then each row's weights are gathered from its leaves' entries.
     """
     n, n_features = X.shape
     n_trees = roots.shape[0]
@@ -136,7 +137,7 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
     tile = np.empty(rows_per_tile * n_features, dtype=np.float32)  # feature-major
     rows = np.empty(rows_per_tile, dtype=np.int64)  # tile row -> row of X
     leaf_id = np.empty(rows_per_tile, dtype=np.float64)  # one tree's leaf per tile row
-    leaves = np.empty(rows_per_tile * n_trees, dtype=np.int32)  # row-major: a row's leaves
+    leaves = np.empty(rows_per_tile * n_trees, dtype=np.int64)  # row-major: a row's headers
     node = np.empty(rows_per_tile, dtype=np.uint32)
     active = np.empty(rows_per_tile, dtype=np.uint32)
     stack_node = np.empty(LANES, dtype=np.uint64)
@@ -173,37 +174,37 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
             start = _cycles()  # type: ignore[call-arg,var-annotated]
             if packets:
                 _walk_packets(
-                    tile, stride, m, roots[t], feature, threshold, left, node_index, 0.0,
+                    tile, stride, m, roots[t], feature, threshold, left, leaf_code, 0.0,
                     leaf_id, stack_node, stack_mask,
                 )  # fmt: skip
             else:
                 _walk_lockstep(
                     tile, stride, m, roots[t], lockstep_levels[t], child_feature, threshold,
-                    node_index, 0.0, leaf_id, node, active,
+                    leaf_code, 0.0, leaf_id, node, active,
                 )  # fmt: skip
             if t < 2 * PROBE_TREES and packets:
                 packet_cycles += _cycles() - start
             elif t < 2 * PROBE_TREES:
                 lockstep_cycles += _cycles() - start
             for j in range(m):
-                leaves[j * n_trees + t] = np.int32(leaf_id[j])
+                leaves[j * n_trees + t] = np.int64(leaf_id[j])
         for j in range(m):
             row_leaves = leaves[j * n_trees : (j + 1) * n_trees]
             s = 0
             for t in range(n_trees):
-                s += leaf_draws[row_leaves[t]]
+                s += entries[row_leaves[t]] >> 32
             held[0] = _u(1)  # the smallest target always comes first
             for t in range(n_trees):
-                k = row_leaves[t]
+                h = row_leaves[t]
                 w = 1.0
                 if weighted_leaves:
-                    w = 1.0 / leaf_draws[k]
+                    w = 1.0 / (entries[h] >> 32)
                     w *= s
                     w /= n_trees
-                for e in range(leaf_offsets[k], leaf_offsets[k + 1]):
-                    sample = samples[e]
+                for e in range(h + 1, h + 1 + (entries[h] & 0xFFFFFFFF)):
+                    sample = entries[e] & 0xFFFFFFFF
                     held[sample >> 6] |= _u(1) << _u(sample & 63)
-                    for _ in range(counts[e]):
+                    for _ in range(entries[e] >> 32):
                         total[sample] += w
             size = _compact(total, held, rank, weight)
             _weighted_quantiles(y, rank, weight, cum, size, quantiles, order, out, rows[j])

@@ -42,8 +42,10 @@ class LeafMembership:
       equal targets a quantile interpolates towards, hence the exact match).
     - ``train_index``: int64 [n_train], the row of the training table each target came from.
 
-    Derived, not stored: ``leaf_draws`` (int64 [n_nodes], the sum of each leaf's counts) and
-    ``node_index`` (float64 [n_nodes], k at node k: what the walk reports for a leaf).
+    Derived, not stored, in the layout the kernel reads (one cache line per leaf, mostly):
+    ``entries`` (int64) holds per leaf a header ``draws << 32 | n_samples`` followed by one
+    ``count << 32 | sample`` per sample; ``leaf_code`` (float64 [n_nodes]) is the header's index
+    at leaves (-1 elsewhere), what the walk reports for a leaf in place of its value.
     """
 
     leaf_offsets: npt.NDArray[np.int64]
@@ -51,8 +53,8 @@ class LeafMembership:
     counts: npt.NDArray[np.int32]
     y_train: npt.NDArray[np.float64]
     train_index: npt.NDArray[np.int64]
-    leaf_draws: npt.NDArray[np.int64] = field(init=False, repr=False)
-    node_index: npt.NDArray[np.float64] = field(init=False, repr=False)
+    entries: npt.NDArray[np.int64] = field(init=False, repr=False)
+    leaf_code: npt.NDArray[np.float64] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         for name, dtype in _ARRAY_DTYPES.items():
@@ -76,14 +78,29 @@ class LeafMembership:
             raise ValueError("LeafMembership.y_train must be ascending and NaN-free")
         if self.train_index.shape[0] != n_train:
             raise ValueError("LeafMembership.train_index must have one entry per target")
-        n_nodes = offsets.shape[0] - 1
-        leaf_of = np.repeat(np.arange(n_nodes), np.diff(offsets))
-        draws = np.bincount(leaf_of, self.counts, n_nodes).astype(np.int64)
-        node_index = np.arange(n_nodes, dtype=np.float64)
-        for array in (draws, node_index):
+        entries, leaf_code = self._kernel_layout()
+        for array in (entries, leaf_code):
             array.flags.writeable = False
-        object.__setattr__(self, "leaf_draws", draws)
-        object.__setattr__(self, "node_index", node_index)
+        object.__setattr__(self, "entries", entries)
+        object.__setattr__(self, "leaf_code", leaf_code)
+
+    def _kernel_layout(self) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """``entries`` and ``leaf_code`` (see the class docstring) from the CSR arrays."""
+        n_nodes = self.leaf_offsets.shape[0] - 1
+        n_samples = np.diff(self.leaf_offsets)
+        held = np.flatnonzero(n_samples)
+        leaf_of = np.repeat(np.arange(n_nodes), n_samples)
+        draws = np.bincount(leaf_of, self.counts, n_nodes).astype(np.int64)
+        # Header of the i-th held leaf: after i headers and the samples of the leaves before.
+        header = np.arange(held.size) + self.leaf_offsets[held]
+        entries = np.empty(held.size + self.samples.size, dtype=np.int64)
+        entries[header] = (draws[held] << 32) | n_samples[held]
+        is_sample = np.ones(entries.size, dtype=bool)
+        is_sample[header] = False
+        entries[is_sample] = (self.counts.astype(np.int64) << 32) | self.samples
+        leaf_code = np.full(n_nodes, -1.0)
+        leaf_code[held] = header
+        return entries, leaf_code
 
     @property
     def n_nodes(self) -> int:
@@ -237,11 +254,8 @@ def forest_quantiles(
         forest.roots,
         forest.lockstep_levels,
         forest.child_feature,
-        membership.node_index,
-        membership.leaf_offsets,
-        membership.leaf_draws,
-        membership.samples,
-        membership.counts,
+        membership.leaf_code,
+        membership.entries,
         membership.y_train,
         q,
         np.argsort(q, kind="stable").astype(np.int64),
