@@ -12,8 +12,10 @@ from hypothesis import strategies as st
 from quantile_forest import ExtraTreesQuantileRegressor, RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
 
-from tpgrid.core.forest import PackedForest, pack_forest
+from tpgrid.core.forest import PackedForest, Walk, pack_forest
 from tpgrid.core.quantiles import LeafMembership, forest_quantiles, in_bag_counts, leaf_membership
+
+WALKS: tuple[Walk, ...] = ("auto", "packets", "lockstep")
 
 
 def two_stumps() -> tuple[PackedForest, LeafMembership]:
@@ -192,3 +194,20 @@ def test_save_load_and_checks(tmp_path: Path) -> None:
     weighted.fit(X, y, sample_weight=np.ones(60))
     with pytest.raises(ValueError, match="sample_weight"):
         in_bag_counts(weighted, 60)
+
+
+def test_walks_tiles_and_nan_rows() -> None:
+    # 1,100 trees make tiles of 448 rows, so 1,000 rows span three; the walk never matters.
+    estimator, X, y = fitted(RandomForestQuantileRegressor, 60, 4, n_estimators=1100)
+    packed = pack_forest(estimator)
+    membership = leaf_membership(estimator, X, y, packed)
+    rows = np.random.default_rng(5).standard_normal((1000, 3)).astype(np.float32)
+    rows[::7, 1] = np.nan
+    q = [0.05, 0.5, 0.95]
+    got = {walk: forest_quantiles(packed, membership, rows, q, walk=walk) for walk in WALKS}
+    finite = ~np.isnan(rows).any(axis=1)
+    assert np.isnan(got["auto"][~finite]).all()
+    expected = estimator.predict(rows[finite], q, weighted_leaves=True)
+    np.testing.assert_array_equal(got["auto"][finite], expected)
+    for walk in WALKS:
+        np.testing.assert_array_equal(got[walk], got["auto"])

@@ -1,11 +1,10 @@
 """Numba kernels for quantile regression forests (layouts: `tpgrid.core.quantiles`).
 
-`forest_leaves` walks rows to their leaf in every tree; `forest_quantiles` turns a row's leaves
-into weights on the training samples and reads quantiles off their weighted distribution, with
-the arithmetic of quantile-forest's ``calc_weighted_quantile`` step for step (so the numbers
-are the same, not just close). Both walk one row at a time: a row's weights have to be gathered
-over all trees before any quantile can be read, and that gathering, not the walk, is the cost.
-"""
+`forest_leaves` walks rows to their leaf in every tree (once, for the training rows);
+`forest_quantiles` walks tiles of rows with `forest_mean_variance`'s walks, turns each row's
+leaves into weights on the training samples and reads quantiles off their weighted
+distribution, with the arithmetic of quantile-forest's ``calc_weighted_quantile`` step for step
+(so the numbers are the same, not just close)."""
 
 import numba
 import numpy as np
@@ -129,8 +128,8 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
     n_trees = roots.shape[0]
     n_train = y.shape[0]
     out = np.empty((n, quantiles.shape[0]), dtype=np.float64)
-    # The tile's leaves of every tree (int32) take at most LEAF_BUFFER_BYTES.
-    rows_per_tile = max(1, LEAF_BUFFER_BYTES // (4 * n_trees) // LANES) * LANES
+    # The tile's leaves of every tree (int64) take at most LEAF_BUFFER_BYTES.
+    rows_per_tile = max(1, LEAF_BUFFER_BYTES // (8 * n_trees) // LANES) * LANES
     rows_per_tile = min(rows_per_tile, tile_rows(n_features))
     rows_per_tile = min(rows_per_tile, max(1, (n + LANES - 1) // LANES) * LANES)
     stride = _u(rows_per_tile)
