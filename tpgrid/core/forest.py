@@ -287,10 +287,11 @@ def float32_at_or_below(t64: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]
 
 
 def pack_forest(estimator: Any) -> PackedForest:
-    """Pack a fitted single-output ``RandomForestRegressor`` or ``ExtraTreesRegressor``."""
-    from sklearn.ensemble import ExtraTreesRegressor, RandomForestRegressor
+    """Pack a fitted single-output ``RandomForestRegressor`` or ``ExtraTreesRegressor``, or a
+    subclass of their base (such as quantile-forest's, whose trees are scikit-learn's)."""
+    from sklearn.ensemble._forest import ForestRegressor
 
-    if not isinstance(estimator, RandomForestRegressor | ExtraTreesRegressor):
+    if not isinstance(estimator, ForestRegressor):
         raise TypeError(
             f"expected a RandomForestRegressor or ExtraTreesRegressor, got {type(estimator)}"
         )
