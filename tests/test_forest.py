@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +121,79 @@ def test_variance_equals_numpy_var_over_tree_predictions(config: dict[str, Any])
             rtol=1e-9,
             atol=1e-12,
             err_msg=walk,
+        )
+
+
+def exact_variance(per_tree: np.ndarray) -> np.ndarray:
+    """Population variance of each row computed in exact rational arithmetic, rounded once.
+
+    np.var is not exact enough to judge 1e-12: on values near 1e6 that differ by 1e-6, its
+    rounded mean alone puts it ~1e-5 off."""
+    out = np.empty(len(per_tree))
+    for i, row in enumerate(per_tree):
+        values = [Fraction(float(v)) for v in row]
+        mean = sum(values, Fraction(0)) / len(values)
+        out[i] = float(sum(((v - mean) ** 2 for v in values), Fraction(0)) / len(values))
+    return out
+
+
+def repeated(packed: PackedForest, copies: int) -> PackedForest:
+    """A forest of ``copies`` copies of ``packed``'s trees, each copy stored on its own."""
+    offsets = np.arange(copies, dtype=np.int32) * np.int32(packed.n_nodes)
+    return PackedForest(
+        feature=np.tile(packed.feature, copies),
+        threshold=np.tile(packed.threshold, copies),
+        left=np.concatenate([packed.left + o for o in offsets]),
+        value=np.tile(packed.value, copies),
+        roots=np.concatenate([packed.roots + o for o in offsets]),
+        n_features=packed.n_features,
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n_estimators=st.integers(1, 30),
+    target=st.sampled_from(["varied", "constant", "constant where x0 > 0", "offset 1e6"]),
+    copies=st.sampled_from([1, 1, 7]),  # 7: every tree stored 7 times, so rows agree in groups
+    max_depth=st.sampled_from([1, 3, None]),
+    min_samples_leaf=st.sampled_from([1, 5, 40]),
+    seed=st.integers(0, 2**16),
+)
+def test_variance_is_exactly_zero_where_trees_agree_and_within_1e_12_elsewhere(
+    n_estimators: int,
+    target: str,
+    copies: int,
+    max_depth: int | None,
+    min_samples_leaf: int,
+    seed: int,
+) -> None:
+    X, y = training_data(seed, n_rows=200)
+    y = {
+        "varied": y,
+        "constant": np.full(len(y), 288.0),
+        "constant where x0 > 0": np.where(X[:, 0] > 0, 288.0, y),
+        "offset 1e6": 1e6 + 1e-6 * y,
+    }[target]
+    estimator = RandomForestRegressor(
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        min_samples_leaf=min_samples_leaf,
+        max_features=0.7,
+        random_state=seed,
+    ).fit(X, y)
+    packed = repeated(pack_forest(estimator), copies)
+    X_new = np.concatenate([X, training_data(seed + 1, n_rows=100)[0]])
+    per_tree = np.tile(per_tree_sklearn(estimator, X_new), copies)
+    expected = exact_variance(per_tree)
+    agree = (per_tree == per_tree[:, :1]).all(axis=1)
+    assert np.array_equal(expected == 0, agree)
+    for walk in WALKS:
+        mean, variance = packed.predict_mean_variance(X_new, walk=walk)
+        assert np.array_equal(variance[agree], np.zeros(agree.sum())), walk
+        assert np.all(np.abs(variance - expected) <= 1e-12 * expected), walk
+        # the mean is unchanged: ref + sum(value - ref) / n, within an ulp of ref of the mean
+        np.testing.assert_allclose(
+            mean, per_tree.mean(axis=1), rtol=1e-12, atol=1e-12, err_msg=walk
         )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -188,6 +190,71 @@ def test_mean_and_variance_are_the_statistics_of_the_tree_predictions(
     np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
     np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
     assert np.array_equal(tree_predictions(forest, X), per_tree, equal_nan=True)
+
+
+def staircase(root_value: float, low: float, high: float, n_trees: int) -> PackedForest:
+    """``n_trees`` stumps on feature 1, tree t's threshold (t + 0.5) / n_trees - 0.5: a row with
+    x1 = k / n_trees - 0.5 gets ``high`` from k trees and ``low`` from the rest."""
+    thresholds = (np.arange(n_trees) + 0.5) / n_trees - 0.5
+    return PackedForest(
+        feature=np.tile(np.array([1, 0, 0], dtype=np.int16), n_trees),
+        threshold=np.column_stack([thresholds, np.full((n_trees, 2), np.inf)])
+        .astype(np.float32)
+        .ravel(),
+        left=(np.array([1, 1, 2]) + 3 * np.arange(n_trees)[:, None]).astype(np.int32).ravel(),
+        value=np.tile([root_value, low, high], n_trees),
+        roots=(3 * np.arange(n_trees)).astype(np.int32),
+        n_features=N_FEATURES,
+    )
+
+
+def staircase_rows(n_trees: int) -> np.ndarray:
+    X = np.zeros((n_trees + 1, N_FEATURES), dtype=np.float32)
+    X[:, 1] = np.arange(n_trees + 1) / n_trees - 0.5
+    return X
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@pytest.mark.parametrize("root_value", [0.1, 144.3, 287.1])
+def test_forty_trees_all_predicting_288_have_exactly_zero_variance(
+    walk: str, root_value: float
+) -> None:
+    # The first root's value is not 288.0: shifting every row by it left up to 1.5e-10 here.
+    forest = staircase(root_value, 288.0, 288.0, 40)
+    mean, variance = mean_variance(forest, staircase_rows(40), walk=walk)
+    # the mean keeps the shared shift, so it is 288 only to within an ulp of the root value
+    np.testing.assert_allclose(mean, 288.0, rtol=1e-15)
+    assert variance.tolist() == [0.0] * 41
+
+
+@pytest.mark.parametrize("walk", WALKS)
+@settings(max_examples=60, deadline=None)
+@given(
+    root_value=st.floats(-1e8, 1e8),
+    low=st.floats(-1e8, 1e8),
+    # tiny spreads, but none whose square is subnormal (there a relative bound cannot hold)
+    spread=st.one_of(
+        st.floats(-1e8, 1e8).filter(lambda s: s == 0 or abs(s) > 1e-150),
+        st.just(0.0),
+        st.floats(1e-150, 1e-6),
+        st.floats(-1e-6, -1e-150),
+    ),
+    n_trees=st.integers(1, 70),
+)
+def test_variance_is_exact_zero_at_both_ends_of_a_staircase_and_1e_12_close_between(
+    walk: str, root_value: float, low: float, spread: float, n_trees: int
+) -> None:
+    high = low + spread
+    _, variance = mean_variance(
+        staircase(root_value, low, high, n_trees), staircase_rows(n_trees), walk=walk
+    )
+    # k of n trees give high, the rest low: variance k (n - k) / n² (high - low)², exactly
+    k = np.arange(n_trees + 1)
+    gap = Fraction(high) - Fraction(low)
+    expected = np.array([float(Fraction(int(j * (n_trees - j)), n_trees**2) * gap**2) for j in k])
+    assert variance[0] == 0.0
+    assert variance[-1] == 0.0
+    assert np.all(np.abs(variance - expected) <= 1e-12 * expected)
 
 
 @pytest.mark.parametrize("walk", WALKS)

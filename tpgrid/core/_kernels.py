@@ -102,12 +102,12 @@ def _cycles(typingctx: Any) -> Any:
     return types.uint64(), codegen
 
 
-# --- the two walks of one tree over a tile: each writes out[j] = value of row j's leaf - ref ---
+# --- the two walks of one tree over a tile: each writes out[j] = value of row j's leaf ---
 
 
 @numba.njit(nogil=True, cache=True)
 def _walk_packets(  # type: ignore[no-untyped-def]
-    tile, stride, m, root, feature, threshold, left, value, ref, out, stack_node, stack_mask
+    tile, stride, m, root, feature, threshold, left, value, out, stack_node, stack_mask
 ):
     """Walk tile rows [0, m) through the tree at ``root``, `LANES` neighbouring rows at a time.
 
@@ -133,7 +133,7 @@ def _walk_packets(  # type: ignore[no-untyped-def]
                     pending += 1
                     k = _u(left[k])
                     mask &= ~right
-            _fill_lanes(out, r0, mask, value[k] - ref)  # type: ignore[call-arg]
+            _fill_lanes(out, r0, mask, value[k])  # type: ignore[call-arg]
             if pending == 0:
                 break
             pending -= 1
@@ -143,7 +143,7 @@ def _walk_packets(  # type: ignore[no-untyped-def]
 
 @numba.njit(nogil=True, cache=True)
 def _walk_lockstep(  # type: ignore[no-untyped-def]
-    tile, stride, m, root, levels, child_feature, threshold, value, ref, out, node, active
+    tile, stride, m, root, levels, child_feature, threshold, value, out, node, active
 ):
     """Walk tile rows [0, m) through the tree at ``root``, one level of every row per pass.
     ``child_feature[k]`` is node k's left child << 32 | its feature."""
@@ -170,7 +170,7 @@ def _walk_lockstep(  # type: ignore[no-untyped-def]
             still += _u((child_feature[k] >> _u(32)) != k)
         n_active = still
     for j in range(m):
-        out[j] = value[node[j]] - ref
+        out[j] = value[node[j]]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -188,15 +188,21 @@ def forest_mean_variance(  # type: ignore[no-untyped-def]
     n_trees = roots.shape[0]
     mean = np.empty(n, dtype=np.float64)
     variance = np.empty(n, dtype=np.float64)
-    # Sums of (value - ref) and its square, shifted by the first root's value for stability.
+    # The mean sums value - ref, ref being the first root's value (as it always has). The
+    # variance sums e = value - first and e², first being the row's own leaf value in tree 0:
+    # where all trees agree every e is 0, so the variance is exactly 0.0; elsewhere e is exact
+    # (Sterbenz) or rounded once relative to |e|, however large the offset, and as first is one
+    # of the values, mean(e)² <= (n_trees - 1) variance bounds the cancellation below.
     ref = value[roots[0]]
     rows_per_tile = min(tile_rows(n_features), max(1, (n + LANES - 1) // LANES) * LANES)
     stride = _u(rows_per_tile)
     tile = np.empty(rows_per_tile * n_features, dtype=np.float32)  # feature-major
     rows = np.empty(rows_per_tile, dtype=np.int64)  # tile row -> row of X
-    leaf_value = np.empty(rows_per_tile, dtype=np.float64)  # this tree's value - ref, per row
-    s1 = np.empty(rows_per_tile, dtype=np.float64)
-    s2 = np.empty(rows_per_tile, dtype=np.float64)
+    leaf_value = np.empty(rows_per_tile, dtype=np.float64)  # this tree's leaf value, per row
+    first = np.empty(rows_per_tile, dtype=np.float64)  # tree 0's leaf value, per row
+    s1 = np.empty(rows_per_tile, dtype=np.float64)  # sum of value - ref
+    e1 = np.empty(rows_per_tile, dtype=np.float64)  # sum of e = value - first
+    e2 = np.empty(rows_per_tile, dtype=np.float64)  # sum of e²
     node = np.empty(rows_per_tile, dtype=np.uint32)  # lockstep: current node of each row
     active = np.empty(rows_per_tile, dtype=np.uint32)  # lockstep: rows not yet at a leaf
     stack_node = np.empty(LANES, dtype=np.uint64)  # packets: parts waiting to be walked
@@ -215,7 +221,8 @@ def forest_mean_variance(  # type: ignore[no-untyped-def]
                 m += 1
             i += 1
         s1[:m] = 0.0
-        s2[:m] = 0.0
+        e1[:m] = 0.0
+        e2[:m] = 0.0
         packet_cycles = lockstep_cycles = _u(0)  # spent on the timed trees
         for t in range(n_trees):
             if walk == AUTO and t < 2 * PROBE_TREES:
@@ -227,26 +234,30 @@ def forest_mean_variance(  # type: ignore[no-untyped-def]
             start = _cycles()  # type: ignore[call-arg,var-annotated]
             if packets:
                 _walk_packets(
-                    tile, stride, m, roots[t], feature, threshold, left, value, ref,
-                    leaf_value, stack_node, stack_mask,
+                    tile, stride, m, roots[t], feature, threshold, left, value, leaf_value,
+                    stack_node, stack_mask,
                 )  # fmt: skip
             else:
                 _walk_lockstep(
                     tile, stride, m, roots[t], lockstep_levels[t], child_feature, threshold,
-                    value, ref, leaf_value, node, active,
+                    value, leaf_value, node, active,
                 )  # fmt: skip
             if t < 2 * PROBE_TREES and packets:
                 packet_cycles += _cycles() - start
             elif t < 2 * PROBE_TREES:
                 lockstep_cycles += _cycles() - start
+            if t == 0:
+                first[:m] = leaf_value[:m]
             for j in range(m):
                 v = leaf_value[j]
-                s1[j] += v
-                s2[j] += v * v
+                s1[j] += v - ref
+                e = v - first[j]
+                e1[j] += e
+                e2[j] += e * e
         for j in range(m):
-            d = s1[j] / n_trees
-            mean[rows[j]] = ref + d
-            variance[rows[j]] = max(s2[j] / n_trees - d * d, 0.0)
+            mean[rows[j]] = ref + s1[j] / n_trees
+            d = e1[j] / n_trees
+            variance[rows[j]] = max(e2[j] / n_trees - d * d, 0.0)
     return mean, variance
 
 
