@@ -28,7 +28,8 @@ import numpy as np
 from sklearn.ensemble import RandomForestRegressor
 from threadpoolctl import threadpool_limits
 
-from tpgrid.core.jackknife import ij_variance, inbag_counts
+from tpgrid.core.bootstrap import inbag_counts
+from tpgrid.core.jackknife import ij_variance
 
 
 def _median_s(run: Callable[[], object], repeats: int) -> float:

@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from quantile_forest import ExtraTreesQuantileRegressor, RandomForestQuantileRegressor
 from sklearn.ensemble import RandomForestRegressor
 
+from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.forest import PackedForest, Walk, pack_forest
-from tpgrid.core.quantiles import LeafMembership, forest_quantiles, in_bag_counts, leaf_membership
+from tpgrid.core.quantiles import LeafMembership, forest_quantiles, leaf_membership
 
 WALKS: tuple[Walk, ...] = ("auto", "packets", "lockstep")
 
@@ -156,7 +157,7 @@ def test_membership_reproduces_the_tree_values() -> None:
     draws = np.bincount(leaf_of, weight, packed.n_nodes)
     np.testing.assert_allclose(sums[held] / draws[held], packed.value[held], rtol=1e-12)
     # Every tree holds its whole bootstrap sample, and y_train is y sorted.
-    assert draws[held].sum() == in_bag_counts(estimator, 200).sum() == 6 * 200
+    assert draws[held].sum() == inbag_counts(estimator, 200).sum() == 6 * 200
     np.testing.assert_array_equal(membership.y_train, y[membership.train_index])
 
 
@@ -193,7 +194,7 @@ def test_save_load_and_checks(tmp_path: Path) -> None:
     weighted = RandomForestQuantileRegressor(n_estimators=2, max_samples_leaf=None)
     weighted.fit(X, y, sample_weight=np.ones(60))
     with pytest.raises(ValueError, match="sample_weight"):
-        in_bag_counts(weighted, 60)
+        inbag_counts(weighted, 60)
 
 
 def test_walks_tiles_and_nan_rows() -> None:

@@ -173,13 +173,13 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
             start = _cycles()  # type: ignore[call-arg,var-annotated]
             if packets:
                 _walk_packets(
-                    tile, stride, m, roots[t], feature, threshold, left, leaf_code, 0.0,
-                    leaf_id, stack_node, stack_mask,
+                    tile, stride, m, roots[t], feature, threshold, left, leaf_code, leaf_id,
+                    stack_node, stack_mask,
                 )  # fmt: skip
             else:
                 _walk_lockstep(
                     tile, stride, m, roots[t], lockstep_levels[t], child_feature, threshold,
-                    leaf_code, 0.0, leaf_id, node, active,
+                    leaf_code, leaf_id, node, active,
                 )  # fmt: skip
             if t < 2 * PROBE_TREES and packets:
                 packet_cycles += _cycles() - start

@@ -17,9 +17,6 @@ When every count is 0 or 1 (subsampling without replacement) both are multiplied
 
 from __future__ import annotations
 
-from numbers import Integral
-from typing import Any
-
 import numpy as np
 
 from tpgrid.core.arrays import F64, FloatArray
@@ -27,33 +24,6 @@ from tpgrid.errors import AnalysisError
 
 #: Largest (training rows or trees × map rows) product :func:`ij_variance` holds at once.
 BLOCK_BYTES = 64 * 2**20
-
-
-def inbag_counts(estimator: Any, n_samples: int) -> F64:
-    """How often each of a fitted scikit-learn bootstrap forest's trees drew each of its
-    ``n_samples`` training rows: float64 (n_samples, n_trees).
-
-    Replays each tree's draw from the random state scikit-learn gave it, as scikit-learn's
-    ``_generate_sample_indices`` (and forestci's ``calc_inbag``) do: ``max_samples`` draws
-    (all ``n_samples`` if None, ``int(max_samples · n_samples)`` if a fraction) uniformly with
-    replacement. A forest fitted with ``sample_weight`` draws by weight in scikit-learn ≥ 1.9;
-    its weights are not kept on the estimator, so its counts cannot be replayed here."""
-    if not getattr(estimator, "bootstrap", False):
-        raise AnalysisError("in-bag counts need a forest fitted with bootstrap=True")
-    max_samples = estimator.max_samples
-    if max_samples is None:
-        n_draws = n_samples
-    elif isinstance(max_samples, Integral):
-        n_draws = int(max_samples)
-    else:
-        n_draws = max(int(max_samples * n_samples), 1)
-    trees = estimator.estimators_
-    counts = np.empty((n_samples, len(trees)), dtype=np.float64)
-    for b, tree in enumerate(trees):
-        # Legacy RandomState on purpose: it is what scikit-learn seeds each tree's draw with.
-        drawn = np.random.RandomState(tree.random_state).randint(0, n_samples, n_draws)
-        counts[:, b] = np.bincount(drawn, minlength=n_samples)
-    return counts
 
 
 def ij_variance(
@@ -67,7 +37,8 @@ def ij_variance(
 
     ``tree_predictions`` (n_rows, B) holds every tree's prediction per row (NaN rows give
     NaN); ``inbag`` (n_samples, B) the trees' in-bag counts of the training rows
-    (:func:`inbag_counts`, or a site bootstrap's own counts). ``bias_corrected`` returns V_IJ-U,
+    (:func:`tpgrid.core.bootstrap.inbag_counts`, or a site bootstrap's own counts; counts
+    that do not vary between trees are an AnalysisError). ``bias_corrected`` returns V_IJ-U,
     else V_IJ (module docstring). It is one matrix product per block of rows: centred counts
     (n_samples × B), or with more training rows than trees their B × B Gram matrix, times
     centred predictions (B × rows), in blocks of at most ``block_bytes`` of product; the block
@@ -83,6 +54,11 @@ def ij_variance(
     # Centring the counts makes the product with centred predictions a covariance.
     counts_c = counts - counts.mean(axis=1, keepdims=True)
     count_var = float(np.mean(counts_c * counts_c))
+    if count_var == 0:
+        raise AnalysisError(
+            "the in-bag counts do not vary between trees: the jackknife needs a forest "
+            "fitted with bootstrap=True"
+        )
     # Σ_i (N_c t_c)_i² = t_cᵀ (N_cᵀ N_c) t_c: with more training rows than trees, the trees'
     # B × B Gram matrix makes each row cost B² instead of n · B, the same sum in another order.
     gram = n_samples > n_trees

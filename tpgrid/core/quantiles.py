@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.core import _quantile_kernels
+from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.forest import _WALKS, PackedForest, Walk, pack_forest, warm_up_kernels
 
 _ARRAY_DTYPES: dict[str, type[np.generic]] = {
@@ -135,28 +136,6 @@ class LeafMembership:
             return cls.from_arrays({name: data[name] for name in data.files})
 
 
-def in_bag_counts(estimator: Any, n_samples: int) -> npt.NDArray[np.int32]:
-    """(n_trees, n_samples) int32: how often each training row is in each tree's bootstrap.
-
-    Regenerated from each tree's random state the way scikit-learn drew it at fit time (its
-    private ``_generate_sample_indices``, as quantile-forest and forestci do); all ones without
-    bootstrap. Forests fitted with ``sample_weight`` are refused: their draws depend on it.
-    """
-    from sklearn.ensemble._forest import _generate_sample_indices, _get_n_samples_bootstrap
-
-    n_trees = len(estimator.estimators_)
-    if not estimator.bootstrap:
-        return np.ones((n_trees, n_samples), dtype=np.int32)
-    if getattr(estimator, "sample_weight_", None) is not None:
-        raise ValueError("forests fitted with sample_weight are not supported")
-    n_drawn = _get_n_samples_bootstrap(n_samples, estimator.max_samples, None)
-    counts = np.empty((n_trees, n_samples), dtype=np.int32)
-    for t, tree in enumerate(estimator.estimators_):
-        drawn = _generate_sample_indices(tree.random_state, n_samples, n_drawn, None)
-        counts[t] = np.bincount(drawn, minlength=n_samples)
-    return counts
-
-
 def leaf_membership(
     estimator: Any, X: npt.ArrayLike, y: npt.ArrayLike, forest: PackedForest | None = None
 ) -> LeafMembership:
@@ -185,7 +164,7 @@ def leaf_membership(
     leaves = _quantile_kernels.forest_leaves(
         X32, packed.feature, packed.threshold, packed.left, packed.roots
     )
-    counts = in_bag_counts(estimator, n)
+    counts = inbag_counts(estimator, n).T
     tree, row = np.nonzero(counts)  # tree-major: each tree's in-bag rows
     node = leaves[row, tree].astype(np.int64)
     by_node = np.lexsort((position[row], node))  # per leaf, samples in ascending y
