@@ -10,17 +10,7 @@ import numba
 import numpy as np
 from numba.cpython.unsafe.numbers import trailing_zeros
 
-from tpgrid.core._kernels import (
-    AUTO,
-    LANES,
-    PACKETS,
-    PROBE_TREES,
-    _cycles,
-    _u,
-    _walk_lockstep,
-    _walk_packets,
-    tile_rows,
-)
+from tpgrid.core._kernels import LANES, _u, _walk_tree, tile_rows
 
 #: Bytes of the per-tile buffer of every tree's leaf per row (int64): it bounds the tile's rows
 #: (1,024 rows for 500 trees), so the buffer stays in L2/L3 between the walk and the gathering.
@@ -141,6 +131,7 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
     active = np.empty(rows_per_tile, dtype=np.uint32)
     stack_node = np.empty(LANES, dtype=np.uint64)
     stack_mask = np.empty(LANES, dtype=np.uint64)
+    spent = np.empty(2, dtype=np.uint64)
     total = np.zeros(n_train, dtype=np.float64)  # weight per sample; zero again after each row
     # Bit r set: sample r has weight (or r = 0). Read word by word, the set bits give the
     # weighted samples in ascending order without sorting them or sweeping all of ``total``.
@@ -162,29 +153,12 @@ def forest_quantiles(  # type: ignore[no-untyped-def]
             else:
                 out[i, :] = np.nan
             i += 1
-        packet_cycles = lockstep_cycles = _u(0)
+        spent[:] = 0  # cycles of the timed trees: packets, lockstep
         for t in range(n_trees):
-            if walk == AUTO and t < 2 * PROBE_TREES:
-                packets = t % 2 == 0
-            elif walk == AUTO:
-                packets = bool(packet_cycles <= lockstep_cycles)
-            else:
-                packets = walk == PACKETS
-            start = _cycles()  # type: ignore[call-arg,var-annotated]
-            if packets:
-                _walk_packets(
-                    tile, stride, m, roots[t], feature, threshold, left, leaf_code, leaf_id,
-                    stack_node, stack_mask,
-                )  # fmt: skip
-            else:
-                _walk_lockstep(
-                    tile, stride, m, roots[t], lockstep_levels[t], child_feature, threshold,
-                    leaf_code, leaf_id, node, active,
-                )  # fmt: skip
-            if t < 2 * PROBE_TREES and packets:
-                packet_cycles += _cycles() - start
-            elif t < 2 * PROBE_TREES:
-                lockstep_cycles += _cycles() - start
+            _walk_tree(
+                t, walk, spent, tile, stride, m, roots, lockstep_levels, feature, threshold, left,
+                child_feature, leaf_code, leaf_id, node, active, stack_node, stack_mask,
+            )  # fmt: skip
             for j in range(m):
                 leaves[j * n_trees + t] = np.int64(leaf_id[j])
         for j in range(m):
