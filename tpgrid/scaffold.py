@@ -40,7 +40,7 @@ from tpgrid.config import load_pipeline
 from tpgrid.errors import OutputExistsError, SiteTableError, SourceError
 from tpgrid.fit.elements import element_columns
 from tpgrid.fit.sites import read_sites
-from tpgrid.sources import CATEGORICAL_NODATA, load_catalog
+from tpgrid.sources import CATEGORICAL_NODATA, load_catalog, pixel_area_m2
 
 #: An integer raster with more distinct values than this is taken for a continuous quantity.
 MAX_GUESSED_CLASSES = 30
@@ -48,7 +48,6 @@ RASTER_SUFFIXES = (".tif", ".tiff")
 #: Chunks a written grid should have at least (a smaller chunk edge is chosen until it does).
 MIN_CHUNKS = 8
 FILES = ("catalog.yaml", "grid.yaml", "pipeline.yaml")
-_EQUAL_AREA = "ESRI:54009"  # Mollweide: pixel areas comparable across CRSs
 
 
 @dataclass(frozen=True)
@@ -62,10 +61,15 @@ class GuessedLayer:
     dtype: str
     crs: str
     resolution: tuple[float, float]
+    geobox: GeoBox
     classes: tuple[int, ...] = ()
     units: str = ""
     description: str = ""
-    pixel_area_m2: float = math.nan
+
+    @property
+    def pixel_area_m2(self) -> float:
+        """Mean pixel area: rasters in different CRSs compare by their real fineness."""
+        return pixel_area_m2(self.geobox)
 
 
 @dataclass(frozen=True)
@@ -207,10 +211,10 @@ def _guess_band(src: rasterio.DatasetReader, path: Path, band: int, name: str) -
         dtype=dtype,
         crs=_crs_text(CRS.from_user_input(src.crs)),
         resolution=(res_x, res_y),
+        geobox=GeoBox((src.height, src.width), src.transform, src.crs),
         classes=classes or (),
         units=src.units[band - 1] or "",
         description=src.descriptions[band - 1] or "",
-        pixel_area_m2=_pixel_area_m2(src),
     )
 
 
@@ -232,13 +236,6 @@ def _class_codes(src: rasterio.DatasetReader, band: int) -> tuple[int, ...] | No
     if not codes or min(codes) < 0 or max(codes) >= CATEGORICAL_NODATA:
         return None
     return tuple(sorted(codes))
-
-
-def _pixel_area_m2(src: rasterio.DatasetReader) -> float:
-    """Mean pixel area in m², so rasters in different CRSs compare by their real fineness."""
-    geobox = GeoBox((src.height, src.width), src.transform, src.crs)
-    footprint = geobox.geographic_extent.to_crs(_EQUAL_AREA)
-    return float(footprint.area) / float(src.width * src.height)
 
 
 def _crs_text(crs: CRS) -> str:
@@ -334,8 +331,7 @@ def _catalog_text(layers: Sequence[GuessedLayer], out: Path) -> str:
 
 
 def _grid_text(template: GuessedLayer, out: Path) -> str:
-    with rasterio.open(template.path) as src:
-        box = GeoBox((src.height, src.width), src.transform, src.crs).extent.boundingbox
+    box = template.geobox.extent.boundingbox
     res_x, res_y = template.resolution
     lines = [
         "# Grid written by `tpgrid init`: the finest raster's own grid, so its pixels are the",
@@ -389,8 +385,7 @@ def _pipeline_text(
 
 def _chunk_edge(template: GuessedLayer) -> int:
     """512, or smaller on a small grid so that its chunks can keep several workers busy."""
-    with rasterio.open(template.path) as src:
-        height, width = src.height, src.width
+    height, width = template.geobox.shape
     for edge in (512, 256):
         if math.ceil(height / edge) * math.ceil(width / edge) >= MIN_CHUNKS:
             return edge

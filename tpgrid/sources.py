@@ -215,12 +215,12 @@ def choose_resampling(layer: Layer, data: xr.DataArray, grid: TargetGrid) -> str
         return layer.resampling
     if layer.kind == "categorical":
         return "mode"
-    src_area = _pixel_area_m2(source_geobox(data))
-    grid_area = _pixel_area_m2(grid.geobox)
+    src_area = pixel_area_m2(source_geobox(data))
+    grid_area = pixel_area_m2(grid.geobox)
     return "average" if src_area < grid_area else "bilinear"
 
 
-def _pixel_area_m2(geobox: GeoBox) -> float:
+def pixel_area_m2(geobox: GeoBox) -> float:
     """Mean pixel area in square metres, via the footprint in an equal-area CRS."""
     footprint = geobox.geographic_extent.to_crs("ESRI:54009")
     return float(footprint.area) / (geobox.width * geobox.height)
