@@ -4,6 +4,7 @@ scikit-learn's trees stored beside the packed forest rebuild an identical estima
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +22,12 @@ from tpgrid.artifact import (
     save_model,
     verify_models,
 )
+from tpgrid.core.applicability import training_space
+from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.features import CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest
+from tpgrid.core.intervals import IntervalCalibration
+from tpgrid.core.quantiles import forest_quantiles, leaf_membership
 from tpgrid.errors import ArtifactError
 
 FEATURES = FeatureSpec(("dem", "map"), (CategoricalFeature("vegetation", (1, 2), ("a", "b")),))
@@ -244,3 +249,77 @@ def test_verify_models_names_a_stray_forest_and_an_empty_directory(
     (nothing,) = verify_models(tmp_path / "empty")
     assert nothing.path == tmp_path / "empty"
     assert "no model artifact" in nothing.problem
+
+
+# --- uncertainty parts -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uncertain(estimator: RandomForestRegressor, artifact: ModelArtifact) -> ModelArtifact:
+    """The artifact with every uncertainty part, each made by its own core function."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((300, 4)).astype(np.float32)
+    y = X[:, 0] * 3 + X[:, 2]
+    sites = np.arange(300) // 3
+    folds = sites % 3
+    space = training_space(X, sites, folds, np.array([1.0, 0.5, 0.2, 0.2]), FEATURES)
+    calibration = IntervalCalibration(0.9, "sd", (0.05, 0.95), (0.4,), (1.5, 2.5), (60, 40))
+    return replace(
+        artifact,
+        membership=leaf_membership(estimator, X, y, artifact.forest),
+        inbag=inbag_counts(estimator, 300),
+        space=space,
+        calibration=calibration,
+    )
+
+
+def test_uncertainty_parts_round_trip_and_enter_the_model_hash(
+    uncertain: ModelArtifact, artifact: ModelArtifact, tmp_path: Path
+) -> None:
+    loaded = load_model(save_model(uncertain, tmp_path / "Fe"))
+    assert loaded.model_hash == uncertain.model_hash != artifact.model_hash
+    assert loaded.calibration == uncertain.calibration
+    assert uncertain.inbag is not None and loaded.inbag is not None
+    np.testing.assert_array_equal(loaded.inbag, uncertain.inbag)
+    assert loaded.inbag.dtype == np.int32
+    assert uncertain.space is not None and loaded.space is not None
+    assert loaded.space.content_hash() == uncertain.space.content_hash()
+    assert loaded.space.columns == FEATURES.columns
+    X = points(40)
+    assert uncertain.membership is not None and loaded.membership is not None
+    np.testing.assert_array_equal(
+        forest_quantiles(loaded.forest, loaded.membership, X, [0.1, 0.9]),
+        forest_quantiles(uncertain.forest, uncertain.membership, X, [0.1, 0.9]),
+    )
+    wider = replace(
+        uncertain,
+        calibration=replace(uncertain.calibration, widening=(1.5, 2.6)),  # type: ignore[arg-type]
+    )
+    assert wider.model_hash != uncertain.model_hash
+
+
+@pytest.mark.parametrize("name", ["leaves.npz", "inbag.npz", "applicability.npz"])
+def test_a_damaged_uncertainty_file_is_refused_and_named(
+    uncertain: ModelArtifact, tmp_path: Path, name: str
+) -> None:
+    directory = save_model(uncertain, tmp_path / "models" / "Fe")
+    with np.load(directory / name) as data:
+        arrays = {key: data[key] for key in data.files}
+    first = next(key for key in arrays if arrays[key].size > 1 and arrays[key].dtype.kind in "if")
+    arrays[first] = arrays[first].copy()
+    arrays[first].flat[0] += 1
+    np.savez(directory / name, **arrays)
+    with pytest.raises(ArtifactError, match=name):
+        load_model(directory)
+    (found,) = verify_models(tmp_path / "models")
+    assert found.path == directory / name
+
+
+def test_a_leaf_membership_of_another_forest_is_refused(
+    uncertain: ModelArtifact, estimator: RandomForestRegressor
+) -> None:
+    other = pack_forest(
+        RandomForestRegressor(n_estimators=2, random_state=1).fit(points(50), np.arange(50.0))
+    )
+    with pytest.raises(ArtifactError, match="leaf membership has"):
+        replace(uncertain, forest=other, features=FeatureSpec(("a", "b", "c", "d")))

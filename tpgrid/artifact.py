@@ -15,6 +15,15 @@ the recorded forest, so the two files can never disagree.
 A fitted model also holds ``held_out.npz``: arrays its fitting computed on rows its CV forests
 did not see (``tpgrid.fit.heldout``), for the report. Its hash is recorded in ``model.json``
 too, and :func:`check_model` checks it, so a damaged file makes the model be fitted again.
+
+What the uncertainty layers need travels with the forest, each optional, hash-checked on
+loading and part of the model hash (they change the maps): ``leaves.npz``, the training
+samples in every leaf (:class:`~tpgrid.core.quantiles.LeafMembership`, quantile maps);
+``inbag.npz``, every tree's in-bag counts of the training rows (standard-error maps);
+``applicability.npz``, the training sites in the model's predictor space
+(:class:`~tpgrid.core.applicability.TrainingSpace`: DI and AOA maps, and the bins of the
+interval calibration); and in ``model.json`` the interval calibration
+(:class:`~tpgrid.core.intervals.IntervalCalibration`).
 """
 
 from __future__ import annotations
@@ -30,8 +39,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tpgrid.core.applicability import TrainingSpace
 from tpgrid.core.features import FeatureSpec
 from tpgrid.core.forest import PackedForest, pack_forest
+from tpgrid.core.intervals import IntervalCalibration
+from tpgrid.core.quantiles import LeafMembership
 from tpgrid.errors import ArtifactError, ConfigError
 from tpgrid.integrity import Damage
 
@@ -40,6 +52,9 @@ FOREST_FILE = "forest.npz"
 MODEL_FILE = "model.json"
 SKLEARN_FILE = "sklearn_trees.npz"
 HELD_OUT_FILE = "held_out.npz"
+LEAVES_FILE = "leaves.npz"
+INBAG_FILE = "inbag.npz"
+SPACE_FILE = "applicability.npz"
 
 #: Per-node arrays of ``sklearn_trees.npz``: the fields of scikit-learn's node record, plus the
 #: node value (one output).
@@ -54,6 +69,12 @@ _NODE_FIELDS = (
     "missing_go_to_left",
 )
 _SKLEARN_FORMAT_VERSION = 1
+#: Each uncertainty file, by the ``model.json`` key recording its hash.
+_UNCERTAINTY_KEYS = {
+    LEAVES_FILE: "leaf_membership",
+    INBAG_FILE: "inbag",
+    SPACE_FILE: "training_space",
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -61,12 +82,19 @@ class ModelArtifact:
     """A fitted model of one element: what prediction needs, plus the record of its fitting.
 
     The forest predicts the element in mg/kg from the columns of ``features``, in order.
+    ``membership`` (quantiles), ``inbag`` (int32 (n_train, n_trees), standard errors),
+    ``space`` (DI, AOA) and ``calibration`` (intervals) are what the uncertainty layers need;
+    a model without one cannot make those layers.
     """
 
     element: str
     forest: PackedForest
     features: FeatureSpec
     record: dict[str, Any] = field(default_factory=dict)
+    membership: LeafMembership | None = None
+    inbag: npt.NDArray[np.int32] | None = None
+    space: TrainingSpace | None = None
+    calibration: IntervalCalibration | None = None
 
     def __post_init__(self) -> None:
         if self.forest.n_features != self.features.n_columns:
@@ -74,14 +102,45 @@ class ModelArtifact:
                 f"model {self.element}: the forest takes {self.forest.n_features} columns but "
                 f"the feature list has {self.features.n_columns}"
             )
+        if self.membership is not None and self.membership.n_nodes != self.forest.n_nodes:
+            raise ArtifactError(
+                f"model {self.element}: the leaf membership has {self.membership.n_nodes} "
+                f"nodes, the forest {self.forest.n_nodes}"
+            )
+        if self.inbag is not None and (
+            self.inbag.ndim != 2 or self.inbag.shape[1] != self.forest.n_trees
+        ):
+            raise ArtifactError(
+                f"model {self.element}: in-bag counts of shape {self.inbag.shape} for "
+                f"{self.forest.n_trees} trees"
+            )
+        if self.space is not None and self.space.columns != self.features.columns:
+            raise ArtifactError(
+                f"model {self.element}: the training space's columns are not the model's"
+            )
 
     @cached_property
     def model_hash(self) -> str:
-        """Content address of what decides predictions: the forest and the feature list.
-        Computed once: both are immutable (the forest's arrays are read-only)."""
+        """Content address of what decides the maps: the forest, the feature list and the
+        uncertainty parts present. Computed once: all of them are immutable."""
         digest = hashlib.sha256(self.forest.content_hash().encode())
         digest.update(json.dumps(self.features.to_json(), sort_keys=True).encode())
+        for name, arrays in self._uncertainty_arrays().items():
+            digest.update(f"{name}:{_arrays_hash(arrays)}".encode())
+        if self.calibration is not None:
+            digest.update(json.dumps(self.calibration.to_json(), sort_keys=True).encode())
         return digest.hexdigest()
+
+    def _uncertainty_arrays(self) -> dict[str, dict[str, npt.NDArray[Any]]]:
+        """The uncertainty parts present, as the arrays each is saved as, by file name."""
+        parts: dict[str, dict[str, npt.NDArray[Any]]] = {}
+        if self.membership is not None:
+            parts[LEAVES_FILE] = self.membership.to_arrays()
+        if self.inbag is not None:
+            parts[INBAG_FILE] = {"inbag": self.inbag}
+        if self.space is not None:
+            parts[SPACE_FILE] = self.space.to_arrays()
+        return parts
 
 
 def save_model(
@@ -123,6 +182,11 @@ def save_model(
     if held_out is not None:
         np.savez(directory / HELD_OUT_FILE, allow_pickle=False, **held_out)
         doc["held_out"] = {"file": HELD_OUT_FILE, "sha256": _arrays_hash(held_out)}
+    for name, arrays in artifact._uncertainty_arrays().items():
+        np.savez(directory / name, allow_pickle=False, **arrays)
+        doc[_UNCERTAINTY_KEYS[name]] = {"file": name, "sha256": _arrays_hash(arrays)}
+    if artifact.calibration is not None:
+        doc["interval_calibration"] = artifact.calibration.to_json()
     (directory / MODEL_FILE).write_text(json.dumps(doc, indent=2, sort_keys=False) + "\n")
     return directory
 
@@ -156,7 +220,36 @@ def load_model(directory: str | Path) -> ModelArtifact:
         raise ArtifactError(
             f"{model_json} has no usable feature list: fit the model again"
         ) from exc
-    return ModelArtifact(element=element, forest=forest, features=features, record=record)
+    parts = {
+        name: _checked_arrays(directory, doc, key, name)
+        for name, key in _UNCERTAINTY_KEYS.items()
+        if isinstance(doc.get(key), dict)
+    }
+    try:
+        membership = (
+            LeafMembership.from_arrays(parts[LEAVES_FILE]) if LEAVES_FILE in parts else None
+        )
+        inbag = np.ascontiguousarray(parts[INBAG_FILE]["inbag"]) if INBAG_FILE in parts else None
+        space = TrainingSpace.from_arrays(parts[SPACE_FILE]) if SPACE_FILE in parts else None
+        calibration = (
+            IntervalCalibration.from_json(doc["interval_calibration"])
+            if "interval_calibration" in doc
+            else None
+        )
+        return ModelArtifact(
+            element=element,
+            forest=forest,
+            features=features,
+            record=record,
+            membership=membership,
+            inbag=None if inbag is None else inbag.astype(np.int32, copy=False),
+            space=space,
+            calibration=calibration,
+        )
+    except (KeyError, ValueError) as exc:
+        raise ArtifactError(
+            f"{directory}: its uncertainty parts cannot be read ({exc}): fit the model again"
+        ) from exc
 
 
 def check_model(directory: str | Path) -> ModelArtifact:
@@ -242,8 +335,8 @@ def _artifact_dirs(directory: Path) -> list[Path]:
 
 def _failing_file(directory: Path) -> str:
     """The file a failing artifact's check is about: ``model.json`` when it cannot be read, the
-    forest, the tree arrays or the held-out arrays when they do not load or match its hashes
-    (in that order of checking)."""
+    forest, an uncertainty file, the tree arrays or the held-out arrays when they do not load
+    or match its hashes (in that order of checking)."""
     try:
         doc = _read_model_json(directory)
     except ArtifactError:
@@ -254,6 +347,12 @@ def _failing_file(directory: Path) -> str:
         return FOREST_FILE
     if forest.content_hash() != doc.get("forest_sha256"):
         return FOREST_FILE
+    for name, key in _UNCERTAINTY_KEYS.items():
+        if isinstance(doc.get(key), dict):
+            try:
+                _checked_arrays(directory, doc, key, name)
+            except ArtifactError:
+                return name
     try:
         load_model(directory)
     except ArtifactError:

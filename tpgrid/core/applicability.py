@@ -28,6 +28,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numba
 import numpy as np
@@ -41,6 +42,9 @@ from tpgrid.errors import AnalysisError
 
 #: Whisker length of the DI threshold, in interquartile ranges above the upper quartile.
 WHISKER_IQR = 1.5
+#: The array fields of :class:`TrainingSpace`, and the format of its ``to_arrays``.
+_ARRAYS = ("centre", "scale", "weights", "points", "train_di")
+_FORMAT_VERSION = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -78,6 +82,33 @@ class TrainingSpace:
         between = cdist(points, points)
         neighbours = np.argsort(between, axis=1, kind="stable")
         return order, points, neighbours, np.take_along_axis(between, neighbours, axis=1)
+
+    def to_arrays(self) -> dict[str, npt.NDArray[Any]]:
+        """The space as plain arrays, for ``np.savez`` (column names as unicode: no pickle)."""
+        return {
+            "format_version": np.array(_FORMAT_VERSION, dtype=np.int64),
+            "columns": np.array(self.columns, dtype=np.str_),
+            **{name: np.asarray(getattr(self, name), dtype=np.float64) for name in _ARRAYS},
+            "mean_distance": np.array(self.mean_distance, dtype=np.float64),
+            "threshold": np.array(self.threshold, dtype=np.float64),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Mapping[str, npt.NDArray[Any]]) -> TrainingSpace:
+        """Rebuild from :meth:`to_arrays` output; ``ValueError`` when it is not that."""
+        missing = {"format_version", "columns", "mean_distance", "threshold", *_ARRAYS} - set(
+            arrays
+        )
+        if missing:
+            raise ValueError(f"not a training space: missing arrays {sorted(missing)}")
+        if int(arrays["format_version"]) != _FORMAT_VERSION:
+            raise ValueError(f"training space format {int(arrays['format_version'])}")
+        return cls(
+            columns=tuple(str(c) for c in arrays["columns"]),
+            **{name: np.asarray(arrays[name], dtype=np.float64) for name in _ARRAYS},
+            mean_distance=float(arrays["mean_distance"]),
+            threshold=float(arrays["threshold"]),
+        )
 
     def content_hash(self) -> str:
         """SHA-256 over every array and number, to name the scattered copy on the cluster."""
