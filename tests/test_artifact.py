@@ -279,14 +279,17 @@ def test_uncertainty_parts_round_trip_and_enter_the_model_hash(
     loaded = load_model(save_model(uncertain, tmp_path / "Fe"))
     assert loaded.model_hash == uncertain.model_hash != artifact.model_hash
     assert loaded.calibration == uncertain.calibration
-    assert uncertain.inbag is not None and loaded.inbag is not None
+    assert uncertain.inbag is not None
+    assert loaded.inbag is not None
     np.testing.assert_array_equal(loaded.inbag, uncertain.inbag)
     assert loaded.inbag.dtype == np.int32
-    assert uncertain.space is not None and loaded.space is not None
+    assert uncertain.space is not None
+    assert loaded.space is not None
     assert loaded.space.content_hash() == uncertain.space.content_hash()
     assert loaded.space.columns == FEATURES.columns
     X = points(40)
-    assert uncertain.membership is not None and loaded.membership is not None
+    assert uncertain.membership is not None
+    assert loaded.membership is not None
     np.testing.assert_array_equal(
         forest_quantiles(loaded.forest, loaded.membership, X, [0.1, 0.9]),
         forest_quantiles(uncertain.forest, uncertain.membership, X, [0.1, 0.9]),
