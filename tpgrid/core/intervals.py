@@ -109,7 +109,7 @@ class IntervalCalibration:
             q_low = np.asarray(quantiles[low], dtype=np.float64)
             q_high = np.asarray(quantiles[high], dtype=np.float64)
             if self.method == "quantile_scaled":
-                widening = widening * _scale(q_high - q_low, centre)
+                widening = widening * floored_scale(q_high - q_low, centre)
             lower, upper = q_low - widening, q_high + widening
         # np.maximum would turn a NaN lower bound into 0.
         lower = np.where(lower < 0, 0.0, lower)
@@ -149,9 +149,9 @@ def _bin_index(di_edges: Sequence[float], di: npt.ArrayLike) -> npt.NDArray[np.i
     return np.where(np.isnan(values), len(di_edges), bins)
 
 
-def _scale(spread: npt.ArrayLike, centre: npt.ArrayLike) -> F64:
-    """``spread`` floored at :data:`MIN_RELATIVE_SCALE` of ``|centre|`` (of 1 mg/kg where the
-    centre is 0)."""
+def floored_scale(spread: npt.ArrayLike, centre: npt.ArrayLike) -> F64:
+    """``spread`` floored at :data:`MIN_RELATIVE_SCALE` of ``|centre|`` (at
+    :data:`MIN_RELATIVE_SCALE` mg/kg where the centre is 0)."""
     floor = MIN_RELATIVE_SCALE * np.abs(np.asarray(centre, dtype=np.float64))
     floor = np.where(floor > 0, floor, MIN_RELATIVE_SCALE)
     result: F64 = np.maximum(np.asarray(spread, dtype=np.float64), floor)
@@ -208,11 +208,11 @@ def interval_scores(method: IntervalMethod, held: HeldOut) -> F64:
     (mg/kg, negative inside); ``quantile_scaled``: that over ``q_high − q_low``."""
     y = held.observed
     if method == "sd":
-        result: F64 = np.abs(y - held.mean) / _scale(held.sd, held.mean)
+        result: F64 = np.abs(y - held.mean) / floored_scale(held.sd, held.mean)
         return result
     outside = np.maximum(held.q_low - y, y - held.q_high)
     if method == "quantile_scaled":
-        outside = outside / _scale(held.q_high - held.q_low, held.mean)
+        outside = outside / floored_scale(held.q_high - held.q_low, held.mean)
     return outside
 
 
@@ -221,12 +221,15 @@ def conformal_quantile(scores: npt.ArrayLike, level: float) -> float:
     interval by it covers the row with probability ≥ ``level``. With fewer than
     ``level / (1 − level)`` scores no score guarantees that; the largest is returned."""
     values = np.sort(np.asarray(scores, dtype=np.float64))
-    n = values.size
-    if n == 0:
+    if values.size == 0:
         raise ValueError("no scores to calibrate on")
-    # Rounded first, so (n + 1)·0.9 = 27.000000000000004 ranks 27, not 28.
-    rank = math.ceil(round((n + 1) * level, 9))
-    return float(values[min(rank, n) - 1])
+    return float(values[min(conformal_rank(values.size, level), values.size) - 1])
+
+
+def conformal_rank(n: int, level: float) -> int:
+    """⌈(n + 1)·level⌉, the rank of the conformal quantile among n scores (may exceed n)."""
+    # Rounded first, so (29 + 1)·0.9 = 27.000000000000004 ranks 27, not 28.
+    return math.ceil(round((n + 1) * level, 9))
 
 
 def di_bin_edges(
