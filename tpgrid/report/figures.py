@@ -188,7 +188,9 @@ def interval_bins_figure(data: Data, path: Path) -> None:
                     )
         ax.axhline(level, color="black", linestyle="--", linewidth=1)
         ax.set_xticks(x, panel["bins"], fontsize=6)
-        ax.set_ylim(0.5, 1.0)
+        shown = np.concatenate([*panel["coverage"].values(), [1.0]])
+        # From 0.7, or lower so that a poorly covered bin stays in view.
+        ax.set_ylim(min(0.7, float(np.nanmin(shown)) - 0.02), 1.0)
         ax.set_title(panel["element"], fontsize=10)
         ax.set_xlabel("DI bin", fontsize=8)
         ax.set_ylabel("coverage", fontsize=8)
