@@ -223,8 +223,17 @@ def report_page(
         columns={"mean_width": "mean width, mg/kg", "k": "k (× tree sd)"}
     )
     intervals = pd.concat({a.element: a.intervals for a in analyses})
-    calibrated = "; ".join(
-        f"{a.element}: {_interval_method(a.model.artifact.record.get('intervals', {}))}"
+    by_method: dict[str, list[str]] = {}
+    for a in analyses:
+        method = _interval_method(a.model.artifact.record.get("intervals", {}))
+        by_method.setdefault(method, []).append(a.element)
+    calibrated = "; ".join(f"{', '.join(els)}: {method}" for method, els in by_method.items())
+    published = "; ".join(
+        f"{a.element} "
+        + " / ".join(
+            f"{a.intervals.loc[(scheme, 'all'), 'coverage']:.0%} ({scheme})"
+            for scheme in dict.fromkeys(a.intervals.index.get_level_values("scheme"))
+        )
         for a in analyses
     )
     applicability = pd.DataFrame(
@@ -307,7 +316,8 @@ def report_page(
         ),
         f"<h2>Closing note</h2><p>Coverage of the {level} interval on held-out sites: "
         f"{html.escape(closing)}. Maps of mean ± k·sd with these k are intervals that held at "
-        "the stated rate on sites the models had not seen; inter-tree variance alone is not.</p>",
+        "the stated rate on sites the models had not seen; inter-tree variance alone is not. "
+        f"The published interval, calibrated per DI bin: {html.escape(published)}.</p>",
     ]
     body = "\n".join(sections)
     return (
