@@ -22,6 +22,7 @@ from tpgrid.artifact import (
     HELD_OUT_FILE,
     MODEL_FILE,
     SKLEARN_FILE,
+    _arrays_hash,
     check_model,
     load_estimator,
     load_held_out,
@@ -29,7 +30,11 @@ from tpgrid.artifact import (
     verify_models,
 )
 from tpgrid.cli import app
+from tpgrid.core.applicability import column_weights, training_space
+from tpgrid.core.bootstrap import inbag_counts
+from tpgrid.core.intervals import calibrate
 from tpgrid.core.metrics import lins_ccc, r2_score, rmse
+from tpgrid.core.quantiles import leaf_membership
 from tpgrid.errors import ArtifactError, CubeError, FitError, OutputExistsError
 from tpgrid.fit import (
     CV_PREDICTIONS_FILE,
@@ -43,6 +48,7 @@ from tpgrid.fit import (
 from tpgrid.fit.blocks import METHOD_DERIVED, METHOD_GIVEN
 from tpgrid.fit.design import training_hash
 from tpgrid.fit.heldout import held_out_fold
+from tpgrid.fit.intervals import CALIBRATED_ON, held_out_incmse, scheme_held_out
 from tpgrid.fit.oob import oob_forest_size
 from tpgrid.fit.search import fit_forest
 from tpgrid.synthetic import PlateauFiles
@@ -174,11 +180,74 @@ def test_the_held_out_results_are_those_of_the_grouped_folds_and_stored_exactly(
             X, y, folds, fold, params, QUICK.search_trees, QUICK.seed, variables, 3
         )
         np.testing.assert_array_equal(held.trees[folds == fold], again.trees)
+        np.testing.assert_array_equal(held.quantiles[folds == fold], again.quantiles)
         assert held.importance_base_sse[fold] == again.base_sse
         np.testing.assert_array_equal(held.importance_sse[fold], again.sse)
     assert held.trees.shape == (len(y), QUICK.search_trees)
     assert held.importance_sse.shape == (QUICK.cv_folds, len(set(variables)), 3)
     assert list(held.variables) == list(dict.fromkeys(variables))
+
+
+@pytest.mark.slow
+def test_the_model_carries_its_uncertainty_parts_made_from_its_own_fit(fitted: FitReport) -> None:
+    directory = model_dir(fitted, "Fe")
+    artifact = load_model(directory)
+    estimator = load_estimator(directory)
+    table = pd.read_parquet(directory / TRAINING_FILE)
+    X = table[list(artifact.features.columns)].to_numpy(np.float32)
+    y = table["observed"].to_numpy()
+    assert artifact.membership is not None
+    expected = leaf_membership(estimator, X, y, artifact.forest).to_arrays()
+    assert_same_arrays(artifact.membership.to_arrays(), expected)
+    np.testing.assert_array_equal(artifact.inbag, inbag_counts(estimator, len(y)))
+    # The training space is the grouped folds' one, weighted by the held-out %IncMSE.
+    held = HeldOutResults.from_arrays(load_held_out(directory))
+    incmse = held_out_incmse(held, artifact.features.column_variables)
+    weights = column_weights(incmse, artifact.features.column_variables)
+    space = training_space(X, table["site_id"], held.folds, weights, artifact.features)
+    assert artifact.space is not None
+    assert_same_arrays(artifact.space.to_arrays(), space.to_arrays())
+    _, site_index = np.unique(table["site_id"], return_inverse=True)
+    np.testing.assert_array_equal(held.di, space.train_di[site_index])
+    assert np.isfinite(held.spatial_di).all()
+    assert held.spatial_folds.min() == 0
+
+
+@pytest.mark.slow
+def test_the_interval_calibration_reproduces_its_recorded_bins(fitted: FitReport) -> None:
+    directory = model_dir(fitted, "Zn")
+    artifact = load_model(directory)
+    rec = artifact.record["intervals"]
+    calibration = artifact.calibration
+    assert calibration is not None
+    assert calibration.level == QUICK.interval_level
+    assert calibration.method == rec["method"]
+    assert rec["calibrated_on"] == list(CALIBRATED_ON)
+    assert list(calibration.di_edges) == rec["di_edges"]
+    assert list(calibration.widening) == rec["widening"]
+    # Recalibrated from the stored held-out rows: the same bins and widenings.
+    held = HeldOutResults.from_arrays(load_held_out(directory))
+    table = pd.read_parquet(directory / TRAINING_FILE)
+    y, sites = table["observed"].to_numpy(), table["site_id"].to_numpy()
+    again = calibrate(
+        calibration.method,
+        0.9,
+        (0.05, 0.95),
+        [h for s, h in scheme_held_out(held, y, sites).items() if s in CALIBRATED_ON],
+    )
+    assert again == calibration
+    assert min(calibration.n_sites) >= 30
+    # The recorded coverage per bin is that of the cross-conformal intervals.
+    for scheme in ("grouped", "spatial"):
+        summary = rec["coverage"][scheme]
+        assert summary["overall"]["n_rows"] == len(y)
+        assert sum(b["n_rows"] for b in summary["bins"]) == len(y)
+        assert 0.75 < summary["overall"]["coverage"] < 1.0
+    assert set(rec["compared"]) == {"quantile", "quantile_scaled", "sd"}
+    assert (
+        rec["compared"][rec["method"]]["grouped"]["coverage"]
+        == (rec["coverage"]["grouped"]["overall"]["coverage"])
+    )
 
 
 @pytest.mark.slow
@@ -344,6 +413,19 @@ def test_reuse_refits_only_the_elements_whose_training_table_changed(
     # A kept model keeps its held-out results, as they were and still checked by their hash.
     assert (models / "Mo" / HELD_OUT_FILE).read_bytes() == kept_held_out
     assert HeldOutResults.from_arrays(load_held_out(models / "Mo")).trees.shape[1] == 20
+
+    # Held-out results of an older format, intact (their hash recorded): fitted again, as a
+    # model of another version, not repaired.
+    arrays = load_held_out(models / "Mo")
+    arrays["format_version"] = np.array(1, dtype=np.int64)
+    np.savez(models / "Mo" / HELD_OUT_FILE, **arrays)
+    doc = json.loads((models / "Mo" / MODEL_FILE).read_text())
+    doc["held_out"]["sha256"] = _arrays_hash(arrays)
+    (models / "Mo" / MODEL_FILE).write_text(json.dumps(doc))
+    report = fit_models(edited, cube_path, models, settings, reuse_unchanged=True, local_threads=2)
+    assert [f.element for f in report.fitted] == ["Mo"]
+    assert report.repaired == ()
+    assert load_model(models / "Mo").model_hash == hashes["Mo"]
 
 
 @pytest.mark.slow

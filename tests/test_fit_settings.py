@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tpgrid.errors import ConfigError, SiteTableError
+from tpgrid.fit.heldout import quantile_levels
 from tpgrid.fit.settings import FitSettings, SearchGrid, fit_settings, read_fit_sites
 
 # --- settings -------------------------------------------------------------------------------
@@ -35,6 +36,23 @@ def test_overrides_apply_on_top_of_the_settings_file(tmp_path: Path) -> None:
 def test_max_features_must_be_fractions() -> None:
     with pytest.raises(ConfigError, match=r"search_grid\.max_features"):
         fit_settings(None, {"search_grid": {"max_features": [7]}})
+
+
+@pytest.mark.parametrize("level", [0.5, 1.0, 90])
+def test_the_interval_level_is_a_share_above_one_half(level: float) -> None:
+    with pytest.raises(ConfigError, match="interval_level"):
+        fit_settings(None, {"interval_level": level})
+
+
+def test_the_interval_level_is_read_from_yaml(tmp_path: Path) -> None:
+    (tmp_path / "fit.yaml").write_text("interval_level: 0.8\n")
+    assert fit_settings(tmp_path / "fit.yaml", {}).interval_level == 0.8
+    assert fit_settings(None, {}).interval_level == 0.9
+
+
+def test_the_fold_tasks_predict_the_quantiles_of_the_interval_level_and_the_median() -> None:
+    assert quantile_levels(0.9) == (0.05, 0.5, 0.95)
+    assert quantile_levels(0.8) == (0.1, 0.5, 0.9)
 
 
 # --- defaults from the data: elements and calibration -----------------------------------------

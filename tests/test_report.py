@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
-from tpgrid.artifact import HELD_OUT_FILE
+from tpgrid.artifact import HELD_OUT_FILE, load_model
 from tpgrid.cli import app
 from tpgrid.core.applicability import column_weights
 from tpgrid.core.explain import importance_table
@@ -120,7 +120,7 @@ def test_html_embeds_every_figure_and_needs_no_other_file(report: ReportResult) 
 @pytest.mark.slow
 def test_figures_are_png_files_beside_the_page(report: ReportResult) -> None:
     names = {path.name for path in report.figures}
-    expected = {"histograms.png", "observed_predicted.png", "coverage.png"}
+    expected = {"histograms.png", "observed_predicted.png", "coverage.png", "interval_bins.png"}
     expected |= {f"{kind}_{e}.png" for e in ELEMENTS for kind in ("importance", "effects")}
     expected |= {f"{kind}_{e}.png" for e in ELEMENTS for kind in ("applicability", "map")}
     assert expected <= names
@@ -161,6 +161,25 @@ def test_summary_reports_nominal_and_achieved_coverage_per_element(
         assert 0.8 <= rows[CALIBRATED_SD]["achieved"] <= 1.0
         assert rows[TREE_QUANTILES]["achieved"] < rows[CALIBRATED_SD]["achieved"]
         assert summary["elements"][element]["interval_k"] == rows[CALIBRATED_SD]["k"]
+
+
+@pytest.mark.slow
+def test_the_page_shows_the_published_interval_per_scheme_and_di_bin(
+    report: ReportResult, models: Path
+) -> None:
+    page = report.html.read_text(encoding="utf-8")
+    assert "The published 90% interval, by applicability" in page
+    for element in ELEMENTS:
+        record = load_model(models / element).record["intervals"]
+        assert report.summary["elements"][element]["intervals"] == record
+        for scheme in ("grouped", "spatial"):
+            summary = record["coverage"][scheme]
+            # One row per scheme overall and per DI bin, with the recorded numbers.
+            rows = [summary["overall"], *summary["bins"]]
+            for row in rows:
+                cells = f"<td>{row['n_sites']}</td>\n      <td>{row['n_rows']}</td>"
+                assert cells in page, (element, scheme, row)
+    assert "calibrated on grouped + spatial" in page
 
 
 @pytest.mark.slow
@@ -273,9 +292,17 @@ def test_the_analyses_are_what_the_stored_held_out_arrays_imply(models: Path) ->
     low, high = np.quantile(trees, [0.1, 0.9], axis=1)
     inside = np.mean((model.y >= low) & (model.y <= high))
     assert analysis.achieved(TREE_QUANTILES) == pytest.approx(inside)
-    # The AOA weights are the %IncMSE of the stored errors.
+    # The AOA is the model's own training space, weighted by the %IncMSE of the stored errors.
+    assert analysis.space is model.artifact.space
     weights = column_weights(expected["incmse"].to_dict(), variables)
     np.testing.assert_array_equal(analysis.space.weights, weights)
+    # The interval table holds the record's coverage: the overall row of each scheme first.
+    record = model.artifact.record["intervals"]["coverage"]
+    for scheme in ("grouped", "spatial"):
+        row = analysis.intervals.loc[(scheme, "all")]
+        assert row["coverage"] == record[scheme]["overall"]["coverage"]
+        assert row["sites"] == record[scheme]["overall"]["n_sites"]
+        assert len(analysis.intervals.loc[scheme]) == 1 + len(record[scheme]["bins"])
 
 
 @pytest.fixture

@@ -22,6 +22,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from tpgrid.core.arrays import F64
+from tpgrid.core.intervals import conformal_quantile, conformal_rank, floored_scale
 from tpgrid.errors import AnalysisError
 
 #: Nominal level of the intervals the report shows.
@@ -30,9 +31,6 @@ LEVEL = 0.9
 TREE_QUANTILES = "tree quantiles"
 NORMAL_SD = "mean ± z·sd"
 CALIBRATED_SD = "mean ± k·sd, calibrated"
-#: Tree spread below this share of the mean is treated as this share (mg/kg), so one row
-#: predicted identically by every tree does not get an infinite calibration score.
-MIN_RELATIVE_SD = 1e-6
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,20 +96,16 @@ def coverage(observed: npt.ArrayLike, low: F64, high: F64) -> float:
 
 def calibration_scores(observed: npt.ArrayLike, mean: F64, sd: F64) -> F64:
     """``|y − mean| / sd`` per row: how many tree SDs the observation lies from the mean."""
-    floor = MIN_RELATIVE_SD * np.abs(mean)
-    scale = np.maximum(sd, np.where(floor > 0, floor, MIN_RELATIVE_SD))
-    result: F64 = np.abs(np.asarray(observed, dtype=np.float64) - mean) / scale
+    result: F64 = np.abs(np.asarray(observed, dtype=np.float64) - mean) / floored_scale(sd, mean)
     return result
 
 
 def calibrated_k(scores: F64, level: float = LEVEL) -> float:
     """The conformal ``k``: the ⌈(n + 1)·level⌉-th smallest score (finite-sample guarantee of
     at least ``level`` coverage for an exchangeable new site); ``inf`` when n is too small."""
-    n = scores.size
-    rank = math.ceil((n + 1) * level)
-    if rank > n:
+    if conformal_rank(scores.size, level) > scores.size:
         return math.inf
-    return float(np.sort(scores)[rank - 1])
+    return conformal_quantile(scores, level)
 
 
 @dataclass(frozen=True)

@@ -29,8 +29,10 @@ import pandas as pd
 import xarray as xr
 
 from tpgrid import __version__
-from tpgrid.artifact import ModelArtifact, check_model, save_model
+from tpgrid.artifact import ModelArtifact, check_model, load_held_out, save_model
+from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.forest import pack_forest
+from tpgrid.core.quantiles import leaf_membership
 from tpgrid.cube import chunk_hashes, cube_grid, open_cube
 from tpgrid.errors import ArtifactError, FitError, OutputExistsError
 from tpgrid.fit.blocks import (
@@ -50,6 +52,8 @@ from tpgrid.fit.design import (
     training_hash,
     training_table,
 )
+from tpgrid.fit.heldout import FORMAT_VERSION as HELD_OUT_FORMAT
+from tpgrid.fit.intervals import applicability, interval_calibration
 from tpgrid.fit.search import fit_forest
 from tpgrid.fit.settings import FitSettings, read_fit_sites
 from tpgrid.fit.sites import SiteSource, locate_sites
@@ -277,9 +281,13 @@ def _unchanged_record(
         return None, None
     try:
         artifact = check_model(directory)
+        held_out_format = int(load_held_out(directory)["format_version"])
     except ArtifactError as exc:
         return None, str(exc)
-    kept = artifact.record.get("inputs_sha256") == inputs_sha256
+    # A model fitted by a version whose held-out results (or uncertainty parts) were not these
+    # is fitted again: its inputs may be the same, what is derived from them is not.
+    current = held_out_format == HELD_OUT_FORMAT and artifact.calibration is not None
+    kept = current and artifact.record.get("inputs_sha256") == inputs_sha256
     return (artifact.record if kept else None), None
 
 
@@ -310,6 +318,12 @@ def _fit_element(
     )
     # One block choice serves every element: the spatial CV's record says how it was made.
     result.record["cv"]["spatial"]["block_choice"] = blocks.to_json()
+    site_ids = training.frame["site_id"].to_numpy()
+    space, held_out = applicability(result.held_out, design.X, site_ids, spec)
+    calibration, intervals = interval_calibration(
+        held_out, design.y, site_ids, settings.interval_level
+    )
+    packed = pack_forest(result.estimator)
     record = {
         "element": element,
         "target": {"units": "mg/kg", "transform": "none", "scale": training.record["scale"]},
@@ -327,11 +341,21 @@ def _fit_element(
         "calibration": training.record["calibration"],
         "classes": {f.variable: dict(zip(f.codes, f.names, strict=True)) for f in spec.categorical},
         **result.record,
+        "intervals": intervals,
         "cv_predictions_file": CV_PREDICTIONS_FILE,
         "fit_wall_s": round(time.perf_counter() - started, 3),
         **provenance,
     }
-    artifact = ModelArtifact(element, pack_forest(result.estimator), spec, plain(record))
+    artifact = ModelArtifact(
+        element,
+        packed,
+        spec,
+        plain(record),
+        membership=leaf_membership(result.estimator, design.X, design.y, packed),
+        inbag=inbag_counts(result.estimator, design.y.size),
+        space=space,
+        calibration=calibration,
+    )
     predictions = table[["site_id", "sample_id", "observed"]].copy()
     for scheme in SCHEMES:
         predictions[f"predicted_{scheme}"] = result.predictions[scheme]
@@ -343,7 +367,7 @@ def _fit_element(
         )
     staging = staging_path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    save_model(artifact, staging, estimator=result.estimator, held_out=result.held_out.to_arrays())
+    save_model(artifact, staging, estimator=result.estimator, held_out=held_out.to_arrays())
     table.to_parquet(staging / TRAINING_FILE, index=False)
     predictions.to_parquet(staging / CV_PREDICTIONS_FILE, index=False)
     swap_in(staging, directory)

@@ -5,9 +5,10 @@ A grid search picks hyperparameters by the out-of-bag error of forests that boot
 predicts a site it drew); the winner is assessed by three k-fold CVs side by side — grouped by
 site, by random sample (the leaky scheme the grouping prevents, for comparison) and by spatial
 blocks — and refitted on all rows with the full number of trees. The grouped CV's fold tasks
-also compute the report's held-out analyses (:mod:`tpgrid.fit.heldout`). The search blocks and
-CV fits are independent tasks on whatever Dask client is current (local threads when there is
-none); the final forest is fitted here.
+also compute the report's held-out analyses, and the grouped and spatial ones the quantile
+forest's held-out quantiles the intervals are calibrated on (:mod:`tpgrid.fit.heldout`). The
+search blocks and CV fits are independent tasks on whatever Dask client is current (local
+threads when there is none); the final forest is fitted here.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy.typing as npt
 from tpgrid.core.arrays import F64, I64
 from tpgrid.core.explain import predictor_columns
 from tpgrid.core.metrics import cv_metrics, r2_score
-from tpgrid.fit.heldout import HeldOutResults, fold_forest, held_out_fold
+from tpgrid.fit.heldout import HeldOutResults, fold_rows, held_out_fold, quantile_levels
 from tpgrid.fit.oob import oob_forest_size, site_oob_search
 from tpgrid.fit.settings import FitSettings
 from tpgrid.tasks import Progress, task_runner
@@ -48,23 +49,6 @@ def group_folds(groups: npt.ArrayLike, n_folds: int, seed: int) -> I64:
     fold_of_group = np.empty(n_groups, dtype=np.int64)
     fold_of_group[order] = np.arange(n_groups) % n_folds
     return fold_of_group[inverse.ravel()]
-
-
-# --- CV fits as independent tasks ----------------------------------------------------------
-
-
-def fold_predictions(
-    X: npt.NDArray[np.float32],
-    y: F64,
-    folds: I64,
-    fold: int,
-    params: Mapping[str, Any],
-    n_trees: int,
-    seed: int,
-) -> F64:
-    """Fit a forest on the rows outside ``fold`` and predict the rows inside it (one CV task)."""
-    forest, test = fold_forest(X, y, folds, fold, params, n_trees, seed)
-    return np.asarray(forest.predict(X[test]), dtype=np.float64)
 
 
 # --- fitting one element -------------------------------------------------------------------
@@ -142,6 +126,7 @@ def fit_forest(
 
         # The winner's three CVs run on the cluster while the final forest is fitted here.
         variables = list(predictor_columns(column_variables))
+        levels = quantile_levels(settings.interval_level)
         grouped_futures = [
             runner.submit(
                 held_out_fold,
@@ -153,28 +138,44 @@ def fit_forest(
                 seed,
                 list(column_variables),
                 settings.importance_repeats,
+                levels,
             )
             for f in range(k)
         ]
+        # The random CV only scores the mean: its folds split sites, so no DI per fold.
         pending = {
             scheme: [
-                runner.submit(fold_predictions, *shared, folds, f, params, trees, seed)
+                runner.submit(
+                    fold_rows,
+                    *shared,
+                    folds,
+                    f,
+                    params,
+                    trees,
+                    seed,
+                    levels if scheme == "spatial" else (),
+                )
                 for f in range(int(folds.max()) + 1)
             ]
             for scheme, folds in assessed.items()
         }
         estimator = _final_forest(X, y, params, settings)
+        grouped_results = runner.gather(grouped_futures, report("grouped"))
+        rows = {
+            scheme: runner.gather(scheme_futures, report(scheme))
+            for scheme, scheme_futures in pending.items()
+        }
         held_out = HeldOutResults.from_folds(
             grouped,
-            runner.gather(grouped_futures, report("grouped")),
+            grouped_results,
             variables,
             search.oob_trees,
             search.predictions,
+            levels=levels,
+            spatial=(assessed["spatial"], rows["spatial"]) if "spatial" in rows else None,
         )
-        predictions = {"grouped": held_out.mean, "spatial": np.full(y.size, np.nan)}
-        for scheme, scheme_futures in pending.items():
-            results = runner.gather(scheme_futures, report(scheme))
-            predictions[scheme] = _assemble(assessed[scheme], results)
+        predictions = {"grouped": held_out.mean, "spatial": held_out.spatial_mean}
+        predictions["random"] = _assemble(assessed["random"], [r.mean for r in rows["random"]])
         backend = runner.description
 
     record = {

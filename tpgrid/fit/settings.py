@@ -106,6 +106,15 @@ class FitSettings(BaseModel):
     importance_repeats: int = Field(
         3, ge=1, description="shuffles per predictor for %IncMSE (on the grouped CV's folds)"
     )
+    interval_level: float = Field(
+        0.9,
+        gt=0.5,
+        lt=1,
+        description=(
+            "nominal coverage of the published prediction interval, calibrated on the grouped "
+            "and spatial CVs' held-out sites per DI bin"
+        ),
+    )
     seed: int = Field(0, ge=0, description="seed of the folds, the forests and the shuffles")
 
     @field_validator("elements")

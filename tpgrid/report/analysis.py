@@ -9,10 +9,12 @@ table) and every categorical column of the site table (:func:`site_factors`) unl
 ``report.factors`` names some. A name that is neither is a :class:`ConfigError` before anything
 is computed (:func:`check_settings`).
 
-Importance, coverage and the AOA's cross-validated DI come from the forests of the fit's
-*grouped* CV (``fold_grouped``): its fold tasks stored every tree's prediction of the rows they
-held out and permutation importance's squared errors (``ElementModel.held_out``), so every
-number about held-out sites comes from forests that never saw them, and nothing is refitted.
+Importance and coverage come from the forests of the fit's *grouped* CV (``fold_grouped``):
+its fold tasks stored every tree's prediction of the rows they held out and permutation
+importance's squared errors (``ElementModel.held_out``), so every number about held-out sites
+comes from forests that never saw them, and nothing is refitted. The training space (DI, AOA)
+and the calibrated interval's coverage per CV scheme and DI bin are the model's own, made once
+by the fit (``artifact.space``, ``record["intervals"]``).
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 import xarray as xr
 
-from tpgrid.core.applicability import TrainingSpace, column_weights, training_space
+from tpgrid.core.applicability import TrainingSpace
 from tpgrid.core.explain import (
     EffectCurve,
     accumulated_local_effects,
@@ -42,7 +45,7 @@ from tpgrid.core.forest import PackedForest
 from tpgrid.core.metrics import pineiro_line
 from tpgrid.core.stats import GroupComparison, compare_groups, descriptive_table, site_means
 from tpgrid.core.uncertainty import HeldOutTrees, coverage_table
-from tpgrid.errors import AnalysisError, ConfigError
+from tpgrid.errors import AnalysisError, ArtifactError, ConfigError
 from tpgrid.fit import SCHEMES, SiteSource, read_sites
 from tpgrid.outputs import quality_warning
 from tpgrid.report.inputs import ElementModel
@@ -88,6 +91,7 @@ class ElementAnalysis:
     coverage: pd.DataFrame
     k: float
     space: TrainingSpace
+    intervals: pd.DataFrame  # the calibrated interval per CV scheme × DI bin
     lines: dict[str, tuple[float, float]]
     correlated: pd.DataFrame
     comparisons: dict[str, GroupComparison] = field(default_factory=dict)
@@ -133,9 +137,12 @@ def analyse_element(
         features.column_variables,
     )
     coverage, k = coverage_table(y, HeldOutTrees(model.folds, held.trees), settings.level)
-    incmse = {str(name): float(value) for name, value in importance["incmse"].items()}
-    weights = column_weights(incmse, features.column_variables)
-    space = training_space(X, model.training["site_id"], model.folds, weights, features)
+    space = model.artifact.space
+    if space is None or model.artifact.calibration is None:
+        raise ArtifactError(
+            f"{model.directory}: the model has no training space or interval calibration (an "
+            "older fit): fit it again with `tpgrid fit`"
+        )
     predict = _mean_of(model.artifact.forest)
     comparisons, factors = _comparisons(model, sites, settings.factors)
     effects = tuple(
@@ -159,11 +166,41 @@ def analyse_element(
         coverage=coverage,
         k=k,
         space=space,
+        intervals=interval_table(model.artifact.record.get("intervals", {})),
         lines=lines,
         correlated=correlated_pairs(X[:, : len(features.continuous)], features.continuous),
         comparisons=comparisons,
         factors=factors,
     )
+
+
+def interval_table(record: Mapping[str, Any]) -> pd.DataFrame:
+    """The calibrated interval's cross-conformal coverage from the model's
+    ``record["intervals"]``: one row per CV scheme × DI bin (``all`` first), with the bin's DI
+    range, sites, rows, coverage and mean width."""
+    rows = []
+    for scheme, summary in record.get("coverage", {}).items():
+        for label, part in [("all", summary["overall"]), *_bin_labels(summary["bins"])]:
+            rows.append(
+                {
+                    "scheme": scheme,
+                    "DI": label,
+                    "sites": part["n_sites"],
+                    "samples": part["n_rows"],
+                    "coverage": part["coverage"],
+                    "mean width, mg/kg": part["mean_width"],
+                }
+            )
+    columns = ["scheme", "DI", "sites", "samples", "coverage", "mean width, mg/kg"]
+    return pd.DataFrame(rows, columns=columns).set_index(["scheme", "DI"])
+
+
+def _bin_labels(bins: Sequence[Mapping[str, Any]]) -> list[tuple[str, Mapping[str, Any]]]:
+    def label(part: Mapping[str, Any]) -> str:
+        high = part["di_high"]
+        return f"{part['di_low']:.3g}–{high:.3g}" if high is not None else f"> {part['di_low']:.3g}"
+
+    return [(label(part), part) for part in bins]
 
 
 def chosen_effects(

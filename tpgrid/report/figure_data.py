@@ -55,6 +55,7 @@ def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePl
             "checks", "observed_predicted.png", "observed_predicted", _observed_predicted(analyses)
         ),
         FigurePlan("uncertainty", "coverage.png", "coverage", _coverage(contents)),
+        FigurePlan("uncertainty", "interval_bins.png", "interval_bins", _interval_bins(contents)),
     ]
     files: set[str] = set()
     for factor in compared_factors(analyses):
@@ -193,6 +194,29 @@ def _coverage(contents: ReportContents) -> dict[str, Any]:
         "achieved": achieved,
         "level": contents.settings.level,
     }
+
+
+def _interval_bins(contents: ReportContents) -> dict[str, Any]:
+    """Per element, the calibrated interval's coverage per DI bin (labels) of each scheme."""
+    panels = []
+    for analysis in contents.analyses:
+        table = analysis.intervals.drop(index="all", level="DI")
+        # Bins in DI order; a scheme without rows in a bin has no point there (NaN).
+        wide = table.unstack("scheme")
+        bins = sorted(wide.index, key=lambda b: list(table.index.get_level_values("DI")).index(b))
+        wide = wide.reindex(bins)
+        schemes = list(dict.fromkeys(str(s) for s in table.index.get_level_values("scheme")))
+        panels.append(
+            {
+                "element": analysis.element,
+                "bins": [str(b) for b in bins],
+                "coverage": {s: wide[("coverage", s)].to_numpy(dtype=np.float64) for s in schemes},
+                "sites": {
+                    s: wide[("sites", s)].fillna(0).to_numpy(dtype=np.int64) for s in schemes
+                },
+            }
+        )
+    return {"panels": panels, "level": contents.settings.level}
 
 
 def _file_safe(name: str) -> str:

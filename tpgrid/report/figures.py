@@ -172,6 +172,32 @@ def coverage_figure(data: Data, path: Path) -> None:
     _save(figure, path)
 
 
+def interval_bins_figure(data: Data, path: Path) -> None:
+    """Per element, the calibrated interval's held-out coverage per DI bin (x, low to high DI)
+    of each CV scheme, against the nominal level; each point labelled with its sites."""
+    panels, level = data["panels"], data["level"]
+    figure = _new_figure(11, 2.6 * math.ceil(len(panels) / 4) + 0.6)
+    for ax, panel in zip(_panels(figure, len(panels), 4), panels, strict=True):
+        x = np.arange(len(panel["bins"]))
+        for scheme, coverage in panel["coverage"].items():
+            ax.plot(x, coverage, marker="o", label=scheme)
+            for xi, c, n in zip(x, coverage, panel["sites"][scheme], strict=True):
+                if n:
+                    ax.annotate(
+                        str(n), (xi, c), fontsize=6, xytext=(3, 3), textcoords="offset points"
+                    )
+        ax.axhline(level, color="black", linestyle="--", linewidth=1)
+        ax.set_xticks(x, panel["bins"], fontsize=6)
+        shown = np.concatenate([*panel["coverage"].values(), [1.0]])
+        # From 0.7, or lower so that a poorly covered bin stays in view.
+        ax.set_ylim(min(0.7, float(np.nanmin(shown)) - 0.02), 1.0)
+        ax.set_title(panel["element"], fontsize=10)
+        ax.set_xlabel("DI bin", fontsize=8)
+        ax.set_ylabel("coverage", fontsize=8)
+        ax.legend(fontsize=6, loc="lower left")
+    _save(figure, path)
+
+
 def applicability_figure(data: Data, path: Path) -> None:
     """The element's DI map (coloured up to twice the threshold) and its AOA (1 inside, 0
     outside, NaN where there is no data)."""
@@ -224,6 +250,7 @@ DRAW: dict[str, Callable[[Data, Path], None]] = {
     "effects": effects_figure,
     "observed_predicted": observed_predicted_figure,
     "coverage": coverage_figure,
+    "interval_bins": interval_bins_figure,
     "applicability": applicability_figure,
     "map": map_figure,
 }

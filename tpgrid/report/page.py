@@ -45,6 +45,7 @@ def report_summary(contents: ReportContents) -> dict[str, Any]:
             "effects": [pdp.variable for pdp, _ in analysis.effects],
             "coverage": analysis.coverage.reset_index().to_dict(orient="records"),
             "interval_k": analysis.k,
+            "intervals": record.get("intervals"),
             "correlated_pairs": analysis.correlated.to_dict(orient="records"),
             "importance_incmse": analysis.importance["incmse"].to_dict(),
             "importance_by_group": analysis.by_group.to_dict(),
@@ -153,6 +154,17 @@ div.warning h2 { border: none; color: #c0392b; margin-top: 0.6em; }
 """
 
 
+def _interval_method(record: Mapping[str, Any]) -> str:
+    """How the published interval is made, in words, from ``record["intervals"]``."""
+    methods = {
+        "quantile": "quantile-forest interval ± c",
+        "quantile_scaled": "quantile-forest interval widened by c × its width",
+        "sd": "mean ± k·sd",
+    }
+    method = methods.get(str(record.get("method")), str(record.get("method")))
+    return f"{method}, calibrated on {' + '.join(record.get('calibrated_on', []))}"
+
+
 def _img(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
@@ -209,6 +221,20 @@ def report_page(
     ).T
     coverage = pd.concat({a.element: a.coverage for a in analyses}).rename(
         columns={"mean_width": "mean width, mg/kg", "k": "k (× tree sd)"}
+    )
+    intervals = pd.concat({a.element: a.intervals for a in analyses})
+    by_method: dict[str, list[str]] = {}
+    for a in analyses:
+        method = _interval_method(a.model.artifact.record.get("intervals", {}))
+        by_method.setdefault(method, []).append(a.element)
+    calibrated = "; ".join(f"{', '.join(els)}: {method}" for method, els in by_method.items())
+    published = "; ".join(
+        f"{a.element} "
+        + " / ".join(
+            f"{a.intervals.loc[(scheme, 'all'), 'coverage']:.0%} ({scheme})"
+            for scheme in dict.fromkeys(a.intervals.index.get_level_values("scheme"))
+        )
+        for a in analyses
     )
     applicability = pd.DataFrame(
         {
@@ -272,6 +298,13 @@ def report_page(
         "other folds (cross-conformal). The spread between trees is how much the forests "
         "disagree about the mean, not how far a new site may fall from it.</p>"
         + _table(coverage)
+        + f"<h3>The published {level} interval, by applicability</h3><p class='note'>The "
+        "interval the maps publish, calibrated per DI bin (conformal) on the held-out sites "
+        "of the schemes named, and its coverage on held-out sites of the grouped and spatial "
+        "CV per DI bin (DI of the site against the training sites of the forest that "
+        "predicted it); each fold's sites covered by a calibration made without them "
+        f"(cross-conformal). {html.escape(calibrated)}.</p>"
+        + _table(intervals)
         + images("uncertainty")
         + (
             f"<h3>Maps</h3><p class='note'>Mean, and half-width k·sd of the calibrated {level} "
@@ -283,7 +316,8 @@ def report_page(
         ),
         f"<h2>Closing note</h2><p>Coverage of the {level} interval on held-out sites: "
         f"{html.escape(closing)}. Maps of mean ± k·sd with these k are intervals that held at "
-        "the stated rate on sites the models had not seen; inter-tree variance alone is not.</p>",
+        "the stated rate on sites the models had not seen; inter-tree variance alone is not. "
+        f"The published interval, calibrated per DI bin: {html.escape(published)}.</p>",
     ]
     body = "\n".join(sections)
     return (
