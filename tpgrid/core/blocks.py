@@ -128,7 +128,7 @@ class PixelModel:
         """The quantiles to compute: those asked for, and those the interval starts from."""
         wanted = set(options.quantiles)
         calibration = self.calibration if options.interval else None
-        if calibration is not None and calibration.method == "quantile":
+        if calibration is not None and calibration.method != "sd":
             wanted |= set(calibration.quantiles)
         return tuple(sorted(wanted))
 
