@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tpgrid.core.blocks import UNSEEN_NODATA
+from tpgrid.core.blocks import UNSEEN_NODATA, PredictOptions
+from tpgrid.core.intervals import IntervalCalibration
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
     ATTR_RUN,
@@ -20,8 +21,16 @@ from tpgrid.outputs import (
 from tpgrid.store import create_layout, finish, write_window
 
 
+#: The layers of these groups: the four every run has and a calibrated interval.
+OPTIONS = PredictOptions(quantiles=(), interval=True, applicability=False)
+LAYERS = OPTIONS.layers()
+#: The calibration their intervals are recorded as made by.
+CALIBRATION = IntervalCalibration(0.9, "sd", (0.05, 0.95), (0.5,), (1.5, 2.0), (40, 35))
+
+
 def known_layers(grid: TargetGrid, element: str) -> dict[str, np.ndarray]:
-    """A smooth mean with NaN outside a disc, its variance and sd, and an unseen-class block."""
+    """A smooth mean with NaN outside a disc, its variance and sd, an unseen-class block, and
+    the interval mean ± 2 sd."""
     rows, cols = np.indices(grid.shape)
     inside = (rows - 180) ** 2 + (cols - 180) ** 2 < 170**2
     scale = 30_000.0 if element == "Fe" else 1.5
@@ -31,7 +40,15 @@ def known_layers(grid: TargetGrid, element: str) -> dict[str, np.ndarray]:
     unseen[100:120, 100:140] = 1
     mean[100:120, 100:140] = np.nan
     variance[100:120, 100:140] = np.nan
-    return {"mean": mean, "variance": variance, "sd": np.sqrt(variance), "unseen": unseen}
+    sd = np.sqrt(variance)
+    return {
+        "mean": mean,
+        "variance": variance,
+        "sd": sd,
+        "unseen": unseen,
+        "lower": mean - 2 * sd,
+        "upper": mean + 2 * sd,
+    }
 
 
 def write_run_group(
@@ -45,7 +62,7 @@ def write_run_group(
     grouped-CV R² ``cv_r2`` (0.5 for an element not given)."""
     layouts = {}
     for element in elements:
-        layouts |= layer_layouts(element, n_trees=20, unseen="nan")
+        layouts |= layer_layouts(element, 20, OPTIONS, CALIBRATION.level)
     create_layout(path, grid, layouts)
     for element in elements:
         for layer, values in known_layers(grid, element).items():
@@ -55,9 +72,14 @@ def write_run_group(
     record = {
         "run_id": run_id,
         "grid": grid.spec.model_dump(mode="json"),
-        "unseen": "nan",
+        "options": OPTIONS.to_json(),
         "models": {
-            e: {"model_hash": e.lower() * 32, "n_trees": 20, "cv_r2": (cv_r2 or {}).get(e, 0.5)}
+            e: {
+                "model_hash": e.lower() * 32,
+                "n_trees": 20,
+                "cv_r2": (cv_r2 or {}).get(e, 0.5),
+                "interval": CALIBRATION.to_json(),
+            }
             for e in elements
         },
     }

@@ -20,14 +20,13 @@ from distributed import Client
 from rio_cogeo.cogeo import cog_validate
 
 from tests.conftest import SMALL_SPEC, DaskProcesses
-from tests.run_groups import known_layers, write_run_group
+from tests.run_groups import CALIBRATION, LAYERS, OPTIONS, known_layers, write_run_group
 from tpgrid.core.blocks import UNSEEN_NODATA
 from tpgrid.errors import OutputExistsError, PredictionError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import (
     ATTR_RUN,
     COG_MEDIA_TYPE,
-    LAYERS,
     RUN_GROUP,
     STAC_ITEM,
     file_digests,
@@ -38,7 +37,7 @@ from tpgrid.outputs import (
     variable_name,
 )
 from tpgrid.outputs.names import element_files
-from tpgrid.outputs.quicklook import NO_DATA_NOTE
+from tpgrid.outputs.quicklook import NO_DATA_NOTE, quicklook_layers
 from tpgrid.store import create_layout
 
 ELEMENTS = ("Fe", "Mo")
@@ -103,6 +102,7 @@ def test_published_directory_holds_the_product_files_and_nothing_else(published:
     ("layer", "rendered"),
     [
         ("mean", {"Mo_mean.tif", "Mo_quicklook.png"}),  # the quicklook shows mean and sd
+        ("upper", {"Mo_upper.tif", "Mo_quicklook.png"}),  # and the interval
         ("variance", {"Mo_variance.tif"}),
         ("unseen", {"Mo_unseen.tif"}),
     ],
@@ -116,7 +116,7 @@ def test_only_the_changed_layer_and_a_quicklook_showing_it_are_rendered_the_rest
     array[0:10, 0:10] = 1
     report = publish(changed, tmp_path / "maps", previous=published)
     assert report.reused == ("Fe",)
-    for name in (n for e in ELEMENTS for n in element_files(e)):
+    for name in (n for e in ELEMENTS for n in element_files(e, LAYERS)):
         same = (tmp_path / "maps" / name).stat().st_ino == (published / name).stat().st_ino
         assert same == (name not in rendered), name
     with rasterio.open(tmp_path / "maps" / f"Mo_{layer}.tif") as cog:
@@ -124,7 +124,7 @@ def test_only_the_changed_layer_and_a_quicklook_showing_it_are_rendered_the_rest
         assert (cog.read(1, window=((0, 10), (10, 20))) != 1).all()
     item = json.loads((tmp_path / "maps" / STAC_ITEM).read_text())
     assert set(item["properties"]["tpgrid:file_digests"]) == {
-        name for e in ELEMENTS for name in element_files(e)
+        name for e in ELEMENTS for name in element_files(e, LAYERS)
     }
     again = publish(changed, tmp_path / "maps-again", previous=tmp_path / "maps")
     assert again.reused == ("Fe", "Mo")
@@ -169,12 +169,12 @@ def test_maps_published_with_reuse_are_byte_identical_to_maps_published_fresh(
     assert reused.reused == ("Fe",)
     assert fresh.reused == ()
     linked = {p.name for p in (tmp_path / "reused").iterdir() if p.stat().st_nlink > 1}
-    assert linked == {n for e in ELEMENTS for n in element_files(e)} - {
+    assert linked == {n for e in ELEMENTS for n in element_files(e, LAYERS)} - {
         "Mo_mean.tif",
         "Mo_sd.tif",
         "Mo_quicklook.png",
     }
-    for name in (n for e in ELEMENTS for n in element_files(e)):
+    for name in (n for e in ELEMENTS for n in element_files(e, LAYERS)):
         assert (tmp_path / "reused" / name).read_bytes() == (
             tmp_path / "fresh" / name
         ).read_bytes(), name
@@ -214,14 +214,25 @@ def test_cog_band_description_names_the_element_and_units(published: Path) -> No
         assert cog.descriptions == ("Fe content, standard deviation between 20 trees (mg/kg)",)
 
 
-def test_quicklook_shows_mean_and_sd_with_colour_bars_in_mg_per_kg(published: Path) -> None:
-    figure = quicklook_figure(published, "Mo")
+def test_quicklook_shows_mean_interval_and_sd_with_colour_bars_in_mg_per_kg(
+    published: Path,
+) -> None:
+    figure = quicklook_figure(published, "Mo", LAYERS, CALIBRATION.level)
     bars = [axes for axes in figure.axes if axes.get_label() == "<colorbar>"]
     maps = [axes for axes in figure.axes if axes not in bars]
-    assert [axes.get_ylabel() for axes in bars] == ["Mo (mg/kg)", "Mo (mg/kg)"]
-    assert [axes.get_title() for axes in maps] == ["Mo mean", "Mo between-tree SD"]
+    assert [axes.get_ylabel() for axes in bars] == ["Mo (mg/kg)"] * 4
+    assert [axes.get_title() for axes in maps] == [
+        "Mo mean",
+        "Mo 90 % prediction interval, lower bound",
+        "Mo 90 % prediction interval, upper bound",
+        "Mo between-tree SD",
+    ]
     # Light is low for the uncertainty, as in the report's maps; white is said to be no data.
-    assert [axes.images[0].get_cmap().name for axes in maps] == ["viridis", "plasma_r"]
+    assert [axes.images[0].get_cmap().name for axes in maps] == ["viridis"] * 3 + ["plasma_r"]
+    # The bounds share the mean's colour scale, so a colour means one content in all three.
+    limits = [axes.images[0].get_clim() for axes in maps]
+    assert limits[0] == limits[1] == limits[2] != limits[3]
+    assert quicklook_layers(("mean", "variance", "sd", "unseen")) == ("mean", "sd")
     assert [text.get_text() for text in figure.texts] == [NO_DATA_NOTE]
     assert NO_DATA_NOTE.startswith("White: no data (outside the mask, a covariate missing")
     with open(published / "Mo_quicklook.png", "rb") as png:
@@ -253,17 +264,22 @@ def test_stac_item_describes_the_run_and_every_asset(published: Path, grid: Targ
     assert item["assets"]["Fe_quicklook"]["roles"] == ["overview"]
     assert item["assets"]["Fe_variance"]["raster:bands"][0]["unit"] == "mg2 kg-2"
     assert item["assets"]["Fe_unseen"]["raster:bands"][0]["nodata"] == UNSEEN_NODATA
+    assert item["assets"]["Fe_lower"]["raster:bands"][0]["unit"] == "mg/kg"
+    assert item["assets"]["Fe_lower"]["tpgrid:interval"] == CALIBRATION.to_json()
+    assert item["assets"]["Fe_upper"]["title"] == "Fe 90 % prediction interval, upper bound"
+    assert "tpgrid:interval" not in item["assets"]["Fe_mean"]
+    assert item["properties"]["tpgrid:options"] == OPTIONS.to_json()
 
 
 def test_stac_item_flags_every_file_of_a_model_worse_than_the_mean(published: Path) -> None:
     item = json.loads((published / "item.json").read_text())
-    for name in element_files("Mo"):
+    for name in element_files("Mo", LAYERS):
         asset = item["assets"][Path(name).stem]
         assert asset["tpgrid:cv_r2"] == -0.31
         assert asset["tpgrid:quality_warning"].startswith("grouped-CV R² -0.31: ")
         assert "worse than their mean" in asset["tpgrid:quality_warning"]
         assert asset["title"].endswith("(poor model: grouped-CV R² -0.31)")
-    for name in element_files("Fe"):
+    for name in element_files("Fe", LAYERS):
         asset = item["assets"][Path(name).stem]
         assert asset["tpgrid:cv_r2"] == 0.62
         assert "tpgrid:quality_warning" not in asset
@@ -330,6 +346,6 @@ def test_directory_holding_something_else_is_refused_unless_overwrite(
 
 
 def test_incomplete_group_is_not_a_prediction(grid: TargetGrid, tmp_path: Path) -> None:
-    create_layout(tmp_path / "maps.zarr", grid, layer_layouts("Fe", 20, "nan"))
+    create_layout(tmp_path / "maps.zarr", grid, layer_layouts("Fe", 20, OPTIONS))
     with pytest.raises(PredictionError, match="not a complete tpgrid prediction"):
         open_prediction(tmp_path / "maps.zarr")

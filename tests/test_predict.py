@@ -25,9 +25,21 @@ from tpgrid.artifact import ModelArtifact, save_model
 from tpgrid.carryover import mark_chunk_done
 from tpgrid.cli import app
 from tpgrid.core import _kernels
-from tpgrid.core.blocks import UNSEEN_NODATA, model_input, predict_block
+from tpgrid.core.applicability import dissimilarity, training_space
+from tpgrid.core.blocks import (
+    BASE_LAYERS,
+    UNSEEN_NODATA,
+    PixelModel,
+    PredictOptions,
+    model_input,
+    predict_block,
+)
+from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
 from tpgrid.core.forest import pack_forest, warm_up_kernels
+from tpgrid.core.intervals import IntervalCalibration
+from tpgrid.core.jackknife import ij_variance
+from tpgrid.core.quantiles import forest_quantiles, leaf_membership
 from tpgrid.cube import VALID, build_cube, open_cube
 from tpgrid.engine import ChunkJob
 from tpgrid.errors import (
@@ -40,7 +52,7 @@ from tpgrid.errors import (
 )
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.integrity import file_record
-from tpgrid.outputs import ATTR_RUN, LAYERS, RUN_GROUP, layer_layouts, open_prediction
+from tpgrid.outputs import ATTR_RUN, RUN_GROUP, layer_layouts, open_prediction
 from tpgrid.predict import (
     KernelWarmUp,
     load_models,
@@ -55,6 +67,10 @@ from tpgrid.synthetic import PlateauFiles, write_plateau
 pytestmark = pytest.mark.cluster
 
 N_TREES = 30
+#: The models fitted here are bare forests: mean, variance, sd and the unseen flag only
+#: (tests/test_predict_uncertainty.py predicts the other layers).
+MEAN_ONLY = PredictOptions(quantiles=(), interval=False, applicability=False)
+BARE_MODEL_FLAGS = ["--quantile", "0", "--no-interval", "--no-applicability"]
 
 
 @dataclass(frozen=True)
@@ -153,7 +169,7 @@ def prediction(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Prediction:
     path = tmp_path_factory.mktemp("prediction") / "maps.zarr"
-    report = predict_cube(plateau.cube, models, path)
+    report = predict_cube(plateau.cube, models, path, options=MEAN_ONLY)
     ds, _ = open_prediction(path)
     return Prediction(path, report, {name: ds[name].values for name in ds.data_vars})
 
@@ -256,10 +272,15 @@ def test_pixels_with_a_class_unseen_in_training_are_flagged_and_nan(
 def test_unseen_policy_predict_fills_those_pixels(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
-    predict_cube(plateau.cube, models[:1], tmp_path / "maps.zarr", unseen="predict")
+    predict_cube(
+        plateau.cube,
+        models[:1],
+        tmp_path / "maps.zarr",
+        options=replace(MEAN_ONLY, unseen="predict"),
+    )
     ds, run = open_prediction(tmp_path / "maps.zarr")
     unseen = ds["Fe_unseen"].values == 1
-    assert run["unseen"] == "predict"
+    assert run["options"]["unseen"] == "predict"
     assert unseen.sum() > 0
     assert np.isfinite(ds["Fe_mean"].values[unseen]).all()
 
@@ -268,7 +289,12 @@ def test_unknown_unseen_policy_is_refused(
     plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
 ) -> None:
     with pytest.raises(ConfigError, match="'zero' is not one of"):
-        predict_cube(plateau.cube, models[:1], tmp_path / "maps.zarr", unseen="zero")
+        predict_cube(
+            plateau.cube,
+            models[:1],
+            tmp_path / "maps.zarr",
+            options=replace(MEAN_ONLY, unseen="zero"),
+        )
 
 
 def test_predict_block_predicts_only_valid_pixels() -> None:
@@ -277,12 +303,15 @@ def test_predict_block_predicts_only_valid_pixels() -> None:
     forest = pack_forest(RandomForestRegressor(5, random_state=0).fit(X, X[:, 0] * 2))
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
     valid = a % 3 != 0
-    block = predict_block(forest, *model_input(spec, {"a": a[valid]}, "nan"), valid)
+    X, unseen = model_input(spec, {"a": a[valid]}, "predict")
+    block = predict_block(PixelModel(forest), X, unseen, valid, MEAN_ONLY)
     expected, _ = forest.predict_mean_variance(a[valid][:, None])
-    assert np.array_equal(block.mean[valid], expected.astype(np.float32))
-    assert np.isnan(block.mean[~valid]).all()
-    assert (block.unseen[~valid] == UNSEEN_NODATA).all()
-    assert (block.unseen[valid] == 0).all()
+    assert set(block.layers) == set(BASE_LAYERS)
+    assert np.array_equal(block.layers["mean"][valid], expected.astype(np.float32))
+    assert np.isnan(block.layers["mean"][~valid]).all()
+    assert (block.layers["unseen"][~valid] == UNSEEN_NODATA).all()
+    assert (block.layers["unseen"][valid] == 0).all()
+    assert block.predicted == valid.sum()
 
 
 def test_elements_with_different_features_in_one_chunk_task_match_the_whole_map(
@@ -292,7 +321,7 @@ def test_elements_with_different_features_in_one_chunk_task_match_the_whole_map(
     full = feature_spec(plateau)
     continuous = FeatureSpec(full.continuous[:5])
     models = [fit_model(plateau, "Fe", 20), fit_model(plateau, "Mn", 20, spec=continuous)]
-    report = predict_cube(plateau.cube, models, tmp_path / "maps.zarr")
+    report = predict_cube(plateau.cube, models, tmp_path / "maps.zarr", options=MEAN_ONLY)
     assert report.chunks_computed == 2 * len(list(plateau.grid.windows()))
     ds, _ = open_prediction(tmp_path / "maps.zarr")
     for model in models:
@@ -312,21 +341,21 @@ def test_a_retried_chunk_task_skips_the_elements_already_done(
     layouts = {
         name: layout
         for model in models[:2]
-        for name, layout in layer_layouts(model.element, N_TREES, "nan").items()
+        for name, layout in layer_layouts(model.element, N_TREES, MEAN_ONLY).items()
     }
     create_layout(staging, plateau.grid, layouts)
     window = next(iter(plateau.grid.windows()))
     fe, mn = models[0], models[1]
-    nothing_stored = dict.fromkeys(LAYERS)
+    nothing_stored = dict.fromkeys(BASE_LAYERS)
     mark_chunk_done(staging, fe.element, window, (7, 1), nothing_stored)
     job = ChunkJob(
         plateau.cube,
         staging,
         window,
         ((fe.element, fe.features), (mn.element, mn.features)),
-        "nan",
+        MEAN_ONLY,
     )
-    counts = predict_chunk(job, {fe.element: fe.forest, mn.element: mn.forest})
+    counts = predict_chunk(job, {fe.element: fe.pixel_model, mn.element: mn.pixel_model})
     key = window.key
     predicted = int(plateau.valid[window.rows, window.cols].sum())
     assert counts[0] == (fe.element, key, 7, 1, nothing_stored)  # from the marker
@@ -382,7 +411,7 @@ def test_rerun_with_the_same_inputs_writes_nothing(
 ) -> None:
     chunk = next((prediction.path / "Fe_mean").rglob("c/*/*"))
     before = chunk.stat().st_mtime_ns
-    report = predict_cube(plateau.cube, models, prediction.path)
+    report = predict_cube(plateau.cube, models, prediction.path, options=MEAN_ONLY)
     assert report.up_to_date
     assert report.run_id == prediction.report.run_id
     assert chunk.stat().st_mtime_ns == before
@@ -392,17 +421,17 @@ def test_a_changed_model_repredicts_only_its_element(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:2], out)
+    predict_cube(plateau.cube, models[:2], out, options=MEAN_ONLY)
     untouched = sorted((out / f"{models[0].element}_mean").rglob("c/*/*"))
     inodes = [p.stat().st_ino for p in untouched]
     refitted = fit_model(plateau, models[1].element, n_trees=N_TREES + 5)
-    report = predict_cube(plateau.cube, [models[0], refitted], out)
+    report = predict_cube(plateau.cube, [models[0], refitted], out, options=MEAN_ONLY)
     n_chunks = len(list(plateau.grid.windows()))
     assert (report.chunks_computed, report.chunks_total) == (n_chunks, 2 * n_chunks)
     # The first element's chunks are the very same files (hard links), not rewrites.
     assert [p.stat().st_ino for p in untouched] == inodes
     fresh = tmp_path / "fresh.zarr"
-    predict_cube(plateau.cube, [models[0], refitted], fresh)
+    predict_cube(plateau.cube, [models[0], refitted], fresh, options=MEAN_ONLY)
     assert tree_bytes(out) == tree_bytes(fresh)
 
 
@@ -412,7 +441,7 @@ def test_a_cube_change_in_one_chunk_repredicts_only_that_chunk(
     cube = tmp_path / "cube.zarr"
     shutil.copytree(plateau.cube, cube)
     out = tmp_path / "maps.zarr"
-    predict_cube(cube, models[:2], out)
+    predict_cube(cube, models[:2], out, options=MEAN_ONLY)
     # Raise the NDVI of chunk (1, 1) and record its new hash, as a cube update would.
     ndvi = zarr.open_array(cube / "ndvi", mode="r+", zarr_format=3)
     window = next(w for w in plateau.grid.windows() if w.index == (1, 1))
@@ -422,10 +451,10 @@ def test_a_cube_change_in_one_chunk_repredicts_only_that_chunk(
     hashes["ndvi"] = hashes["ndvi"] | {"1.1": "changed"}
     group.attrs["tpgrid:chunk_hashes"] = hashes
     zarr.consolidate_metadata(cube, zarr_format=3)
-    report = predict_cube(cube, models[:2], out)
+    report = predict_cube(cube, models[:2], out, options=MEAN_ONLY)
     assert report.chunks_computed == 2  # chunk (1, 1) of each element
     fresh = tmp_path / "fresh.zarr"
-    predict_cube(cube, models[:2], fresh)
+    predict_cube(cube, models[:2], fresh, options=MEAN_ONLY)
     assert tree_bytes(out) == tree_bytes(fresh)
 
 
@@ -438,7 +467,7 @@ def test_a_deleted_or_changed_prediction_chunk_is_predicted_again_alone(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    first = predict_cube(plateau.cube, models[:2], out)
+    first = predict_cube(plateau.cube, models[:2], out, options=MEAN_ONLY)
     before = chunk_bytes(out)
     fe, mn = models[0].element, models[1].element
     (out / f"{fe}_mean" / "c" / "1" / "1").unlink()
@@ -450,7 +479,7 @@ def test_a_deleted_or_changed_prediction_chunk_is_predicted_again_alone(
         f"{mn}_sd/c/0/2",
     }
     # The same inputs: "nothing to do" were it not for the damage.
-    report = predict_cube(plateau.cube, models[:2], out)
+    report = predict_cube(plateau.cube, models[:2], out, options=MEAN_ONLY)
     assert report.run_id == first.run_id
     assert not report.up_to_date
     assert report.chunks_computed == 2  # chunk (1, 1) of one element, (0, 2) of the other
@@ -461,25 +490,25 @@ def test_a_deleted_or_changed_prediction_chunk_is_predicted_again_alone(
     }
     assert chunk_bytes(out) == before
     assert verify_prediction(out) == []
-    assert predict_cube(plateau.cube, models[:2], out).up_to_date
+    assert predict_cube(plateau.cube, models[:2], out, options=MEAN_ONLY).up_to_date
 
 
 def test_a_damaged_chunk_is_not_carried_over_into_a_new_run(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:2], out)
+    predict_cube(plateau.cube, models[:2], out, options=MEAN_ONLY)
     (out / f"{models[0].element}_unseen" / "c" / "2" / "0").unlink()
     # A refitted second model: a new run, carrying the first element's chunks over.
     refitted = fit_model(plateau, models[1].element, n_trees=N_TREES + 5)
-    report = predict_cube(plateau.cube, [models[0], refitted], out)
+    report = predict_cube(plateau.cube, [models[0], refitted], out, options=MEAN_ONLY)
     n_chunks = len(list(plateau.grid.windows()))
     assert report.chunks_computed == n_chunks + 1
     assert [d.path for d in report.repaired] == [
         out / f"{models[0].element}_unseen" / "c" / "2" / "0"
     ]
     fresh = tmp_path / "fresh.zarr"
-    predict_cube(plateau.cube, [models[0], refitted], fresh)
+    predict_cube(plateau.cube, [models[0], refitted], fresh, options=MEAN_ONLY)
     assert chunk_bytes(out) == chunk_bytes(fresh)
 
 
@@ -487,10 +516,10 @@ def test_leftovers_of_killed_runs_are_removed_and_named(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:1], out)
+    predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     for name in (".maps.zarr.staging-0badc0de0badc0de", ".maps.zarr.retired-0badc0de"):
         (tmp_path / name / "_tpgrid_done").mkdir(parents=True)
-    report = predict_cube(plateau.cube, models[:1], out)
+    report = predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     assert report.up_to_date
     assert sorted((d.path.name, d.problem) for d in report.repaired) == [
         (".maps.zarr.retired-0badc0de", "left by an interrupted run; removed"),
@@ -503,7 +532,7 @@ def test_verify_prediction_names_a_stray_file_and_an_unrecorded_group(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:1], out)
+    predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     stray = out / f"{models[0].element}_variance" / "c" / "9" / "9"
     stray.parent.mkdir()
     stray.write_bytes(b"stray")
@@ -516,7 +545,7 @@ def test_verify_prediction_names_a_stray_file_and_an_unrecorded_group(
     (damage,) = verify_prediction(out)
     assert (damage.path, "cannot be verified" in damage.problem) == (out, True)
     # Nothing can be verified, so every chunk is predicted again, and that is said once.
-    report = predict_cube(plateau.cube, models[:1], out)
+    report = predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     assert report.chunks_computed == report.chunks_total
     assert [(d.path, "every chunk predicted again" in d.problem) for d in report.repaired] == [
         (out, True)
@@ -535,10 +564,10 @@ def test_output_holding_another_run_is_refused_unless_overwrite(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:1], out)
+    predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     with pytest.raises(OutputExistsError, match=r"another prediction run.*--overwrite"):
-        predict_cube(plateau.cube, models[1:2], out)
-    predict_cube(plateau.cube, models[1:2], out, overwrite=True)
+        predict_cube(plateau.cube, models[1:2], out, options=MEAN_ONLY)
+    predict_cube(plateau.cube, models[1:2], out, overwrite=True, options=MEAN_ONLY)
     ds, run = open_prediction(out)
     assert list(run["models"]) == [models[1].element]
     assert f"{models[0].element}_mean" not in ds
@@ -551,7 +580,7 @@ def test_output_path_holding_other_files_is_refused(
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     with pytest.raises(OutputExistsError, match="something else"):
-        predict_cube(plateau.cube, models[:1], out)
+        predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -562,7 +591,7 @@ def test_failed_run_leaves_neither_output_nor_staging(
     shutil.copytree(plateau.cube, cube)
     next((cube / "dem").rglob("c/*/*")).write_bytes(b"not a zstd frame")
     with pytest.raises(RuntimeError):  # the decompressor's error, raised on the worker
-        predict_cube(cube, models[:1], tmp_path / "maps.zarr")
+        predict_cube(cube, models[:1], tmp_path / "maps.zarr", options=MEAN_ONLY)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.zarr"]
 
 
@@ -574,7 +603,7 @@ def test_a_failed_chunk_task_names_its_elements_chunk_and_stores(
     broken = next((cube / "dem").rglob("c/*/*"))  # c/{i}/{j}
     broken.write_bytes(b"not a zstd frame")
     with pytest.raises(RuntimeError) as failure:  # its type kept: the decompressor's error
-        predict_cube(cube, models[:2], tmp_path / "maps.zarr")
+        predict_cube(cube, models[:2], tmp_path / "maps.zarr", options=MEAN_ONLY)
     message = "".join(traceback.format_exception_only(failure.value))
     elements = f"{models[0].element}, {models[1].element}"
     assert f"prediction task of {elements} for chunk {broken.parent.name}.{broken.name} " in message
@@ -591,7 +620,7 @@ def test_model_needing_a_variable_the_cube_lacks_is_refused(
     renamed = ("elevation", *fe.features.continuous[1:])
     model = replace(fe, features=replace(fe.features, continuous=renamed))
     with pytest.raises(FeatureMismatchError, match="model Fe needs variable 'elevation'"):
-        predict_cube(plateau.cube, [model], tmp_path / "maps.zarr")
+        predict_cube(plateau.cube, [model], tmp_path / "maps.zarr", options=MEAN_ONLY)
     assert not (tmp_path / "maps.zarr").exists()
 
 
@@ -604,7 +633,12 @@ def test_model_with_another_class_table_is_refused(
     shuffled = replace(vegetation, names=vegetation.names[::-1])
     features = replace(fe.features, categorical=(*fe.features.categorical[:-1], shuffled))
     with pytest.raises(FeatureMismatchError, match=r"'vegetation'.*class tables differ"):
-        predict_cube(plateau.cube, [replace(fe, features=features)], tmp_path / "maps.zarr")
+        predict_cube(
+            plateau.cube,
+            [replace(fe, features=features)],
+            tmp_path / "maps.zarr",
+            options=MEAN_ONLY,
+        )
 
 
 def test_cube_variable_chunked_off_the_grid_is_refused(
@@ -626,14 +660,16 @@ def test_cube_variable_chunked_off_the_grid_is_refused(
     new[:] = data
     zarr.consolidate_metadata(cube)
     with pytest.raises(ChunkingError, match=r"'ph' is .* in chunks of \(100, 100\).*rebuild"):
-        predict_cube(cube, models[:1], tmp_path / "maps.zarr")
+        predict_cube(cube, models[:1], tmp_path / "maps.zarr", options=MEAN_ONLY)
 
 
 def test_two_models_for_one_element_are_refused(
     plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
 ) -> None:
     with pytest.raises(ArtifactError, match="more than one model for \\['Fe'\\]"):
-        predict_cube(plateau.cube, [models[0], models[0]], tmp_path / "maps.zarr")
+        predict_cube(
+            plateau.cube, [models[0], models[0]], tmp_path / "maps.zarr", options=MEAN_ONLY
+        )
 
 
 def test_models_are_loaded_from_a_directory_of_element_folders(
@@ -685,9 +721,9 @@ def test_task_size_does_not_grow_with_the_forest(
 ) -> None:
     client.register_plugin(TaskSizes())
     small, large = fit_model(plateau, "Cu", n_trees=3), fit_model(plateau, "Cu", n_trees=150)
-    predict_cube(plateau.cube, [small], tmp_path / "small.zarr")
+    predict_cube(plateau.cube, [small], tmp_path / "small.zarr", options=MEAN_ONLY)
     small_task = largest_task(client)
-    predict_cube(plateau.cube, [large], tmp_path / "large.zarr")
+    predict_cube(plateau.cube, [large], tmp_path / "large.zarr", options=MEAN_ONLY)
     large_task = largest_task(client)
     assert large.forest.nbytes > 50 * small.forest.nbytes
     assert abs(large_task - small_task) <= 16
@@ -742,6 +778,7 @@ def test_cli_predicts_and_publishes(
             str(tmp_path / "published"),
             "--scheduler-address",
             client.scheduler.address,
+            *BARE_MODEL_FLAGS,
         ],
     )
     assert result.exit_code == 0, result.output
@@ -769,6 +806,7 @@ def test_cli_reports_a_feature_mismatch_without_a_traceback(
             str(tmp_path / "maps.zarr"),
             "--scheduler-address",
             client.scheduler.address,
+            *BARE_MODEL_FLAGS,
         ],
     )
     assert result.exit_code == 2
@@ -776,11 +814,26 @@ def test_cli_reports_a_feature_mismatch_without_a_traceback(
     assert "Traceback" not in result.output
 
 
+def test_cli_refuses_layers_a_model_cannot_make_before_any_cluster(
+    plateau: Plateau, models: list[ModelArtifact], tmp_path: Path
+) -> None:
+    save_model(models[0], tmp_path / "models" / "Fe")
+    args = ["predict", "--cube", str(plateau.cube), "--models", str(tmp_path / "models")]
+    # No cluster option: a cluster would start (and say so) only after the check.
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "maps.zarr")])
+    assert result.exit_code == 2
+    said = " ".join(result.output.split())
+    assert "Fe: leaf membership (quantiles), interval calibration (interval)" in said
+    assert "`tpgrid fit`" in said
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "maps.zarr").exists()
+
+
 def test_a_run_record_of_another_run_is_damage_and_the_group_no_prediction(
     plateau: Plateau, models: list[ModelArtifact], client: Client, tmp_path: Path
 ) -> None:
     out = tmp_path / "maps.zarr"
-    predict_cube(plateau.cube, models[:1], out)
+    predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
     zarr.open_group(out / RUN_GROUP, mode="r+", zarr_format=3).attrs["run_id"] = "0" * 64
     assert [(d.path, d.problem) for d in verify_prediction(out)] == [
         (out / RUN_GROUP, f"missing, or not the run the group's {ATTR_RUN} names")
@@ -789,7 +842,150 @@ def test_a_run_record_of_another_run_is_damage_and_the_group_no_prediction(
         open_prediction(out)
     # Without a record it is not taken for this run's maps: replaced only when asked.
     with pytest.raises(OutputExistsError, match="something else"):
-        predict_cube(plateau.cube, models[:1], out)
-    report = predict_cube(plateau.cube, models[:1], out, overwrite=True)
+        predict_cube(plateau.cube, models[:1], out, options=MEAN_ONLY)
+    report = predict_cube(plateau.cube, models[:1], out, overwrite=True, options=MEAN_ONLY)
     assert report.chunks_computed == report.chunks_total
     assert verify_prediction(out) == []
+
+
+# --- the uncertainty layers ------------------------------------------------------------------
+
+
+ALL_LAYERS = PredictOptions(relative_width=True, standard_error=True)
+
+
+@dataclass(frozen=True)
+class UncertainModel:
+    artifact: ModelArtifact
+    estimator: Any  # quantile-forest's RandomForestQuantileRegressor, the reference
+    X_train: np.ndarray
+
+
+@pytest.fixture(scope="module")
+def uncertain(plateau: Plateau) -> UncertainModel:
+    """A model of Fe with every uncertainty part, each made by its own core function, from a
+    quantile-forest forest (its trees are scikit-learn's: quantile-forest is the reference)."""
+    from quantile_forest import RandomForestQuantileRegressor
+
+    spec = feature_spec(plateau)
+    X, _ = spec.matrix({name: values[plateau.sites] for name, values in plateau.covariates.items()})
+    y = plateau.truth("Fe")[plateau.sites].astype(np.float64)
+    estimator = RandomForestQuantileRegressor(
+        n_estimators=N_TREES,
+        max_features=1 / 3,
+        min_samples_leaf=3,
+        max_samples_leaf=None,
+        random_state=0,
+    ).fit(X, y)
+    forest = pack_forest(estimator)
+    sites = np.arange(y.size)
+    space = training_space(X, sites, sites % 3, np.linspace(1.0, 0.2, X.shape[1]), spec)
+    edge = float(np.median(space.train_di))
+    calibration = IntervalCalibration(
+        0.9, "quantile", (0.05, 0.95), (edge,), (-150.0, 900.0), (30, 30)
+    )
+    artifact = ModelArtifact(
+        "Fe",
+        forest,
+        spec,
+        {"cv": {"grouped": {"r2": 0.5}}},
+        membership=leaf_membership(estimator, X, y, forest),
+        inbag=inbag_counts(estimator, y.size),
+        space=space,
+        calibration=calibration,
+    )
+    return UncertainModel(artifact, estimator, X)
+
+
+@pytest.mark.slow
+def test_every_uncertainty_layer_equals_its_reference_over_the_whole_map(
+    plateau: Plateau, uncertain: UncertainModel, client: Client, tmp_path: Path
+) -> None:
+    model = uncertain.artifact
+    assert model.membership is not None
+    assert model.space is not None
+    assert model.calibration is not None
+    assert model.inbag is not None
+    report = predict_cube(plateau.cube, [model], tmp_path / "maps.zarr", options=ALL_LAYERS)
+    ds, run = open_prediction(tmp_path / "maps.zarr")
+    assert set(ds.data_vars) == {f"Fe_{layer}" for layer in ALL_LAYERS.layers()}
+    assert run["models"]["Fe"]["interval"] == model.calibration.to_json()
+    got = {layer: ds[f"Fe_{layer}"].values[plateau.valid] for layer in ALL_LAYERS.layers()}
+    raw, unseen = model.features.matrix(
+        {name: plateau.covariates[name][plateau.valid] for name in model.features.variables}
+    )
+    X = raw.copy()
+    X[unseen] = np.nan
+    assert unseen.any()
+    assert report.elements[0].pixels_unseen == unseen.sum()
+
+    quantiles = forest_quantiles(model.forest, model.membership, X, [0.05, 0.5, 0.95])
+    for k, layer in enumerate(("q05", "q50", "q95")):
+        assert np.array_equal(got[layer], quantiles[:, k].astype(np.float32), equal_nan=True)
+    # quantile-forest's own predict (Meinshausen's weights, tpgrid's default), on pixels seen
+    # in training (its forest cannot take NaN).
+    sample = np.flatnonzero(~unseen)[:: max(1, int((~unseen).sum()) // 400)]
+    reference = uncertain.estimator.predict(
+        raw[sample], quantiles=[0.05, 0.5, 0.95], weighted_leaves=True
+    )
+    assert np.array_equal(quantiles[sample], reference)
+
+    di = dissimilarity(model.space, raw)
+    assert np.array_equal(got["di"], di.astype(np.float32), equal_nan=True)
+    inside = (di <= model.space.threshold) & ~unseen
+    assert np.array_equal(got["aoa"], inside.astype(np.uint8))
+    assert 0 < inside.mean() < 1
+
+    mean, variance = model.forest.predict_mean_variance(X)
+    by_level = {0.05: quantiles[:, 0], 0.95: quantiles[:, 2]}
+    lower, upper = model.calibration.bounds(mean, np.sqrt(variance), by_level, di)
+    assert np.array_equal(got["lower"], lower.astype(np.float32), equal_nan=True)
+    assert np.array_equal(got["upper"], upper.astype(np.float32), equal_nan=True)
+    # The two DI bins widen differently: both occur on the map.
+    bins = model.calibration.bin_of(di[~unseen])
+    assert set(bins.tolist()) == {0, 1}
+    width = got["upper"] - got["lower"]
+    assert np.nanmean(width[~unseen][bins == 1]) > np.nanmean(width[~unseen][bins == 0])
+
+    relative = (quantiles[:, 2] - quantiles[:, 0]) / quantiles[:, 1]
+    np.testing.assert_allclose(got["relative_width"], relative.astype(np.float32), rtol=1e-6)
+
+    trees = model.forest.predict_trees(X)
+    se = np.sqrt(np.maximum(ij_variance(trees, model.inbag.astype(np.float64)), 0))
+    np.testing.assert_allclose(got["se"], se, rtol=1e-5, atol=1e-3)
+    assert np.isnan(got["se"][unseen]).all()
+
+
+@pytest.mark.slow
+def test_standard_errors_equal_forestci_on_map_pixels(
+    plateau: Plateau, uncertain: UncertainModel, client: Client, tmp_path: Path
+) -> None:
+    import forestci
+
+    model = uncertain.artifact
+    options = PredictOptions(quantiles=(), interval=False, applicability=False, standard_error=True)
+    predict_cube(plateau.cube, [model], tmp_path / "maps.zarr", options=options)
+    ds, _ = open_prediction(tmp_path / "maps.zarr")
+    raw, unseen = model.features.matrix(
+        {name: plateau.covariates[name][plateau.valid] for name in model.features.variables}
+    )
+    sample = np.flatnonzero(~unseen)[::97][:300]
+    reference = forestci.random_forest_error(
+        uncertain.estimator, uncertain.X_train.shape, raw[sample], calibrate=False
+    )
+    got = ds["Fe_se"].values[plateau.valid][sample]
+    np.testing.assert_allclose(got, np.sqrt(np.maximum(reference, 0)), rtol=1e-5, atol=1e-3)
+
+
+def test_a_chunk_of_a_model_without_its_parts_is_refused_naming_them() -> None:
+    X = np.arange(40, dtype=np.float32)[:, None]
+    forest = pack_forest(RandomForestRegressor(5, random_state=0).fit(X, X[:, 0]))
+    valid = np.ones((5, 8), dtype=bool)
+    with pytest.raises(ValueError, match=r"leaf membership \(quantiles\), interval calibration"):
+        predict_block(PixelModel(forest), X, np.zeros(40, bool), valid, PredictOptions())
+    assert PixelModel(forest).missing(ALL_LAYERS) == [
+        "leaf membership (quantiles)",
+        "interval calibration (interval)",
+        "training space (DI, AOA, interval)",
+        "in-bag counts (standard error)",
+    ]

@@ -40,6 +40,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tpgrid.core.applicability import TrainingSpace
+from tpgrid.core.blocks import PixelModel
 from tpgrid.core.features import FeatureSpec
 from tpgrid.core.forest import PackedForest, pack_forest
 from tpgrid.core.intervals import IntervalCalibration
@@ -130,6 +131,11 @@ class ModelArtifact:
         if self.calibration is not None:
             digest.update(json.dumps(self.calibration.to_json(), sort_keys=True).encode())
         return digest.hexdigest()
+
+    @property
+    def pixel_model(self) -> PixelModel:
+        """What predicting this model's pixels needs (the forest and its uncertainty parts)."""
+        return PixelModel(self.forest, self.membership, self.inbag, self.space, self.calibration)
 
     def _uncertainty_arrays(self) -> dict[str, dict[str, npt.NDArray[Any]]]:
         """The uncertainty parts present, as the arrays each is saved as, by file name."""

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tpgrid.client import ClusterSpec, resolved_against
-from tpgrid.core.blocks import UnseenPolicy
+from tpgrid.core.blocks import PredictOptions, UnseenPolicy
 from tpgrid.errors import StorageError
 from tpgrid.fit import PLATEAU_FIT, FitSettings, SearchGrid, SiteSource
 from tpgrid.grid import GridSpec, load_grid_spec
@@ -73,9 +73,40 @@ class SyntheticInputs(_Section):
 
 
 class PredictSettings(_Section):
+    """What the prediction maps per pixel, besides mean, variance and sd."""
+
     unseen: UnseenPolicy = Field(
         "nan", description="pixels of a class never seen in training: 'nan' or 'predict'"
     )
+    quantiles: tuple[float, ...] = Field(
+        (0.05, 0.5, 0.95),
+        description="quantiles of the quantile regression forest to map ([] for none)",
+    )
+    interval: bool = Field(
+        True,
+        description="map the prediction interval's bounds, calibrated on held-out sites per "
+        "dissimilarity-index bin, at the level the models were fitted for (fit.interval_level)",
+    )
+    relative_width: bool = Field(
+        False, description="map (Q95 - Q05) / Q50 (needs the quantiles 0.05, 0.5, 0.95)"
+    )
+    standard_error: bool = Field(
+        False,
+        description="map the infinitesimal-jackknife standard error of the mean (costs more "
+        "than the other layers together)",
+    )
+    applicability: bool = Field(
+        True, description="map the dissimilarity index and the area of applicability"
+    )
+
+    @model_validator(mode="after")
+    def _options_hold_together(self) -> PredictSettings:
+        self.options()  # its ValueError becomes the key's validation error
+        return self
+
+    def options(self) -> PredictOptions:
+        """These settings as the prediction takes them."""
+        return PredictOptions(**self.model_dump())
 
 
 class PublishSettings(_Section):

@@ -3,16 +3,19 @@
 One task per grid chunk (:func:`predict_chunk`, run by :mod:`tpgrid.engine`) reads that chunk
 of the variables its models need straight from the cube, once, builds ``X`` for the chunk's
 valid pixels once per distinct feature spec, walks every tree of each element's forest with
-the numba kernel (:mod:`tpgrid.core.blocks`) and writes mean, variance, sd and the unseen-class
-flag into the run's staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
+the numba kernels (:mod:`tpgrid.core.blocks`) and writes mean, variance, sd, the unseen-class
+flag and the uncertainty layers the options ask for (quantiles, the calibrated interval, the
+standard error, DI and AOA: :class:`~tpgrid.core.blocks.PredictOptions`) into the run's
+staging group (layout: :mod:`tpgrid.outputs`). One task per chunk rather
 than per element and chunk, because reading and decoding the covariates cost as much as the
 kernel once it got fast (docs/benchmarks.md). A task holds one chunk: memory per worker thread
 is the chunk's covariates plus ``X`` per feature spec (~60 MB each for 512 × 512 px and 28
 columns), plus the forests.
 
-The run's forests reach each worker once, under a key made of their model hashes, so the task
-graph does not grow with the forests. Workers compile the kernel, or load it from numba's disk
-cache, once when they join (:class:`KernelWarmUp`).
+The run's models (forests, and what the uncertainty layers need of them) reach each worker
+once, under a key made of their model hashes, so the task graph does not grow with the
+forests. Workers compile the kernels, or load them from numba's disk cache, once when they
+join (:class:`KernelWarmUp`, :class:`QuantileKernelWarmUp`).
 
 Only what changed is computed (:mod:`tpgrid.carryover`): the group records the run's identity
 (its record, the child group :data:`~tpgrid.outputs.layers.RUN_GROUP` named by ``tpgrid:run``,
@@ -49,9 +52,16 @@ from tpgrid.carryover import (
     stale_chunks,
 )
 from tpgrid.compatibility import check_models
-from tpgrid.core.blocks import UnseenPolicy, model_input, predict_block
+from tpgrid.core.blocks import (
+    PixelModel,
+    PredictOptions,
+    UnseenPolicy,
+    model_input,
+    predict_block,
+)
 from tpgrid.core.features import FeatureSpec
-from tpgrid.core.forest import PackedForest, warm_up_kernels
+from tpgrid.core.forest import warm_up_kernels
+from tpgrid.core.quantiles import warm_up_quantile_kernels
 from tpgrid.cube import VALID, cube_grid, read_window
 from tpgrid.engine import ChunkJob, ChunkRun
 from tpgrid.errors import ArtifactError, ConfigError, OutputExistsError
@@ -59,7 +69,6 @@ from tpgrid.grid import ChunkWindow
 from tpgrid.integrity import Damage
 from tpgrid.outputs import (
     ATTR_RUN,
-    LAYERS,
     RUN_GROUP,
     global_attrs,
     layer_layouts,
@@ -81,15 +90,18 @@ from tpgrid.tasks import Progress
 
 log = logging.getLogger(__name__)
 
+#: The product's layers unless asked otherwise: quantiles, the interval, DI and AOA.
+DEFAULT_OPTIONS = PredictOptions()
+
 # --- tasks ---------------------------------------------------------------------------------
 
 
-#: One prediction task: a chunk, its elements each with its model's features, the unseen policy.
-PredictionJob = ChunkJob[FeatureSpec, UnseenPolicy]
+#: One prediction task: a chunk, its elements each with its model's features, the options.
+PredictionJob = ChunkJob[FeatureSpec, PredictOptions]
 
 
-def predict_chunk(job: PredictionJob, forests: Mapping[str, PackedForest]) -> list[ChunkCounts]:
-    """Predict every element of ``job`` in one chunk with its forest in ``forests``.
+def predict_chunk(job: PredictionJob, models: Mapping[str, PixelModel]) -> list[ChunkCounts]:
+    """Predict every element of ``job`` in one chunk with its model in ``models``.
 
     The chunk's covariates are read and decoded once for all elements, and ``X`` is built once
     per distinct feature spec (models fitted on the same columns share it). Each element's
@@ -100,21 +112,24 @@ def predict_chunk(job: PredictionJob, forests: Mapping[str, PackedForest]) -> li
     wanted = sorted({name for _, features in job.elements for name in features.variables})
     values = {name: read_window(job.cube, name, job.window)[valid] for name in wanted}
     inputs: dict[FeatureSpec, tuple[npt.NDArray[np.float32], npt.NDArray[np.bool_]]] = {}
+    layers = job.options.layers()
     results: list[ChunkCounts] = []
     for element, features in job.elements:
-        done = read_chunk_done(job.out, element, job.window)
+        done = read_chunk_done(job.out, element, job.window, layers)
         if done is None:
             if features not in inputs:
-                inputs[features] = model_input(features, values, job.options)
-            block = predict_block(forests[element], *inputs[features], valid)
+                # Unseen classes are kept in X: the DI needs them; predict_block applies the
+                # policy to the forest's input.
+                inputs[features] = model_input(features, values, "predict")
+            block = predict_block(models[element], *inputs[features], valid, job.options)
             # Each file is hashed here, as it is written: it is still in the page cache.
             files = {
                 layer: store_window(
-                    job.out, variable_name(element, layer), job.window, getattr(block, layer)
+                    job.out, variable_name(element, layer), job.window, block.layers[layer]
                 )
-                for layer in LAYERS
+                for layer in layers
             }
-            counts = int(np.isfinite(block.mean).sum()), int((block.unseen == 1).sum())
+            counts = block.predicted, block.unseen
             mark_chunk_done(job.out, element, job.window, counts, files)
             done = counts, files
         (predicted, unseen), files = done
@@ -131,6 +146,17 @@ class KernelWarmUp(WorkerPlugin):
     async def setup(self, worker: Worker) -> None:
         # Off the event loop: a cold compile takes seconds.
         await asyncio.get_running_loop().run_in_executor(None, warm_up_kernels)
+
+
+class QuantileKernelWarmUp(WorkerPlugin):
+    """Compile the quantile kernels too, or load them, as each worker joins a run with
+    quantile layers."""
+
+    name = "tpgrid-quantile-kernel-warm-up"
+    idempotent = True
+
+    async def setup(self, worker: Worker) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, warm_up_quantile_kernels)
 
 
 # --- a run ---------------------------------------------------------------------------------
@@ -187,17 +213,19 @@ def predict_cube(
     models: Sequence[ModelArtifact],
     out: str | Path,
     *,
-    unseen: UnseenPolicy = "nan",
+    options: PredictOptions = DEFAULT_OPTIONS,
     overwrite: bool = False,
     dry_run: bool = False,
     progress: Progress | None = None,
 ) -> PredictionReport:
-    """Predict every model over the cube at ``cube`` into the Zarr group at ``out``.
+    """Predict every model over the cube at ``cube`` into the Zarr group at ``out``, with the
+    layers ``options`` ask for (every model must have what they need: an
+    :class:`ArtifactError` names what is missing, before anything starts).
 
     Runs on the current Dask client, and computes only what changed:
 
-    - ``out`` already holding this run (same models, cube chunks and policy): nothing to do;
-    - ``out`` holding an earlier run of the same product (same grid and policy; elements may
+    - ``out`` already holding this run (same models, cube chunks and options): nothing to do;
+    - ``out`` holding an earlier run of the same product (same grid and options; elements may
       come and go): chunks whose inputs are unchanged are carried over by hard link, the
       others predicted;
     - a run killed part-way resumes from its staging group: chunks marked done are kept.
@@ -209,11 +237,14 @@ def predict_cube(
     """
     started = time.perf_counter()
     cube, out = Path(cube), Path(out)
-    if unseen not in get_args(UnseenPolicy):
-        raise ConfigError(f"unseen-class policy {unseen!r} is not one of {get_args(UnseenPolicy)}")
+    if options.unseen not in get_args(UnseenPolicy):
+        raise ConfigError(
+            f"unseen-class policy {options.unseen!r} is not one of {get_args(UnseenPolicy)}"
+        )
     grid = cube_grid(cube)
     check_models(cube, grid, models)
-    run = run_record(cube, grid, models, unseen)
+    check_uncertainty_parts(models, options)
+    run = run_record(cube, grid, models, options)
     for model in models:
         # Not part of the run's identity (the model hash is): what publishing flags maps by.
         run["models"][model.element]["cv_r2"] = grouped_r2(model)
@@ -269,7 +300,9 @@ def predict_cube(
     staging = _staging_path(out, run)
     with ChunkRun("predict", "prediction", staging, out, resumable=True) as engine:
         engine.client.register_plugin(KernelWarmUp())
-        if engine.stage(grid, _layouts(models, unseen)):
+        if any(model.pixel_model.quantiles(options) for model in models):
+            engine.client.register_plugin(QuantileKernelWarmUp())
+        if engine.stage(grid, _layouts(models, options)):
             log.info("resuming the interrupted run %s from %s", run["run_id"][:12], staging)
         for model in models:
             reused = reuse_chunks(staging, out, model.element, grid, run, old, records)
@@ -283,14 +316,14 @@ def predict_cube(
             if found.path not in named
         ]
         needed = {model.element: model for model in models if to_predict[model.element]}
-        # The forests under a key made of their model hashes: each reaches each worker once.
+        # The models under a key made of their hashes: each reaches each worker once.
         content = "|".join(model.model_hash for model in needed.values())
-        forests = {element: model.forest for element, model in needed.items()}
+        pixel_models = {element: model.pixel_model for element, model in needed.items()}
         done = {element: len(known) for element, known in counts.items()}
-        jobs = _jobs(cube, staging, models, to_predict, unseen)
+        jobs = _jobs(cube, staging, models, to_predict, options)
         chunks = len(list(grid.windows()))
         for _, results in engine.map(
-            predict_chunk, jobs, forests, content, chunks=chunks, progress=progress, done=done
+            predict_chunk, jobs, pixel_models, content, chunks=chunks, progress=progress, done=done
         ):
             for element, key, predicted, flagged, written in results:
                 counts[element][key] = [predicted, flagged]
@@ -302,7 +335,8 @@ def predict_cube(
             entry["pixels_unseen"] = sum(c[1] for c in counts[model.element].values())
         attrs = global_attrs(grid, [m.element for m in models], run["run_id"])
         pointer = write_run_record(staging, run)  # before finish: consolidated with the rest
-        engine.finish(attrs | {ATTR_RUN: pointer, ATTR_CHUNK_FILES: records_attr(files)})
+        chunk_files = records_attr(files, options.layers())
+        engine.finish(attrs | {ATTR_RUN: pointer, ATTR_CHUNK_FILES: chunk_files})
     computed = sum(len(windows) for windows in to_predict.values())
     log.info("%s: %d of %d element chunks predicted, the rest carried over", out, computed, total)
     seconds = time.perf_counter() - started
@@ -330,20 +364,42 @@ def verify_prediction(path: str | Path) -> list[Damage]:
     return damage
 
 
+def check_uncertainty_parts(models: Sequence[ModelArtifact], options: PredictOptions) -> None:
+    """Raise :class:`ArtifactError` naming every model that lacks what ``options`` need."""
+    lacking = {
+        model.element: missing
+        for model in models
+        if (missing := model.pixel_model.missing(options))
+    }
+    if lacking:
+        listed = "; ".join(f"{e}: {', '.join(parts)}" for e, parts in lacking.items())
+        raise ArtifactError(
+            f"models without what the asked-for layers need ({listed}): fit them again with "
+            "this tpgrid (`tpgrid fit`, or `tpgrid run` refits them), or turn those layers "
+            "off (the pipeline's predict: section; `tpgrid predict --quantile 0 "
+            "--no-interval --no-applicability`)"
+        )
+
+
 def _product(run: Mapping[str, Any]) -> tuple[Any, ...]:
-    """What makes two runs versions of one product: format, grid, unseen policy.
+    """What makes two runs versions of one product: format, grid, options.
 
     Not the elements: chunk inputs are per element, so when the set changes (an element
     dropped for too few sites) the others' unchanged chunks are still carried over."""
-    return (run["format"], run["grid"], run["unseen"])
+    return (run["format"], run["grid"], run["options"])
 
 
-def _layouts(models: Sequence[ModelArtifact], unseen: UnseenPolicy) -> dict[str, VariableLayout]:
+def _layouts(models: Sequence[ModelArtifact], options: PredictOptions) -> dict[str, VariableLayout]:
     """The layers of every element's prediction."""
     return {
         name: layout
         for model in models
-        for name, layout in layer_layouts(model.element, model.forest.n_trees, unseen).items()
+        for name, layout in layer_layouts(
+            model.element,
+            model.forest.n_trees,
+            options,
+            None if model.calibration is None else model.calibration.level,
+        ).items()
     }
 
 
@@ -366,7 +422,7 @@ def _jobs(
     staging: Path,
     models: Sequence[ModelArtifact],
     to_predict: Mapping[str, Sequence[ChunkWindow]],
-    unseen: UnseenPolicy,
+    options: PredictOptions,
 ) -> list[PredictionJob]:
     """One task per chunk, predicting the elements left to do there."""
     by_chunk: dict[tuple[int, int], list[ModelArtifact]] = {}
@@ -381,7 +437,7 @@ def _jobs(
             staging,
             windows[index],
             tuple((model.element, model.features) for model in chunk_models),
-            unseen,
+            options,
         )
         for index, chunk_models in by_chunk.items()
     ]

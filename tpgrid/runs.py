@@ -144,7 +144,7 @@ def plan(config: PipelineConfig) -> list[Step]:
         config.cube_path,
         load_models(config.models_dir),
         config.prediction_path,
-        unseen=config.predict.unseen,
+        options=config.predict.options(),
         overwrite=True,  # the pipeline's own: see _run_steps
         dry_run=True,
     )
@@ -308,7 +308,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
             config.cube_path,
             models,
             config.prediction_path,
-            unseen=config.predict.unseen,
+            options=config.predict.options(),
             # The workdir's prediction is the pipeline's own, under its lock: elements it
             # dropped go with it, and a changed grid replaces it.
             overwrite=True,

@@ -275,27 +275,63 @@ def predict(
             "or 'predict' (predict with every class indicator off)."
         ),
     ] = "nan",
+    quantile: Annotated[
+        list[float] | None,
+        typer.Option(
+            help="Quantile of the quantile regression forest to map (repeat it; 0 for none) "
+            "[0.05, 0.5, 0.95]."
+        ),
+    ] = None,
+    interval: Annotated[
+        bool, typer.Option(help="Map the calibrated prediction interval's bounds.")
+    ] = True,
+    relative_width: Annotated[
+        bool, typer.Option(help="Map (Q95 - Q05) / Q50 (needs those quantiles).")
+    ] = False,
+    standard_error: Annotated[
+        bool,
+        typer.Option(help="Map the jackknife standard error of the mean (slower than the rest)."),
+    ] = False,
+    applicability: Annotated[
+        bool, typer.Option(help="Map the dissimilarity index and the area of applicability.")
+    ] = True,
     overwrite: OverwriteOption = False,
     cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
     wait: WaitOption = False,
 ) -> None:
-    """Predict mean, variance and sd maps of every element over the cube."""
+    """Predict mean, variance and sd maps of every element over the cube, with its quantile,
+    interval, standard-error and applicability maps as asked."""
     workdir_lock(
         ctx, [out.resolve().parent, *([publish.resolve().parent] if publish else [])], wait
     )
+    from tpgrid.core.blocks import PredictOptions
     from tpgrid.outputs import publish as publish_run
-    from tpgrid.predict import load_models, predict_cube
+    from tpgrid.predict import check_uncertainty_parts, load_models, predict_cube
 
     spec = cluster_spec(cluster)
+    try:
+        options = PredictOptions(
+            unseen=unseen,
+            quantiles=(0.05, 0.5, 0.95) if quantile is None else tuple(q for q in quantile if q),
+            interval=interval,
+            relative_width=relative_width,
+            standard_error=standard_error,
+            applicability=applicability,
+        )
+    except ValueError as exc:
+        from tpgrid.errors import ConfigError
+
+        raise ConfigError(f"--quantile / --relative-width: {exc}") from exc
     artifacts = load_models(models)
+    check_uncertainty_parts(artifacts, options)
     with command_cluster(scheduler_address, workers, spec), chunk_progress() as progress:
         report = predict_cube(
             cube,
             artifacts,
             out,
-            unseen=unseen,
+            options=options,
             overwrite=overwrite,
             progress=progress,
         )

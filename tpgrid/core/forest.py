@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from contextlib import ExitStack, suppress
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -221,21 +222,9 @@ def warm_up_kernels() -> None:
     Processes sharing numba's cache directory do this one at a time: the first compiles and
     writes the cache, the others then load it (see docs/kernel-cache.md).
     """
-    stump = PackedForest(
-        feature=np.zeros(3, dtype=np.int16),
-        threshold=np.array([0.0, np.inf, np.inf], dtype=np.float32),
-        left=np.array([1, 1, 2], dtype=np.int32),
-        value=np.array([0.0, -1.0, 1.0]),
-        roots=np.zeros(1, dtype=np.int32),
-        n_features=1,
-    )
+    stump = stump_forest()
     X = np.zeros((1, 1), dtype=np.float32)
-    cache_path = _kernels.forest_mean_variance.stats.cache_path  # both kernels' directory
-    with ExitStack() as stack:
-        # numba rewrites its cache index unlocked, so concurrent writers can cross entries.
-        if cache_path is not None:
-            with suppress(OSError):  # a filesystem without locks: unlocked, as numba alone
-                stack.enter_context(workdir_lock(Path(cache_path), wait=True, on_wait=_quiet))
+    with kernel_cache_lock():
         _kernels.forest_mean_variance(
             X, stump.feature, stump.threshold, stump.left, stump.value, stump.roots,
             stump.lockstep_levels, stump.child_feature, _kernels.AUTO,
@@ -243,6 +232,30 @@ def warm_up_kernels() -> None:
         _kernels.forest_tree_predictions(
             X, stump.feature, stump.threshold, stump.left, stump.value, stump.roots
         )
+
+
+def stump_forest() -> PackedForest:
+    """A forest of one tree of one split on one feature: what warming a kernel up walks."""
+    return PackedForest(
+        feature=np.zeros(3, dtype=np.int16),
+        threshold=np.array([0.0, np.inf, np.inf], dtype=np.float32),
+        left=np.array([1, 1, 2], dtype=np.int32),
+        value=np.array([0.0, -1.0, 1.0]),
+        roots=np.zeros(1, dtype=np.int32),
+        n_features=1,
+    )
+
+
+@contextmanager
+def kernel_cache_lock() -> Iterator[None]:
+    """Hold the lock of numba's cache directory of the kernels (``tpgrid/core``'s): numba
+    rewrites its cache index unlocked, so concurrent writers can cross entries."""
+    cache_path = _kernels.forest_mean_variance.stats.cache_path  # every kernel's directory
+    with ExitStack() as stack:
+        if cache_path is not None:
+            with suppress(OSError):  # a filesystem without locks: unlocked, as numba alone
+                stack.enter_context(workdir_lock(Path(cache_path), wait=True, on_wait=_quiet))
+        yield
 
 
 def _quiet(message: str) -> None:

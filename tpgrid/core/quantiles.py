@@ -8,6 +8,7 @@ walks the packed forest per row and reads quantiles off that distribution.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,15 @@ import numpy.typing as npt
 
 from tpgrid.core import _quantile_kernels
 from tpgrid.core.bootstrap import inbag_counts
-from tpgrid.core.forest import _WALKS, PackedForest, Walk, pack_forest, warm_up_kernels
+from tpgrid.core.forest import (
+    _WALKS,
+    PackedForest,
+    Walk,
+    kernel_cache_lock,
+    pack_forest,
+    stump_forest,
+    warm_up_kernels,
+)
 
 _ARRAY_DTYPES: dict[str, type[np.generic]] = {
     "leaf_offsets": np.int64,
@@ -241,3 +250,23 @@ def forest_quantiles(
         weighted_leaves,
         _WALKS[walk],
     )
+
+
+@functools.cache
+def warm_up_quantile_kernels() -> None:
+    """Compile the quantile kernels, or load them from numba's on-disk cache, once per process,
+    one process at a time (as :func:`~tpgrid.core.forest.warm_up_kernels`, which it runs
+    first): each Dask worker as it joins, when the run computes quantiles."""
+    warm_up_kernels()  # its own lock: taken before ours, never inside it
+    stump = stump_forest()
+    membership = LeafMembership(
+        leaf_offsets=np.array([0, 0, 1, 2], dtype=np.int64),
+        samples=np.array([0, 1], dtype=np.int32),
+        counts=np.ones(2, dtype=np.int32),
+        y_train=np.array([0.0, 1.0]),
+        train_index=np.array([0, 1], dtype=np.int64),
+    )
+    X = np.zeros((1, 1), dtype=np.float32)
+    with kernel_cache_lock():
+        _quantile_kernels.forest_leaves(X, stump.feature, stump.threshold, stump.left, stump.roots)
+        forest_quantiles(stump, membership, X, [0.5])

@@ -1,7 +1,8 @@
 """The product of a prediction run: its layers and attributes, and how it is published.
 
 A run is one Zarr v3 group on the cube's grid (written by :mod:`tpgrid.predict`) holding, per
-element, the variables ``{element}_{layer}`` (mean, variance, sd, unseen) with CF attributes,
+element, the variables ``{element}_{layer}`` (mean, variance, sd, unseen, and the uncertainty
+layers the run's options ask for: quantiles, interval bounds, DI and AOA, …) with CF attributes,
 a ``spatial_ref`` grid mapping (a coordinate: ``xr.open_zarr(path).rio.crs`` is the grid's CRS),
 ACDD discovery attributes and the run's record in a child group. Publishing turns the group
 into a directory that GIS users and catalogues can read without Zarr (GDAL cannot read Zarr v3):
@@ -21,13 +22,15 @@ lays out the prediction group. The names callers use are re-exported here.
 from tpgrid.outputs.cog import write_cog
 from tpgrid.outputs.layers import (
     ATTR_RUN,
-    LAYERS,
     RUN_GROUP,
     global_attrs,
     layer_layouts,
+    layer_units,
     open_prediction,
     quality_warning,
     read_run_record,
+    run_layers,
+    run_options,
     variable_name,
     write_run_record,
 )
@@ -52,7 +55,6 @@ from tpgrid.outputs.stac import (
 __all__ = [
     "ATTR_RUN",
     "COG_MEDIA_TYPE",
-    "LAYERS",
     "RUN_GROUP",
     "STAC_ITEM",
     "MapFiles",
@@ -61,6 +63,7 @@ __all__ = [
     "file_digests",
     "global_attrs",
     "layer_layouts",
+    "layer_units",
     "open_prediction",
     "publish",
     "published_run",
@@ -68,6 +71,8 @@ __all__ = [
     "quicklook_figure",
     "read_item",
     "read_run_record",
+    "run_layers",
+    "run_options",
     "stac_item",
     "variable_name",
     "write_cog",

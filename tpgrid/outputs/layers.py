@@ -3,15 +3,23 @@
 A run is one Zarr v3 group on the cube's grid (written by :mod:`tpgrid.predict`) holding, per
 element, the variables ``{element}_{layer}``:
 
-========  =======  ===========  ===================================================
-layer     dtype    nodata       meaning
-========  =======  ===========  ===================================================
-mean      float32  NaN          mean over the forest's trees, mg/kg
-variance  float32  NaN          variance between the trees' predictions, (mg/kg)²
-sd        float32  NaN          its square root, mg/kg
-unseen    uint8    255          1 where a categorical class was never seen in training
-========  =======  ===========  ===================================================
+==============  =======  ======  ==============================================================
+layer           dtype    nodata  meaning
+==============  =======  ======  ==============================================================
+mean            float32  NaN     mean over the forest's trees, mg/kg
+variance        float32  NaN     variance between the trees' predictions, (mg/kg)²
+sd              float32  NaN     its square root, mg/kg
+unseen          uint8    255     1 where a categorical class was never seen in training
+q05, q50, …     float32  NaN     quantiles of the quantile regression forest, mg/kg
+lower, upper    float32  NaN     the calibrated prediction interval's bounds, mg/kg
+relative_width  float32  NaN     (Q95 − Q05) / Q50, dimensionless
+se              float32  NaN     standard error of the mean (infinitesimal jackknife), mg/kg
+di              float32  NaN     dissimilarity index to the training sites, dimensionless
+aoa             uint8    255     1 inside the area of applicability, 0 outside
+==============  =======  ======  ==============================================================
 
+The first four are always there; which of the others a run has is its options'
+(:class:`~tpgrid.core.blocks.PredictOptions`, recorded in its run record: :func:`run_layers`).
 with CF attributes, a ``spatial_ref`` grid mapping and ACDD discovery attributes. Each variable
 names ``spatial_ref`` in its ``coordinates`` as well as its ``grid_mapping``, so plain
 ``xr.open_zarr(path)`` decodes it as a coordinate and ``ds.rio.crs`` is the grid's CRS (with
@@ -40,12 +48,11 @@ import xarray as xr
 import zarr
 
 from tpgrid import __version__
-from tpgrid.core.blocks import UNSEEN_NODATA
+from tpgrid.core.blocks import AOA_NODATA, UNSEEN_NODATA, PredictOptions, quantile_layer
 from tpgrid.errors import PredictionError
 from tpgrid.grid import TargetGrid
 from tpgrid.store import ATTR_COMPLETE, VariableLayout, read_attrs
 
-LAYERS = ("mean", "variance", "sd", "unseen")
 UNITS = "mg/kg"
 VARIANCE_UNITS = "mg2 kg-2"  # (mg/kg)², in UDUNITS syntax as CF asks
 #: Child group whose attributes are the run's record (identity and inputs, `tpgrid.predict`).
@@ -63,54 +70,125 @@ def variable_name(element: str, layer: str) -> str:
     return f"{element}_{layer}"
 
 
-def layer_layouts(element: str, n_trees: int, unseen: str) -> dict[str, VariableLayout]:
-    """The four variables of ``element`` with their CF attributes (``unseen``: the policy)."""
+def run_options(run: Mapping[str, Any]) -> PredictOptions:
+    """The options a run predicted with (which layers it holds), from its record."""
+    return PredictOptions.from_json(run["options"])
+
+
+def run_layers(run: Mapping[str, Any]) -> tuple[str, ...]:
+    """The layers every element of a run has, from its record."""
+    return run_options(run).layers()
+
+
+def layer_layouts(
+    element: str, n_trees: int, options: PredictOptions, level: float | None = None
+) -> dict[str, VariableLayout]:
+    """The variables of ``element`` with their CF attributes; ``level`` is the nominal
+    coverage of its calibrated interval (when ``options`` ask for one)."""
     common = {
         "coverage_content_type": "modelResult",
         "tpgrid:element": element,
         # Default decoding then makes spatial_ref a coordinate: the CRS without decode_coords.
         "coordinates": GRID_MAPPING,
     }
-    return {
-        variable_name(element, "mean"): VariableLayout(
-            "float32",
-            np.nan,
-            common
-            | {
-                "long_name": f"{element} content, mean of {n_trees} random-forest trees",
-                "units": UNITS,
-            },
-        ),
-        variable_name(element, "variance"): VariableLayout(
-            "float32",
-            np.nan,
-            common
-            | {
-                "long_name": f"{element} content, variance between {n_trees} trees",
-                "units": VARIANCE_UNITS,
-            },
-        ),
-        variable_name(element, "sd"): VariableLayout(
-            "float32",
-            np.nan,
-            common
-            | {
-                "long_name": f"{element} content, standard deviation between {n_trees} trees",
-                "units": UNITS,
-            },
-        ),
-        variable_name(element, "unseen"): VariableLayout(
-            "uint8",
-            UNSEEN_NODATA,
-            common
-            | {
-                "long_name": f"categorical class never seen when fitting the {element} model",
+    described = _descriptions(element, n_trees, options, level)
+    layouts = {}
+    for layer in options.layers():
+        long_name, extra = described[layer]
+        if layer in ("unseen", "aoa"):
+            nodata = UNSEEN_NODATA if layer == "unseen" else AOA_NODATA
+            layouts[variable_name(element, layer)] = VariableLayout(
+                "uint8", nodata, common | {"long_name": long_name} | extra
+            )
+        else:
+            layouts[variable_name(element, layer)] = VariableLayout(
+                "float32", np.nan, common | {"long_name": long_name, "units": layer_units(layer)}
+            )
+    return layouts
+
+
+def layer_title(layer: str, level: float | None = None) -> str:
+    """A short title of a layer for catalogues and figures, e.g. "90 % interval, lower"."""
+    percent = "" if level is None else f"{level * 100:g} % "
+    titles = {
+        "mean": "mean",
+        "variance": "between-tree variance",
+        "sd": "between-tree SD",
+        "unseen": "class unseen in training",
+        "lower": f"{percent}prediction interval, lower bound",
+        "upper": f"{percent}prediction interval, upper bound",
+        "relative_width": "relative interval width (Q95 - Q05) / Q50",
+        "se": "standard error of the mean (jackknife)",
+        "di": "dissimilarity index",
+        "aoa": "area of applicability",
+    }
+    if layer in titles:
+        return titles[layer]
+    return f"quantile {float(layer[1:].replace('_', '.')) / 100:g}"
+
+
+def layer_units(layer: str) -> str:
+    """The UDUNITS units of a float layer: mg/kg, (mg/kg)² for the variance, 1 for the
+    dimensionless relative width and DI."""
+    if layer == "variance":
+        return VARIANCE_UNITS
+    if layer in ("relative_width", "di"):
+        return "1"
+    return UNITS
+
+
+def _descriptions(
+    element: str, n_trees: int, options: PredictOptions, level: float | None
+) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Each layer's long name and its attributes besides the common ones."""
+    percent = "?" if level is None else f"{level * 100:g} %"
+    described: dict[str, tuple[str, dict[str, Any]]] = {
+        "mean": (f"{element} content, mean of {n_trees} random-forest trees", {}),
+        "variance": (f"{element} content, variance between {n_trees} trees", {}),
+        "sd": (f"{element} content, standard deviation between {n_trees} trees", {}),
+        "unseen": (
+            f"categorical class never seen when fitting the {element} model",
+            {
                 "flag_values": [0, 1],
                 "flag_meanings": "class_seen_in_training class_not_seen_in_training",
-                "tpgrid:unseen_policy": unseen,
+                "tpgrid:unseen_policy": options.unseen,
             },
         ),
+        "lower": (
+            f"{element} content, lower bound of the {percent} prediction interval calibrated "
+            "on held-out sites per dissimilarity-index bin",
+            {},
+        ),
+        "upper": (
+            f"{element} content, upper bound of the {percent} prediction interval calibrated "
+            "on held-out sites per dissimilarity-index bin",
+            {},
+        ),
+        "relative_width": (
+            f"{element} relative prediction interval width, (Q95 - Q05) / Q50 of the quantile "
+            "regression forest",
+            {},
+        ),
+        "se": (
+            f"{element} content, standard error of the forest mean (bias-corrected "
+            "infinitesimal jackknife)",
+            {},
+        ),
+        "di": (
+            f"dissimilarity index of the {element} model's predictors to its training sites",
+            {},
+        ),
+        "aoa": (
+            f"inside the area of applicability of the {element} model",
+            {"flag_values": [0, 1], "flag_meanings": "outside_aoa inside_aoa"},
+        ),
     }
+    for q in options.quantiles:
+        described[quantile_layer(q)] = (
+            f"{element} content, quantile {q:g} of the quantile regression forest",
+            {},
+        )
+    return described
 
 
 def quality_warning(r2: float | None) -> str | None:

@@ -3,7 +3,7 @@
 The directory is assembled beside its final path and swapped in when complete; the COGs are
 written one Dask task each, then the quicklooks. With an earlier publication of the same
 product, every file made from what it would be made from now (equal :func:`file_digests`: a
-COG from its layer, a quicklook from its element's mean and sd) is hard-linked from it once
+COG from its layer, a quicklook from the layers it draws) is hard-linked from it once
 checked against its STAC item, so only the layers that changed are rendered again.
 """
 
@@ -25,9 +25,9 @@ from tpgrid.errors import OutputExistsError
 from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage, FileRecord, check_readable, file_record
 from tpgrid.outputs.cog import write_cog
-from tpgrid.outputs.layers import LAYERS, open_prediction, variable_name
+from tpgrid.outputs.layers import open_prediction, run_layers, variable_name
 from tpgrid.outputs.names import STAC_ITEM, cog_name, element_files, quicklook_name
-from tpgrid.outputs.quicklook import write_quicklook
+from tpgrid.outputs.quicklook import quicklook_layers, write_quicklook
 from tpgrid.outputs.stac import (
     ITEM_DIGESTS,
     MapFiles,
@@ -42,7 +42,7 @@ from tpgrid.tasks import Progress, task_runner
 log = logging.getLogger(__name__)
 
 #: Part of every file digest: a change in how files are made invalidates earlier ones.
-FORMAT_VERSION = "tpgrid-publication/4"
+FORMAT_VERSION = "tpgrid-publication/5"
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ def publish(
     elements = list(run["models"])
     if published_run(directory) == run["run_id"]:
         log.info("%s already holds run %s: nothing to publish", directory, run["run_id"][:12])
-        return _report(directory, elements, up_to_date=True)
+        return _report(directory, elements, run_layers(run), up_to_date=True)
     if directory.exists() and not overwrite:
         raise OutputExistsError(
             f"{directory} exists and does not hold run {run['run_id'][:12]}: choose another "
@@ -93,7 +93,14 @@ def publish(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return _report(directory, elements, up_to_date=False, reused=maps.reused, damaged=maps.damaged)
+    return _report(
+        directory,
+        elements,
+        run_layers(run),
+        up_to_date=False,
+        reused=maps.reused,
+        damaged=maps.damaged,
+    )
 
 
 def write_maps(
@@ -125,14 +132,15 @@ def write_maps(
     damaged: list[Damage] = []
     if previous is not None:
         linked, damaged = _link_unchanged(Path(previous), directory, digests)
-    cogs = [(e, layer) for e in elements for layer in LAYERS if cog_name(e, layer) not in linked]
+    layers = run_layers(run)
+    cogs = [(e, layer) for e in elements for layer in layers if cog_name(e, layer) not in linked]
     drawn = [e for e in elements if quicklook_name(e) not in linked]
     rendered: dict[str, FileRecord] = {}
     if cogs or drawn:  # else no runner: a publication that renders nothing needs no cluster
-        rendered = _render(prediction, directory, grid, cogs, drawn, progress)
-    with rasterio.open(directory / cog_name(elements[0], LAYERS[0])) as cog:
+        rendered = _render(prediction, run, directory, grid, cogs, drawn, progress)
+    with rasterio.open(directory / cog_name(elements[0], layers[0])) as cog:
         cog_shape = (cog.height, cog.width)
-    reused = tuple(e for e in elements if all(n in linked for n in element_files(e)))
+    reused = tuple(e for e in elements if all(n in linked for n in element_files(e, layers)))
     if linked:
         log.info(
             "%s: %d of %d files linked from %s", directory, len(linked), len(digests), previous
@@ -154,6 +162,7 @@ def write_maps(
 
 def _render(
     prediction: Path,
+    run: Mapping[str, Any],
     directory: Path,
     grid: TargetGrid,
     cogs: Sequence[tuple[str, str]],
@@ -163,6 +172,12 @@ def _render(
     """Write ``cogs`` ((element, layer) pairs), then the ``quicklooks`` of those elements, as
     tasks on the current Dask client (on one thread without: matplotlib is not thread-safe);
     the record of each file written."""
+    layers = run_layers(run)
+    levels = {
+        element: float(model["interval"]["level"])
+        for element, model in run["models"].items()
+        if model.get("interval") is not None
+    }
     with task_runner(local_threads=1) as runner:
         written = [
             runner.submit(
@@ -175,8 +190,11 @@ def _render(
             for e, layer in cogs
         ]
         records = runner.gather(written, _stage(progress, "maps"))
-        # After every COG: a quicklook is drawn from its element's mean and sd COGs.
-        drawn = [runner.submit(_recorded, write_quicklook, directory, e) for e in quicklooks]
+        # After every COG: a quicklook is drawn from its element's COGs.
+        drawn = [
+            runner.submit(_recorded, write_quicklook, directory, e, layers, levels.get(e))
+            for e in quicklooks
+        ]
         records += runner.gather(drawn, _stage(progress, "quicklooks"))
     return dict(records)
 
@@ -243,26 +261,29 @@ def _stage(progress: Progress | None, stage: str) -> Callable[[int, int], None] 
 def file_digests(prediction: Path, run: Mapping[str, Any], element: str) -> dict[str, str]:
     """SHA-256 of what each published file of ``element`` is made from, by file name: a COG
     from its layer's stored metadata and chunk files and the run's grid, the quicklook from
-    the mean and sd COGs. Equal digests mean byte-identical files, so a file whose digest is
+    the layers it draws. Equal digests mean byte-identical files, so a file whose digest is
     unchanged is linked from the previous publication, and only the rest rendered."""
     grid = json.dumps(run["grid"], sort_keys=True).encode()
+    names = run_layers(run)
     layers = {}
-    for layer in LAYERS:
+    for layer in names:
         digest = hashlib.sha256(FORMAT_VERSION.encode() + b"\0" + grid)
         array = prediction / variable_name(element, layer)
         for path in sorted(p for p in array.rglob("*") if p.is_file()):
             digest.update(b"\0" + str(path.relative_to(prediction)).encode() + b"\0")
             digest.update(path.read_bytes())
         layers[layer] = digest.hexdigest()
-    digests = {cog_name(element, layer): layers[layer] for layer in LAYERS}
-    drawn_from = f"{FORMAT_VERSION}\0{quicklook_name(element)}\0{layers['mean']}\0{layers['sd']}"
-    digests[quicklook_name(element)] = hashlib.sha256(drawn_from.encode()).hexdigest()
+    digests = {cog_name(element, layer): layers[layer] for layer in names}
+    drawn_from = [FORMAT_VERSION, quicklook_name(element)]
+    drawn_from += [layers[layer] for layer in quicklook_layers(names)]
+    digests[quicklook_name(element)] = hashlib.sha256("\0".join(drawn_from).encode()).hexdigest()
     return digests
 
 
 def _report(
     directory: Path,
     elements: Sequence[str],
+    layers: Sequence[str],
     up_to_date: bool,
     reused: Sequence[str] = (),
     damaged: Sequence[Damage] = (),
@@ -271,7 +292,7 @@ def _report(
         directory=directory,
         reused=tuple(sorted(reused)),
         damaged=tuple(damaged),
-        cogs=tuple(directory / cog_name(e, layer) for e in elements for layer in LAYERS),
+        cogs=tuple(directory / cog_name(e, layer) for e in elements for layer in layers),
         quicklooks=tuple(directory / quicklook_name(e) for e in elements),
         stac_item=directory / STAC_ITEM,
         up_to_date=up_to_date,

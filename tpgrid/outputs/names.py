@@ -7,7 +7,9 @@ an earlier publication must all agree on these names, so they live here, once.
 
 from __future__ import annotations
 
-from tpgrid.outputs.layers import LAYERS, variable_name
+from collections.abc import Sequence
+
+from tpgrid.outputs.layers import variable_name
 
 STAC_ITEM = "item.json"
 
@@ -22,6 +24,6 @@ def quicklook_name(element: str) -> str:
     return f"{element}_quicklook.png"
 
 
-def element_files(element: str) -> list[str]:
-    """An element's published files: its COGs and its quicklook."""
-    return [*(cog_name(element, layer) for layer in LAYERS), quicklook_name(element)]
+def element_files(element: str, layers: Sequence[str]) -> list[str]:
+    """An element's published files: the COGs of its ``layers`` and its quicklook."""
+    return [*(cog_name(element, layer) for layer in layers), quicklook_name(element)]

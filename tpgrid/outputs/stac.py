@@ -18,15 +18,15 @@ from typing import Any
 
 from pyproj import CRS
 
-from tpgrid.core.blocks import UNSEEN_NODATA
+from tpgrid.core.blocks import AOA_NODATA, UNSEEN_NODATA
 from tpgrid.grid import TargetGrid
 from tpgrid.integrity import Damage, FileRecord, file_record
 from tpgrid.jsonable import plain
 from tpgrid.outputs.layers import (
-    LAYERS,
-    UNITS,
-    VARIANCE_UNITS,
+    layer_title,
+    layer_units,
     quality_warning,
+    run_layers,
     variable_name,
 )
 from tpgrid.outputs.names import STAC_ITEM, cog_name, quicklook_name
@@ -45,6 +45,9 @@ STAC_EXTENSIONS = [
 #: that is below 0 (the map predicts held-out sites worse than their mean).
 ASSET_CV_R2 = "tpgrid:cv_r2"
 ASSET_QUALITY_WARNING = "tpgrid:quality_warning"
+#: Asset property of the interval bounds: the calibration they were built by (level, method,
+#: DI bins and their widening).
+ASSET_INTERVAL = "tpgrid:interval"
 #: Multihash prefix of a SHA-256 digest (code 0x12, length 0x20), as in ``file:checksum``.
 SHA256_MULTIHASH = "1220"
 
@@ -160,26 +163,27 @@ def stac_item(
             {} if warning is None else {ASSET_QUALITY_WARNING: warning}
         )
         flagged = "" if warning is None else f" (poor model: grouped-CV R² {r2:.2f})"
-        for layer in LAYERS:
-            name = variable_name(element, layer)
-            unseen = layer == "unseen"
-            assets[name] = {
+        interval = run["models"][element].get("interval")
+        level = None if interval is None else float(interval["level"])
+        for layer in run_layers(run):
+            flags = {"unseen": UNSEEN_NODATA, "aoa": AOA_NODATA}
+            band: dict[str, Any] = (
+                {"data_type": "uint8", "nodata": flags[layer]}
+                if layer in flags
+                else {"data_type": "float32", "nodata": "nan", "unit": layer_units(layer)}
+            )
+            assets[variable_name(element, layer)] = {
                 "href": f"./{cog_name(element, layer)}",
                 "type": COG_MEDIA_TYPE,
                 "roles": ["data"],
-                "title": f"{element} {layer}{flagged}",
-                "raster:bands": [
-                    {
-                        "data_type": "uint8" if unseen else "float32",
-                        "nodata": UNSEEN_NODATA if unseen else "nan",
-                        **(
-                            {}
-                            if unseen
-                            else {"unit": VARIANCE_UNITS if layer == "variance" else UNITS}
-                        ),
-                    }
-                ],
+                "title": f"{element} {layer_title(layer, level)}{flagged}",
+                "raster:bands": [band],
                 **quality,
+                **(
+                    {ASSET_INTERVAL: interval}
+                    if layer in ("lower", "upper") and interval is not None
+                    else {}
+                ),
             }
         assets[f"{element}_quicklook"] = {
             "href": f"./{quicklook_name(element)}",
@@ -206,7 +210,8 @@ def stac_item(
             "proj:transform": list(grid.geobox.affine)[:6],
             "proj:bbox": list(grid.geobox.expand(cog_shape).extent.boundingbox.bbox),
             "tpgrid:run_id": run["run_id"],
-            "tpgrid:unseen": run["unseen"],
+            "tpgrid:unseen": run["options"]["unseen"],
+            "tpgrid:options": run["options"],
             "tpgrid:models": {e: run["models"][e]["model_hash"] for e in elements},
         },
         "assets": assets,
