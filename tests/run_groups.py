@@ -20,7 +20,6 @@ from tpgrid.outputs import (
 )
 from tpgrid.store import create_layout, finish, write_window
 
-
 #: The layers of these groups: the four every run has and a calibrated interval.
 OPTIONS = PredictOptions(quantiles=(), interval=True, applicability=False)
 LAYERS = OPTIONS.layers()

@@ -17,8 +17,8 @@ from tests.test_runs import copy_run, step, write_config
 from tpgrid.artifact import FOREST_FILE, MODEL_FILE, load_model, verify_models
 from tpgrid.cli import app
 from tpgrid.config import PipelineConfig, load_pipeline
+from tpgrid.core.blocks import PredictOptions
 from tpgrid.cube import verify_cube
-from tpgrid.outputs import LAYERS
 from tpgrid.predict import verify_prediction
 from tpgrid.publication import current_version
 from tpgrid.runs import RunRecord, list_runs, plan, plan_changes, run_pipeline
@@ -48,7 +48,7 @@ def published_maps(config: PipelineConfig) -> dict[str, np.ndarray]:
     for path in sorted(current.glob("*.tif")):
         with rasterio.open(path) as src:
             maps[path.name] = src.read(1)
-    assert {f"Fe_{layer}.tif" for layer in LAYERS} <= set(maps)
+    assert {f"Fe_{layer}.tif" for layer in PredictOptions().layers()} <= set(maps)
     return maps
 
 
