@@ -18,12 +18,15 @@ from tpgrid.bench.inputs import (
     plateau_pixels,
     prepare_plateau,
     random_rows,
+    reference_training,
+    training_rows,
 )
 from tpgrid.bench.job import job_benchmark
 from tpgrid.bench.kernel import kernel_benchmark
 from tpgrid.bench.result import BenchResult
 from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
 from tpgrid.bench.settings import BenchSettings, Log
+from tpgrid.bench.uncertainty import uncertainty_benchmark
 from tpgrid.cube import cube_grid
 from tpgrid.errors import ConfigError
 
@@ -32,9 +35,12 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
     """Run the sections of ``settings`` in turn; see :mod:`tpgrid.bench`."""
     load_before = os.getloadavg()
     kernel = None
+    uncertainty = None
     inputs = None
+    timed = {"kernel", "uncertainty"} & set(settings.sections)  # sections on one forest's rows
     if settings.forest == "reference":
         estimator = build_reference_forest(seed=settings.seed, n_jobs=settings.threads)
+        X_train, y_train = reference_training(seed=settings.seed)
         n_features = estimator.n_features_in_
         pixels = {
             "coherent": coherent_rows(settings.rows, n_features, settings.seed),
@@ -42,13 +48,25 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         }
     elif set(settings.sections) - {"end_to_end_job"}:
         inputs = prepare_plateau(settings.workdir, settings.size, settings.seed, log)
-        if "kernel" in settings.sections:
+        if timed:
             model = _model_of(inputs, settings.element)
             estimator = load_estimator(inputs.model_dir / settings.element)
+            X_train, y_train = training_rows(inputs.model_dir / settings.element, model)
             pixels = plateau_pixels(inputs.cube, model, settings.rows, settings.seed)
     if "kernel" in settings.sections:
         kernel = kernel_benchmark(
             estimator, pixels, threads=settings.threads, repeats=settings.repeats, log=log
+        )
+    if "uncertainty" in settings.sections:
+        uncertainty = uncertainty_benchmark(
+            estimator,
+            X_train,
+            y_train,
+            pixels,
+            threads=settings.threads,
+            repeats=settings.repeats,
+            rows_reference=settings.rows_reference,
+            log=log,
         )
     scaling: list[ScalingRun] = []
     end_to_end = None
@@ -66,7 +84,7 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job)
+    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job, uncertainty)
 
 
 def _model_of(inputs: PlateauInputs, element: str) -> ModelArtifact:
@@ -87,7 +105,7 @@ def machine_info() -> dict[str, Any]:
         pass
     versions: dict[str, str | None] = {}
     for package in ("tpgrid", "numba", "numpy", "scikit-learn", "onnxruntime", "skl2onnx",
-                    "treelite", "dask", "distributed"):  # fmt: skip
+                    "treelite", "quantile-forest", "forestci", "dask", "distributed"):  # fmt: skip
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
