@@ -343,15 +343,15 @@ def test_a_library_that_differs_from_tpgrid_is_refused_and_never_timed(
         ),
     }[layer]
     engine = CountingLayer(compute, change)
-    extra = [
-        LayerEngine(
-            "a library", layer, engine, peer=True, tolerance=0.0 if layer == "quantiles" else EXACT
-        )
-    ]  # type: ignore[arg-type]
-    run = lambda: uncertainty_benchmark(  # noqa: E731
-        estimator, X_train, y_train, {"random": pixels["random"]}, repeats=3, rows_reference=40,
-        extra_engines=extra,
-    )  # fmt: skip
+    tolerance = 0.0 if layer == "quantiles" else EXACT
+    extra = [LayerEngine("a library", layer, engine, peer=True, tolerance=tolerance)]
+
+    def run() -> UncertaintyResult:
+        return uncertainty_benchmark(
+            estimator, X_train, y_train, {"random": pixels["random"]}, repeats=3,
+            rows_reference=40, extra_engines=extra,
+        )  # fmt: skip
+
     if refused:
         with pytest.raises(EngineMismatchError, match="'a library' differs from 'tpgrid"):
             run()
