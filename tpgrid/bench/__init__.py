@@ -42,7 +42,7 @@ from tpgrid.bench.job import CASES, JobRun, job_benchmark
 from tpgrid.bench.kernel import EngineTiming, KernelResult, RowsResult, kernel_benchmark
 from tpgrid.bench.report import ReportFiles, markdown, write_report
 from tpgrid.bench.result import BenchResult, Target, kernel_rows, targets
-from tpgrid.bench.run import run_benchmark
+from tpgrid.bench.run import TimedForest, run_benchmark, timed_forest
 from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
 from tpgrid.bench.settings import DEFAULT_SECTIONS, SECTIONS, BenchSettings
 from tpgrid.bench.uncertainty import (
@@ -75,6 +75,7 @@ __all__ = [
     "RowsResult",
     "ScalingRun",
     "Target",
+    "TimedForest",
     "UncertaintyResult",
     "UncertaintyRows",
     "check_engine",
@@ -88,6 +89,7 @@ __all__ = [
     "run_benchmark",
     "scaling_benchmark",
     "targets",
+    "timed_forest",
     "uncertainty_benchmark",
     "write_report",
 ]
