@@ -58,7 +58,7 @@ def bench(
         list[str] | None,
         typer.Option(
             help="kernel, uncertainty, scaling, end_to_end or end_to_end_job (repeat it); "
-            "default: all but uncertainty, which takes minutes at the default --rows (8 min on "
+            "default: all but uncertainty, which takes minutes at the default --rows (5-8 min on "
             "2 cores, plateau forest)."
         ),
     ] = None,
