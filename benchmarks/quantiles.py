@@ -1,115 +1,147 @@
-"""Cost of quantile prediction per pixel·tree, against mean+variance and quantile-forest.
+"""Where the quantile layer's time goes, on the forest and rows of ``tpgrid bench``.
 
-Fits quantile-forest's ``RandomForestQuantileRegressor(max_samples_leaf=None)`` on the reference
-forest's training rows and settings (docs/performance.md: 1,600 rows × 18 covariates,
-``max_features=1/3``), packs it, and times on the same rows, single-threaded:
+``tpgrid bench --section uncertainty`` times the layers; this splits them, one thread, best of
+``--repeats``, in ns per pixel·tree:
 
-- ``mean_variance``: `PackedForest.predict_mean_variance` (the kernel maps use today);
-- ``quantiles``: `tpgrid.core.quantiles.forest_quantiles`;
-- ``quantile_forest``: ``estimator.predict(X, quantiles, weighted_leaves=True)`` (n_jobs=1),
-  after checking that it gives the same numbers as ``quantiles``.
+- ``mean+variance``: `PackedForest.predict_mean_variance`, for scale;
+- ``walk``, ``walk+weights``, ``walk+weights+quantiles``: the quantile kernel stopped after
+  walking the tile to every tree's leaf, after adding each row's weights on the training
+  samples (reading every leaf's entries), and whole. The stopped kernels are made from the
+  source of `tpgrid.core._quantile_kernels.forest_quantiles` (two early exits inserted); the
+  whole one is checked equal to ``forest_quantiles`` first;
+- ``quantile-forest apply`` and ``quantile-forest predict`` on the first ``--rows-reference``
+  rows: scikit-learn's ``apply`` (finding the leaves) inside quantile-forest's predict.
 
-Prints one JSON line of medians over ``--repeats`` runs, in ns per pixel·tree::
+Prints one JSON line per kind of rows::
 
-    python benchmarks/quantiles.py --trees 500 --rows 20000 --rows-qf 2000
+    python benchmarks/quantiles.py --forest plateau --rows 20000
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
-import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numba
 import numpy as np
-from quantile_forest import RandomForestQuantileRegressor
+from threadpoolctl import threadpool_limits
 
-from tpgrid.bench.inputs import coherent_rows, random_rows, reference_target
-from tpgrid.core.forest import pack_forest
+from tpgrid.bench import BenchSettings, quantile_forest_on, timed_forest
+from tpgrid.bench.inputs import prepare_plateau
+from tpgrid.core import _quantile_kernels
+from tpgrid.core.forest import _WALKS, pack_forest
 from tpgrid.core.quantiles import forest_quantiles, leaf_membership
 
+QUANTILES = np.array([0.05, 0.5, 0.95])
 
-def median_seconds(run: Callable[[], Any], repeats: int) -> float:
+
+def staged_kernel() -> Any:
+    """``forest_quantiles`` with a last argument ``stage``: 0 returns after the walk, 1 after
+    the weights (samples still gathered and cleared), 2 runs whole."""
+    source = inspect.getsource(_quantile_kernels.forest_quantiles.py_func)
+    steps = [
+        ("weighted_leaves, walk,\n):", "weighted_leaves, walk, stage,\n):"),
+        ("        for j in range(m):\n            row_leaves",
+         "        if stage == 0:\n            continue\n        for j in range(m):\n"
+         "            row_leaves"),
+        ("            _weighted_quantiles(",
+         "            if stage == 1:\n                continue\n            _weighted_quantiles("),
+    ]  # fmt: skip
+    for old, new in steps:
+        if source.count(old) != 1:
+            raise SystemExit(f"the quantile kernel changed: {old!r} is not in it once")
+        source = source.replace(old, new)
+    names = dict(vars(_quantile_kernels))
+    exec(source.replace("@numba.njit(nogil=True, cache=True", "@numba.njit(nogil=True"), names)
+    assert isinstance(names["forest_quantiles"], numba.core.registry.CPUDispatcher)
+    return names["forest_quantiles"]
+
+
+def best_ns(run: Callable[[], object], pixel_trees: int, repeats: int) -> float:
+    run()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return round(min(times) * 1e9 / pixel_trees, 2)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trees", type=int, default=500)
-    parser.add_argument("--train-rows", type=int, default=1600)
-    parser.add_argument("--min-samples-leaf", type=int, default=1)
-    parser.add_argument("--rows", type=int, default=20_000, help="rows timed for tpgrid")
-    parser.add_argument("--rows-qf", type=int, default=2_000, help="rows timed for quantile-forest")
-    parser.add_argument("--rows-kind", choices=["random", "coherent"], default="random")
-    parser.add_argument("--quantiles", type=float, nargs="+", default=[0.05, 0.5, 0.95])
+    parser.add_argument("--forest", choices=["plateau", "reference"], default="plateau")
+    parser.add_argument("--workdir", type=Path, default=Path.home() / ".cache/tpgrid/bench")
+    parser.add_argument("--size", default="full")
+    parser.add_argument("--element", default="Fe")
+    parser.add_argument("--rows", type=int, default=20_000)
+    parser.add_argument("--rows-reference", type=int, default=2_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    settings = BenchSettings(
+        workdir=args.workdir, size=args.size, seed=args.seed, forest=args.forest,
+        element=args.element, rows=args.rows, sections=("uncertainty",),
+    )  # fmt: skip
+    inputs = None
+    if args.forest == "plateau":
+        inputs = prepare_plateau(args.workdir, args.size, args.seed, lambda _: None)
+    timed = timed_forest(settings, inputs)
+    packed = pack_forest(timed.estimator)
+    m = leaf_membership(timed.estimator, timed.X_train, timed.y_train, packed)
+    qrf = quantile_forest_on(timed.estimator, timed.X_train, timed.y_train)
+    staged = staged_kernel()
+    order = np.argsort(QUANTILES, kind="stable").astype(np.int64)
+    trees = packed.n_trees
+    with threadpool_limits(1):
+        for kind, X in timed.pixels.items():
 
-    n_features = 18
-    rng = np.random.default_rng(args.seed)
-    X_train = rng.standard_normal((args.train_rows, n_features)).astype(np.float32)
-    y_train = reference_target(X_train) + 0.2 * rng.standard_normal(args.train_rows)
-    estimator = RandomForestQuantileRegressor(
-        n_estimators=args.trees,
-        max_features=1 / 3,
-        min_samples_leaf=args.min_samples_leaf,
-        max_samples_leaf=None,
-        random_state=args.seed,
-        n_jobs=1,
-    ).fit(X_train, y_train)
-    forest = pack_forest(estimator)
-    start = time.perf_counter()
-    membership = leaf_membership(estimator, X_train, y_train, forest)
-    membership_seconds = time.perf_counter() - start
+            def stage(s: int, X: np.ndarray = X) -> Callable[[], object]:
+                return lambda: staged(
+                    X, packed.feature, packed.threshold, packed.left, packed.roots,
+                    packed.lockstep_levels, packed.child_feature, m.leaf_code, m.entries,
+                    m.y_train, QUANTILES, order, True, _WALKS["auto"], s,
+                )  # fmt: skip
 
-    make_rows = random_rows if args.rows_kind == "random" else coherent_rows
-    X = make_rows(args.rows, n_features, args.seed)
-    X_qf = X[: args.rows_qf]
-    q = args.quantiles
-    expected = estimator.predict(X_qf, quantiles=q, weighted_leaves=True)
-    if not np.array_equal(forest_quantiles(forest, membership, X_qf, q), expected):
-        raise SystemExit("forest_quantiles differs from quantile-forest")
-    forest.predict_mean_variance(X[:100])  # compile/load the kernels before timing
-
-    def per_pixel_tree(seconds: float, n_rows: int) -> float:
-        return seconds / (n_rows * forest.n_trees) * 1e9
-
-    mean_variance = median_seconds(lambda: forest.predict_mean_variance(X), args.repeats)
-    quantiles = median_seconds(lambda: forest_quantiles(forest, membership, X, q), args.repeats)
-    quantile_forest = median_seconds(
-        lambda: estimator.predict(X_qf, quantiles=q, weighted_leaves=True), args.repeats
-    )
-    result = {
-        "trees": forest.n_trees,
-        "nodes": forest.n_nodes,
-        "train_rows": args.train_rows,
-        "min_samples_leaf": args.min_samples_leaf,
-        "in_bag_draws_per_leaf": float(
-            membership.counts.sum() / np.count_nonzero(np.diff(membership.leaf_offsets))
-        ),
-        "rows": args.rows_kind,
-        "quantiles": q,
-        "membership_bytes": sum(a.nbytes for a in membership.to_arrays().values()),
-        "membership_seconds": round(membership_seconds, 3),
-        "ns_per_pixel_tree": {
-            "mean_variance": round(per_pixel_tree(mean_variance, args.rows), 2),
-            "quantiles": round(per_pixel_tree(quantiles, args.rows), 2),
-            "quantile_forest": round(per_pixel_tree(quantile_forest, args.rows_qf), 2),
-        },
-    }
-    ns = result["ns_per_pixel_tree"]
-    assert isinstance(ns, dict)
-    result["quantiles_over_mean_variance"] = round(ns["quantiles"] / ns["mean_variance"], 2)
-    result["quantile_forest_over_quantiles"] = round(ns["quantile_forest"] / ns["quantiles"], 1)
-    print(json.dumps(result))
+            if not np.array_equal(stage(2)(), forest_quantiles(packed, m, X, QUANTILES)):
+                raise SystemExit("the staged kernel differs from forest_quantiles")
+            X_ref = X[: args.rows_reference]
+            cells, cells_ref = X.shape[0] * trees, X_ref.shape[0] * trees
+            ns = {
+                "mean+variance": best_ns(
+                    lambda X=X: packed.predict_mean_variance(X), cells, args.repeats
+                ),
+                "walk": best_ns(stage(0), cells, args.repeats),
+                "walk+weights": best_ns(stage(1), cells, args.repeats),
+                "walk+weights+quantiles": best_ns(stage(2), cells, args.repeats),
+                "quantile-forest apply": best_ns(
+                    lambda X=X_ref: qrf.apply(X), cells_ref, args.repeats
+                ),
+                "quantile-forest predict": best_ns(
+                    lambda X=X_ref: qrf.predict(X, quantiles=list(QUANTILES), weighted_leaves=True),
+                    cells_ref,
+                    args.repeats,
+                ),
+            }
+            draws = m.counts.sum() / np.count_nonzero(np.diff(m.leaf_offsets))
+            print(
+                json.dumps(
+                    {
+                        "forest": args.forest,
+                        "rows": kind,
+                        "pixels": X.shape[0],
+                        "pixels_reference": X_ref.shape[0],
+                        "trees": trees,
+                        "draws_per_leaf": round(float(draws), 2),
+                        "ns_per_pixel_tree": ns,
+                    }
+                ),
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
 from tpgrid.bench import (
+    DEFAULT_SECTIONS,
     EXACT,
     BenchResult,
     BenchSettings,
@@ -25,15 +26,22 @@ from tpgrid.bench import (
     Engine,
     JobRun,
     KernelResult,
+    LayerEngine,
+    LayerTiming,
     ScalingRun,
+    UncertaintyResult,
+    UncertaintyRows,
     check_engine,
     job_benchmark,
     kernel_benchmark,
+    quantile_forest_on,
     reference_prediction,
     targets,
+    uncertainty_benchmark,
     write_report,
 )
 from tpgrid.bench.job import change_one_window
+from tpgrid.bench.result import uncertainty_ratios
 from tpgrid.cli import app
 from tpgrid.errors import BenchmarkError, ConfigError, EngineMismatchError
 from tpgrid.synthetic import PlateauFiles
@@ -46,10 +54,15 @@ def rows(n: int, seed: int) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def estimator() -> Any:
+def training() -> tuple[np.ndarray, np.ndarray]:
     X = rows(200, seed=0)
-    y = np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 10.0
-    return RandomForestRegressor(n_estimators=8, max_features=0.5, random_state=0).fit(X, y)
+    return X, np.sin(2 * X[:, 0]) + X[:, 1] * X[:, 2] + 10.0
+
+
+@pytest.fixture(scope="module")
+def estimator(training: tuple[np.ndarray, np.ndarray]) -> Any:
+    forest = RandomForestRegressor(n_estimators=8, max_features=0.5, random_state=0)
+    return forest.fit(*training)
 
 
 @pytest.fixture(scope="module")
@@ -251,3 +264,179 @@ def test_a_baseline_that_is_not_an_executable_is_refused(tmp_path: Path) -> None
         job_benchmark(tmp_path, baseline=tmp_path / "nope", cases=())
     with pytest.raises(ConfigError, match="end_to_end_job section only"):
         BenchSettings(workdir=tmp_path, sections=("kernel",), baseline=tmp_path / "tpgrid")
+
+
+# --- the uncertainty section ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def uncertainty(
+    estimator: Any, training: tuple[np.ndarray, np.ndarray], pixels: dict[str, np.ndarray]
+) -> UncertaintyResult:
+    return uncertainty_benchmark(
+        estimator, *training, pixels, threads=2, repeats=2, rows_reference=40
+    )
+
+
+def test_the_libraries_give_tpgrids_layers_on_the_same_trees_and_fewer_rows(
+    uncertainty: UncertaintyResult,
+) -> None:
+    assert uncertainty.skipped == {}
+    for layers in uncertainty.rows:
+        timing = {t.engine: t for t in layers.timings}
+        assert list(timing) == [
+            "tpgrid mean+variance",
+            "tpgrid quantiles",
+            "tpgrid per-tree + IJ",
+            "quantile-forest predict",
+            "forestci random_forest_error",
+        ]
+        assert timing["quantile-forest predict"].error == 0.0  # bit for bit
+        assert timing["forestci random_forest_error"].error <= EXACT
+        assert timing["tpgrid mean+variance"].error <= EXACT
+        assert {t.n_pixels for t in layers.timings if t.peer} == {40}
+        assert {t.n_pixels for t in layers.timings if not t.peer} == {300}
+        assert all(len(t.seconds) == 2 for t in layers.timings)
+
+
+class CountingLayer:
+    """A library's layer computed from ``compute``, changed by ``change``; counts its calls."""
+
+    def __init__(self, compute: Any, change: Any) -> None:
+        self.compute, self.change, self.calls = compute, change, 0
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.change(np.array(self.compute(X), dtype=np.float64))
+
+
+def one_ulp_up(values: np.ndarray) -> np.ndarray:
+    values.flat[7] = np.nextafter(values.flat[7], np.inf)
+    return values
+
+
+@pytest.mark.parametrize(
+    ("layer", "change", "refused"),
+    [
+        ("quantiles", one_ulp_up, True),  # quantiles must be equal bit for bit
+        ("quantiles", lambda v: v, False),
+        ("standard error", lambda v: v * (1 + 1e-6), True),
+        ("standard error", one_ulp_up, False),  # within rounding
+    ],
+)
+def test_a_library_that_differs_from_tpgrid_is_refused_and_never_timed(
+    estimator: Any,
+    training: tuple[np.ndarray, np.ndarray],
+    pixels: dict[str, np.ndarray],
+    layer: str,
+    change: Any,
+    refused: bool,
+) -> None:
+    import forestci
+
+    X_train, y_train = training
+    qrf = quantile_forest_on(estimator, X_train, y_train)
+    compute = {
+        "quantiles": lambda X: qrf.predict(X, quantiles=[0.05, 0.5, 0.95], weighted_leaves=True),
+        "standard error": lambda X: forestci.random_forest_error(
+            estimator, X_train.shape, X, calibrate=False
+        ),
+    }[layer]
+    engine = CountingLayer(compute, change)
+    tolerance = 0.0 if layer == "quantiles" else EXACT
+    extra = [LayerEngine("a library", layer, engine, peer=True, tolerance=tolerance)]
+
+    def run() -> UncertaintyResult:
+        return uncertainty_benchmark(
+            estimator, X_train, y_train, {"random": pixels["random"]}, repeats=3,
+            rows_reference=40, extra_engines=extra,
+        )  # fmt: skip
+
+    if refused:
+        with pytest.raises(EngineMismatchError, match="'a library' differs from 'tpgrid"):
+            run()
+        assert engine.calls == 1  # the check, and nothing after it
+    else:
+        timing = next(t for t in run().rows[0].timings if t.engine == "a library")
+        assert (engine.calls, len(timing.seconds), timing.n_pixels) == (1 + 1 + 3, 3, 40)
+
+
+def test_a_missing_library_is_skipped_and_named(
+    estimator: Any,
+    training: tuple[np.ndarray, np.ndarray],
+    pixels: dict[str, np.ndarray],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "quantile_forest", None)  # import now raises ImportError
+    monkeypatch.setitem(sys.modules, "forestci", None)
+    result = uncertainty_benchmark(
+        estimator, *training, {"random": pixels["random"][:50]}, repeats=1, rows_reference=10
+    )
+    assert set(result.skipped) == {"quantile-forest predict", "forestci random_forest_error"}
+    assert all('pip install "tpgrid[bench]"' in why for why in result.skipped.values())
+    assert not any(t.peer for t in result.rows[0].timings)
+    bench = BenchResult({"seed": 0}, {}, uncertainty=result)
+    assert [t.name for t in targets(bench)] == ["quantiles vs mean+variance, cost"]
+
+
+def made_up_uncertainty() -> UncertaintyResult:
+    """Timings chosen so that every ratio is known: 1,000 rows for tpgrid, 100 for the
+    libraries, 10 trees."""
+
+    def timing(engine: str, layer: str, pixels: int, seconds: list[float]) -> LayerTiming:
+        return LayerTiming(engine, layer, pixels < 1000, pixels, seconds, 0.0)
+
+    layers = UncertaintyRows(
+        "chunks",
+        10,
+        [
+            timing("tpgrid mean+variance", "mean+variance", 1000, [2e-4, 1e-4]),  # 10 ns
+            timing("tpgrid quantiles", "quantiles", 1000, [3e-4, 4e-4]),  # 30 ns
+            timing("tpgrid per-tree + IJ", "standard error", 1000, [2e-3]),  # 200 ns
+            timing("quantile-forest predict", "quantiles", 100, [7e-4]),  # 700 ns
+            timing("forestci random_forest_error", "standard error", 100, [5e-4]),  # 500 ns
+        ],
+    )
+    return UncertaintyResult({}, 2, 2, [0.05, 0.5, 0.95], 8192, {}, [layers])
+
+
+def test_uncertainty_ratios_and_targets_come_from_ns_per_pixel_tree() -> None:
+    result = made_up_uncertainty()
+    (ratios,) = uncertainty_ratios(result)
+    assert ratios == {
+        "rows": "chunks",
+        "quantiles / mean+variance": 3.0,
+        "IJ / mean+variance": 20.0,
+        "quantile-forest / tpgrid quantiles": pytest.approx(23.33),
+        "forestci / tpgrid IJ": 2.5,
+    }
+    found = {t.name: t for t in targets(BenchResult({"seed": 0}, {}, uncertainty=result))}
+    cost = found["quantiles vs mean+variance, cost"]
+    assert (cost.measured, cost.goal, cost.met) == (pytest.approx(3.0), 3.0, True)
+    speed_up = found["tpgrid quantiles vs quantile-forest predict"]
+    assert speed_up.measured == pytest.approx(70 / 3)
+    assert speed_up.met
+
+
+def test_the_uncertainty_section_is_written_with_its_row_counts(
+    uncertainty: UncertaintyResult, tmp_path: Path
+) -> None:
+    machine = {"cpu": "test", "cores": 2, "load_average_before": [0.1], "load_average_after": [0.2]}
+    files = write_report(BenchResult({"seed": 0}, machine, uncertainty=uncertainty), tmp_path)
+    doc = json.loads(files.json.read_text())
+    table = doc["uncertainty"]["table"]
+    assert {(r["rows"], r["pixels timed"]) for r in table} == {
+        ("random", 300), ("random", 40), ("sorted", 300), ("sorted", 40)
+    }  # fmt: skip
+    assert {r["rows"] for r in doc["uncertainty"]["ratios"]} == {"random", "sorted"}
+    text = files.markdown.read_text()
+    assert "### Uncertainty layers" in text
+    assert "**Row counts differ**: the libraries are timed on the first 40 rows only" in text
+    assert "| tpgrid quantiles | quantiles | 300 |" in text
+
+
+def test_the_uncertainty_section_runs_on_the_reference_forest_but_not_by_default() -> None:
+    assert "uncertainty" not in DEFAULT_SECTIONS
+    BenchSettings(workdir=Path("w"), forest="reference", sections=("kernel", "uncertainty"))
+    with pytest.raises(ConfigError, match="rows_reference must be at least 1"):
+        BenchSettings(workdir=Path("w"), sections=("uncertainty",), rows_reference=0)

@@ -9,7 +9,8 @@ installed is skipped and named.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -56,11 +57,11 @@ def reference_prediction(estimator: Any, X: F32) -> tuple[F64, F64]:
 def check_engine(engine: Engine, got: Prediction, reference: tuple[F64, F64]) -> float:
     """The engine's largest error relative to the rows' value scale; raises
     :class:`EngineMismatchError` beyond ``engine.tolerance`` (the engine is then not timed)."""
-    errors = [_relative_error(got[0], reference[0])]
+    errors = [relative_error(got[0], reference[0])]
     if engine.output == "mean+variance":
         if got[1] is None:
             raise EngineMismatchError(f"engine {engine.name!r} gave no variance")
-        errors.append(_relative_error(got[1], reference[1]))
+        errors.append(relative_error(got[1], reference[1]))
     worst = max(errors)
     if not worst <= engine.tolerance:
         raise EngineMismatchError(
@@ -71,12 +72,27 @@ def check_engine(engine: Engine, got: Prediction, reference: tuple[F64, F64]) ->
     return worst
 
 
-def _relative_error(got: npt.ArrayLike, want: F64) -> float:
+def relative_error(got: npt.ArrayLike, want: F64) -> float:
+    """Largest |got - want| over the largest |want| (inf if shapes differ or got is not finite)."""
     got = np.asarray(got, dtype=np.float64).reshape(want.shape)
     scale = max(float(np.max(np.abs(want), initial=0.0)), np.finfo(np.float64).tiny)
     if got.shape != want.shape or not np.isfinite(got).all():
         return float("inf")
     return float(np.max(np.abs(got - want), initial=0.0) / scale)
+
+
+def time_runs(runs: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Wall seconds of every repeat of each run (after one untimed call each). Runs take turns
+    within each repeat, so a burst of other work hits them alike."""
+    for run in runs.values():
+        run()
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
 
 
 def _split_rows(

@@ -3,7 +3,7 @@
 The plateau, its cubes (one per chunk size) and the element models fitted on it are kept in the
 work directory and reused by later runs: writing them takes minutes, timing them does not. The
 reference forest (500 trees, ``max_features=1/3``, 18 standard-normal covariates) and its
-synthetic rows are made in memory, for the kernel section only.
+synthetic rows are made in memory, for the kernel and uncertainty sections only.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from tpgrid.artifact import ModelArtifact
 from tpgrid.bench.settings import Log
 from tpgrid.core.arrays import F32, F64
 from tpgrid.cube import VALID, build_cube, cube_grid, open_cube
-from tpgrid.fit import PLATEAU_FIT, fit_models
+from tpgrid.fit import PLATEAU_FIT, TRAINING_FILE, fit_models
 from tpgrid.grid import TargetGrid, load_grid_spec
 from tpgrid.predict import load_models
 from tpgrid.sources import load_catalog
@@ -92,7 +93,16 @@ def plateau_pixels(cube: Path, model: ModelArtifact, n_rows: int, seed: int) -> 
     }
 
 
-# --- the reference forest and its rows (kernel section only) -------------------------------------
+def training_rows(model_dir: Path, model: ModelArtifact) -> tuple[F32, F64]:
+    """The rows and target a model was fitted on, from the training table ``tpgrid fit`` keeps
+    beside it: the quantile forest's leaf membership and the jackknife's in-bag counts need
+    them."""
+    table = pd.read_parquet(model_dir / TRAINING_FILE)
+    X = table[list(model.features.columns)].to_numpy(dtype=np.float32)
+    return np.ascontiguousarray(X), table["observed"].to_numpy(dtype=np.float64)
+
+
+# --- the reference forest and its rows (kernel and uncertainty sections only) ---------------------
 
 
 def reference_target(X: F32) -> F64:
@@ -108,15 +118,22 @@ def reference_target(X: F32) -> F64:
     return y
 
 
-def build_reference_forest(
-    n_trees: int = 500, n_rows: int = 1600, n_features: int = 18, seed: int = 0, n_jobs: int = 2
-) -> Any:
-    """The reference ``RandomForestRegressor`` (max_features=1/3) on float32 rows."""
-    from sklearn.ensemble import RandomForestRegressor
-
+def reference_training(n_rows: int = 1600, n_features: int = 18, seed: int = 0) -> tuple[F32, F64]:
+    """The reference forest's training rows and target."""
     rng = np.random.default_rng(seed)
     X = rng.standard_normal((n_rows, n_features)).astype(np.float32)
     y = reference_target(X) + 0.2 * rng.standard_normal(n_rows)
+    return X, y
+
+
+def build_reference_forest(
+    n_trees: int = 500, n_rows: int = 1600, n_features: int = 18, seed: int = 0, n_jobs: int = 2
+) -> Any:
+    """The reference ``RandomForestRegressor`` (max_features=1/3) on float32 rows
+    (:func:`reference_training`)."""
+    from sklearn.ensemble import RandomForestRegressor
+
+    X, y = reference_training(n_rows, n_features, seed)
     forest = RandomForestRegressor(
         n_estimators=n_trees, max_features=1 / 3, random_state=seed, n_jobs=n_jobs
     )

@@ -7,8 +7,7 @@ engines taking turns within each repeat so that other work on the machine hits t
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +20,7 @@ from tpgrid.bench.engines import (
     check_engine,
     peer_engines,
     reference_prediction,
+    time_runs,
     tpgrid_engines,
 )
 from tpgrid.bench.settings import Log
@@ -62,20 +62,6 @@ class KernelResult:
     repeats: int
     skipped: dict[str, str]
     rows: list[RowsResult]
-
-
-def time_runs(runs: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Wall seconds of every repeat of each run (after one untimed call each). Runs take turns
-    within each repeat, so a burst of other work hits them alike."""
-    for run in runs.values():
-        run()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
 
 
 def kernel_benchmark(

@@ -12,7 +12,14 @@ from typing import Any
 import numpy as np
 
 from tpgrid.bench.job import JobRun
-from tpgrid.bench.result import BenchResult, kernel_rows, targets
+from tpgrid.bench.result import (
+    BenchResult,
+    kernel_rows,
+    targets,
+    uncertainty_ratios,
+    uncertainty_rows,
+)
+from tpgrid.bench.uncertainty import UncertaintyResult
 from tpgrid.jsonable import plain
 
 
@@ -63,6 +70,8 @@ def markdown(result: BenchResult) -> str:
             )
         if kernel.skipped:
             parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in kernel.skipped.items()))
+    if result.uncertainty is not None:
+        parts.append(uncertainty_markdown(result.uncertainty))
     if result.scaling:
         table = [
             {
@@ -109,6 +118,35 @@ def markdown(result: BenchResult) -> str:
         ]
         parts.append("### Targets\n\n" + markdown_table(table))
     return "\n\n".join(parts) + "\n"
+
+
+def uncertainty_markdown(result: UncertaintyResult) -> str:
+    """The uncertainty section: one table per kind of rows, then the ratios."""
+    forest = result.forest
+    peers = sorted({t.n_pixels for rows in result.rows for t in rows.timings if t.peer})
+    parts = [
+        f"### Uncertainty layers\n\nForest: {forest['n_trees']} trees, {forest['n_nodes']:,} "
+        f"nodes, {forest['n_train']:,} training rows ({forest['draws_per_leaf']} in-bag draws "
+        f"per leaf); quantiles {result.quantiles} (weighted leaves); standard error = per-tree "
+        f"predictions + infinitesimal jackknife in blocks of {result.ij_block_rows:,} rows; "
+        f"{result.threads} threads for every engine; best of {result.repeats} repeats. "
+        "**Row counts differ**: the libraries are timed on the first "
+        f"{', '.join(f'{n:,}' for n in peers) or '-'} rows only, tpgrid on all of them; ns per "
+        "pixel·tree is per row each engine ran on. Errors: tpgrid's mean+variance against "
+        "scikit-learn's trees, each library against tpgrid's layer on its rows."
+    ]
+    table = uncertainty_rows(result)
+    for rows in result.rows:
+        part = [
+            {k: v for k, v in r.items() if k != "rows"} for r in table if r["rows"] == rows.kind
+        ]
+        parts.append(f"**{rows.kind} rows**\n\n" + markdown_table(part))
+    parts.append(
+        "**Ratios** (of ns per pixel·tree)\n\n" + markdown_table(uncertainty_ratios(result))
+    )
+    if result.skipped:
+        parts.append("Skipped: " + "; ".join(f"{k} ({v})" for k, v in result.skipped.items()))
+    return "\n\n".join(parts)
 
 
 def job_markdown(runs: Sequence[JobRun]) -> str:

@@ -15,6 +15,16 @@ from tpgrid.bench.end_to_end import EndToEndResult
 from tpgrid.bench.job import JobRun
 from tpgrid.bench.kernel import KernelResult
 from tpgrid.bench.scaling import ScalingRun
+from tpgrid.bench.uncertainty import (
+    FORESTCI,
+    MEAN_VARIANCE,
+    QUANTILE_FOREST,
+    QUANTILE_LAYER,
+    STANDARD_ERROR,
+    TPGRID,
+    UncertaintyResult,
+    UncertaintyRows,
+)
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class BenchResult:
     scaling: list[ScalingRun] = field(default_factory=list)
     end_to_end: EndToEndResult | None = None
     job: list[JobRun] = field(default_factory=list)
+    uncertainty: UncertaintyResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Everything measured, plus the derived tables and the targets with their verdicts."""
@@ -32,6 +43,9 @@ class BenchResult:
         doc["targets"] = [asdict(t) | {"met": t.met} for t in targets(self)]
         if self.kernel is not None:
             doc["kernel"]["table"] = kernel_rows(self.kernel)
+        if self.uncertainty is not None:
+            doc["uncertainty"]["table"] = uncertainty_rows(self.uncertainty)
+            doc["uncertainty"]["ratios"] = uncertainty_ratios(self.uncertainty)
         for entry, run in zip(doc["scaling"], self.scaling, strict=True):
             entry["pixel_trees_per_s"] = run.pixel_trees_per_s
         return doc
@@ -63,6 +77,11 @@ SPEED_UP_GOALS = {
 }
 
 
+#: Issue 15's goals for the quantile maps: at most this many times the cost of mean+variance,
+#: and at least this many times faster than quantile-forest.
+QUANTILES_OVER_MEAN_VARIANCE, QUANTILE_FOREST_SPEED_UP = 3.0, 20.0
+
+
 #: Wall seconds each case of the job section aims for.
 JOB_GOALS = {
     "small, first run": 30.0,
@@ -83,6 +102,27 @@ def targets(result: BenchResult) -> list[Target]:
                 if peer in names:
                     ratio = rows.ns_per_pixel_tree(peer) / ours
                     found.append(Target(f"tpgrid vs {peer}", rows.kind, ratio, goal))
+    if result.uncertainty is not None:
+        for layers in result.uncertainty.rows:
+            ratios = _ratios(layers)
+            found.append(
+                Target(
+                    "quantiles vs mean+variance, cost",
+                    layers.kind,
+                    ratios["quantiles / mean+variance"],
+                    QUANTILES_OVER_MEAN_VARIANCE,
+                    False,
+                )
+            )
+            if "quantile-forest / tpgrid quantiles" in ratios:
+                found.append(
+                    Target(
+                        f"tpgrid quantiles vs {QUANTILE_FOREST}",
+                        layers.kind,
+                        ratios["quantile-forest / tpgrid quantiles"],
+                        QUANTILE_FOREST_SPEED_UP,
+                    )
+                )
     by_chunk: dict[int, dict[int, ScalingRun]] = {}
     for run in result.scaling:
         by_chunk.setdefault(run.chunk, {})[run.workers] = run
@@ -133,3 +173,51 @@ def kernel_rows(kernel: KernelResult) -> list[dict[str, Any]]:
                 }
             )
     return table
+
+
+def uncertainty_rows(result: UncertaintyResult) -> list[dict[str, Any]]:
+    """The uncertainty section as table rows: one per engine and kind of rows."""
+    table = []
+    for rows in result.rows:
+        mean_variance = rows.ns_per_pixel_tree(TPGRID[MEAN_VARIANCE])
+        for timing in rows.timings:
+            ns = rows.ns_per_pixel_tree(timing.engine)
+            spread = np.array(timing.seconds) * 1e9 / (timing.n_pixels * rows.n_trees)
+            ours = rows.ns_per_pixel_tree(TPGRID[timing.layer])
+            table.append(
+                {
+                    "rows": rows.kind,
+                    "engine": timing.engine,
+                    "layer": timing.layer,
+                    "pixels timed": timing.n_pixels,
+                    "ns_per_pixel_tree": round(ns, 3),
+                    "ns_median": round(float(np.median(spread)), 3),
+                    "x_mean_variance": round(ns / mean_variance, 2),
+                    "tpgrid_speed_up": round(ns / ours, 2),
+                    "max_error": timing.error,
+                }
+            )
+    return table
+
+
+def uncertainty_ratios(result: UncertaintyResult) -> list[dict[str, Any]]:
+    """Per kind of rows: each layer's cost over mean+variance's, and each library's over
+    tpgrid's for the same layer (ns per pixel·tree, so unequal row counts compare)."""
+    return [{"rows": rows.kind} | {k: round(v, 2) for k, v in _ratios(rows).items()}
+            for rows in result.rows]  # fmt: skip
+
+
+def _ratios(rows: UncertaintyRows) -> dict[str, float]:
+    ns = rows.ns_per_pixel_tree
+    mean_variance = ns(TPGRID[MEAN_VARIANCE])
+    ratios = {
+        "quantiles / mean+variance": ns(TPGRID[QUANTILE_LAYER]) / mean_variance,
+        "IJ / mean+variance": ns(TPGRID[STANDARD_ERROR]) / mean_variance,
+    }
+    if rows.has(QUANTILE_FOREST):
+        ratios["quantile-forest / tpgrid quantiles"] = ns(QUANTILE_FOREST) / ns(
+            TPGRID[QUANTILE_LAYER]
+        )
+    if rows.has(FORESTCI):
+        ratios["forestci / tpgrid IJ"] = ns(FORESTCI) / ns(TPGRID[STANDARD_ERROR])
+    return ratios

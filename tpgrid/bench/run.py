@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +18,16 @@ from tpgrid.bench.inputs import (
     plateau_pixels,
     prepare_plateau,
     random_rows,
+    reference_training,
+    training_rows,
 )
 from tpgrid.bench.job import job_benchmark
 from tpgrid.bench.kernel import kernel_benchmark
 from tpgrid.bench.result import BenchResult
 from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
 from tpgrid.bench.settings import BenchSettings, Log
+from tpgrid.bench.uncertainty import uncertainty_benchmark
+from tpgrid.core.arrays import F32, F64
 from tpgrid.cube import cube_grid
 from tpgrid.errors import ConfigError
 
@@ -32,23 +36,30 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
     """Run the sections of ``settings`` in turn; see :mod:`tpgrid.bench`."""
     load_before = os.getloadavg()
     kernel = None
+    uncertainty = None
     inputs = None
-    if settings.forest == "reference":
-        estimator = build_reference_forest(seed=settings.seed, n_jobs=settings.threads)
-        n_features = estimator.n_features_in_
-        pixels = {
-            "coherent": coherent_rows(settings.rows, n_features, settings.seed),
-            "random": random_rows(settings.rows, n_features, settings.seed),
-        }
-    elif set(settings.sections) - {"end_to_end_job"}:
+    if settings.forest == "plateau" and set(settings.sections) - {"end_to_end_job"}:
         inputs = prepare_plateau(settings.workdir, settings.size, settings.seed, log)
-        if "kernel" in settings.sections:
-            model = _model_of(inputs, settings.element)
-            estimator = load_estimator(inputs.model_dir / settings.element)
-            pixels = plateau_pixels(inputs.cube, model, settings.rows, settings.seed)
+    if {"kernel", "uncertainty"} & set(settings.sections):
+        timed = timed_forest(settings, inputs)
     if "kernel" in settings.sections:
         kernel = kernel_benchmark(
-            estimator, pixels, threads=settings.threads, repeats=settings.repeats, log=log
+            timed.estimator,
+            timed.pixels,
+            threads=settings.threads,
+            repeats=settings.repeats,
+            log=log,
+        )
+    if "uncertainty" in settings.sections:
+        uncertainty = uncertainty_benchmark(
+            timed.estimator,
+            timed.X_train,
+            timed.y_train,
+            timed.pixels,
+            threads=settings.threads,
+            repeats=settings.repeats,
+            rows_reference=settings.rows_reference,
+            log=log,
         )
     scaling: list[ScalingRun] = []
     end_to_end = None
@@ -66,7 +77,37 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job)
+    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job, uncertainty)
+
+
+@dataclass(frozen=True)
+class TimedForest:
+    """The forest the kernel and uncertainty sections time, what it was fitted on, and the
+    rows it is timed on (kind → float32 X)."""
+
+    estimator: Any
+    X_train: F32
+    y_train: F64
+    pixels: dict[str, F32]
+
+
+def timed_forest(settings: BenchSettings, inputs: PlateauInputs | None) -> TimedForest:
+    """The reference forest and its synthetic rows, or (``inputs`` given) the plateau model of
+    ``settings.element`` and rows of its cube."""
+    if settings.forest == "reference":
+        estimator = build_reference_forest(seed=settings.seed, n_jobs=settings.threads)
+        n_features = estimator.n_features_in_
+        pixels = {
+            "coherent": coherent_rows(settings.rows, n_features, settings.seed),
+            "random": random_rows(settings.rows, n_features, settings.seed),
+        }
+        return TimedForest(estimator, *reference_training(seed=settings.seed), pixels)
+    if inputs is None:
+        raise ValueError("the plateau forest needs the plateau's inputs")
+    model = _model_of(inputs, settings.element)
+    directory = inputs.model_dir / settings.element
+    pixels = plateau_pixels(inputs.cube, model, settings.rows, settings.seed)
+    return TimedForest(load_estimator(directory), *training_rows(directory, model), pixels)
 
 
 def _model_of(inputs: PlateauInputs, element: str) -> ModelArtifact:
@@ -87,7 +128,7 @@ def machine_info() -> dict[str, Any]:
         pass
     versions: dict[str, str | None] = {}
     for package in ("tpgrid", "numba", "numpy", "scikit-learn", "onnxruntime", "skl2onnx",
-                    "treelite", "dask", "distributed"):  # fmt: skip
+                    "treelite", "quantile-forest", "forestci", "dask", "distributed"):  # fmt: skip
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

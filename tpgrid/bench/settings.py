@@ -14,7 +14,10 @@ from tpgrid.errors import ConfigError
 
 Log = Callable[[str], None]
 
-SECTIONS = ("kernel", "scaling", "end_to_end", "end_to_end_job")
+SECTIONS = ("kernel", "uncertainty", "scaling", "end_to_end", "end_to_end_job")
+#: What runs when no section is named: all but the uncertainty section, which takes minutes at
+#: the default rows (its per-tree predictions and the libraries it compares with are slow).
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "uncertainty")
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,10 @@ class BenchSettings:
     forest: str = "plateau"  # or "reference": a fixed forest on synthetic rows
     element: str = "Fe"
     rows: int = 100_000
+    rows_reference: int = 2000  # rows quantile-forest and forestci are timed on (uncertainty)
     threads: int = 2
     repeats: int = 5
-    sections: tuple[str, ...] = SECTIONS
+    sections: tuple[str, ...] = DEFAULT_SECTIONS
     chunks: tuple[int, ...] | None = None  # default: the grid's chunk / 2, x1, x2, x4
     workers: tuple[int, ...] = (1, 2)
     baseline: Path | None = None  # another install's tpgrid executable, for the job section
@@ -44,5 +48,9 @@ class BenchSettings:
             raise ConfigError(f"forest {self.forest!r} is not 'plateau' or 'reference'")
         if self.baseline is not None and "end_to_end_job" not in self.sections:
             raise ConfigError("a baseline is compared in the end_to_end_job section only")
-        if self.forest == "reference" and set(self.sections) - {"kernel"}:
-            raise ConfigError("the reference forest has no plateau: run only the kernel section")
+        if self.forest == "reference" and set(self.sections) - {"kernel", "uncertainty"}:
+            raise ConfigError(
+                "the reference forest has no plateau: run only the kernel and uncertainty sections"
+            )
+        if self.rows_reference < 1:
+            raise ConfigError(f"rows_reference must be at least 1, not {self.rows_reference}")

@@ -34,21 +34,32 @@ def bench(
         str,
         typer.Option(
             help="'plateau' (fitted by tpgrid) or 'reference' (a fixed forest on synthetic rows, "
-            "kernel only)."
+            "kernel and uncertainty sections only)."
         ),
     ] = "plateau",
-    element: Annotated[str, typer.Option(help="Element whose forest the kernel section times.")] = (
-        "Fe"
-    ),
-    rows: Annotated[int, typer.Option(help="Rows of each kind in the kernel section.")] = 100_000,
+    element: Annotated[
+        str, typer.Option(help="Element whose forest the kernel and uncertainty sections time.")
+    ] = ("Fe"),
+    rows: Annotated[
+        int, typer.Option(help="Rows of each kind in the kernel and uncertainty sections.")
+    ] = 100_000,
+    rows_reference: Annotated[
+        int,
+        typer.Option(
+            help="Rows of each kind that quantile-forest and forestci are timed on (uncertainty "
+            "section; they are slow): the first of the --rows rows."
+        ),
+    ] = 2000,
     threads: Annotated[
-        int, typer.Option(help="Threads of every engine in the kernel section.")
+        int, typer.Option(help="Threads of every engine in the kernel and uncertainty sections.")
     ] = 2,
     repeats: Annotated[int, typer.Option(help="Timed repeats of every engine.")] = 5,
     section: Annotated[
         list[str] | None,
         typer.Option(
-            help="kernel, scaling, end_to_end or end_to_end_job (repeat it); default: all four."
+            help="kernel, uncertainty, scaling, end_to_end or end_to_end_job (repeat it); "
+            "default: all but uncertainty, which takes minutes at the default --rows (5-8 min on "
+            "2 cores, plateau forest)."
         ),
     ] = None,
     chunk: Annotated[
@@ -66,9 +77,16 @@ def bench(
         ),
     ] = None,
 ) -> None:
-    """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite, and
-    the whole `tpgrid demo` job (first run, no-op, one-window change) beside a baseline."""
-    from tpgrid.bench import SECTIONS, BenchSettings, run_benchmark, targets, write_report
+    """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite, the
+    quantile and standard-error layers against quantile-forest and forestci, and the whole
+    `tpgrid demo` job (first run, no-op, one-window change) beside a baseline."""
+    from tpgrid.bench import (
+        DEFAULT_SECTIONS,
+        BenchSettings,
+        run_benchmark,
+        targets,
+        write_report,
+    )
 
     settings = BenchSettings(
         workdir=(workdir or Path.home() / ".cache" / "tpgrid" / "bench").resolve(),
@@ -77,9 +95,10 @@ def bench(
         forest=forest,
         element=element,
         rows=rows,
+        rows_reference=rows_reference,
         threads=threads,
         repeats=repeats,
-        sections=tuple(section) if section else SECTIONS,
+        sections=tuple(section) if section else DEFAULT_SECTIONS,
         chunks=tuple(chunk) if chunk else None,
         workers=tuple(workers) if workers else (1, 2),
         baseline=baseline.resolve() if baseline else None,
