@@ -148,7 +148,8 @@ def fake_result(kernel: KernelResult) -> BenchResult:
         ScalingRun(chunk, workers, seconds, 1_000_000, 500, 400.0)
         for chunk, workers, seconds in [(256, 1, 10.0), (256, 2, 5.2), (512, 1, 9.0), (512, 2, 6.0)]
     ]
-    e2e = EndToEndResult(7, 500, 2, 512, 17_000_000, 40.0, 70.0, 36.0, 480.0)
+    layers = ("mean", "variance", "sd", "unseen", "q05", "q50", "q95", "lower", "upper")
+    e2e = EndToEndResult(7, 500, 2, 512, 17_000_000, 40.0, 70.0, 36.0, 480.0, layers, 130.0, 600.0)
     machine = {"cpu": "test", "cores": 2, "load_average_before": [0.1], "load_average_after": [0.2]}
     return BenchResult({"seed": 0}, machine, kernel, scaling, e2e)
 
@@ -163,6 +164,11 @@ def test_targets_give_the_measured_ratio_and_whether_it_is_met(kernel: KernelRes
     )
     assert not found["Dask layer over the bare kernel", "full plateau"].met
     assert found["full plateau, wall seconds", "full plateau"].met
+    with_layers = found[
+        "with quantiles, interval, DI and AOA vs mean+variance, wall", "full plateau"
+    ]
+    assert with_layers.measured == pytest.approx(130.0 / 40.0)
+    assert not with_layers.met
     loop = found["tpgrid vs scikit-learn, loop over trees", "random"]
     rows_result = kernel.rows[0]
     expected = rows_result.ns_per_pixel_tree(
@@ -181,6 +187,10 @@ def test_json_markdown_and_png_are_written(kernel: KernelResult, tmp_path: Path)
     for heading in ("### Kernel throughput", "### Scaling", "### End to end", "### Targets"):
         assert heading in text
     assert "| tpgrid | mean+variance |" in text
+    assert (
+        "| with the default layers (q05, q50, q95, lower, upper): wall time, s | 130.0 (x3.25) |"
+        in text
+    )
     assert files.plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

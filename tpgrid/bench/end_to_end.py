@@ -1,7 +1,9 @@
 """End to end: every element over the full plateau, and where the wall time went.
 
 The bare kernel is timed on the same chunks with the same parallelism (no Dask, no I/O) beside
-the prediction's wall time and task time, so the cluster's overhead shows apart from the kernel.
+the prediction's wall time and task time (mean, variance, sd), so the cluster's overhead shows
+apart from the kernel. The same prediction with the product's default layers (quantiles, the
+calibrated interval, DI and AOA) is timed beside it, when the models have what they need.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from tpgrid.artifact import ModelArtifact
 from tpgrid.bench.cluster import local_cluster, peak_rss_mib
 from tpgrid.bench.inputs import PlateauInputs
 from tpgrid.bench.settings import Log
-from tpgrid.core.blocks import model_input
+from tpgrid.core.blocks import MEAN_VARIANCE, model_input
 from tpgrid.cube import VALID, cube_grid, open_cube
-from tpgrid.predict import predict_cube
+from tpgrid.predict import DEFAULT_OPTIONS, predict_cube
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,9 @@ class EndToEndResult:
 
     ``task_seconds`` sums the compute time of the prediction tasks (read chunk, build X, kernel,
     write); ``kernel_seconds`` is the wall time of the kernel alone on the same chunks with as
-    many threads as workers (no Dask, no I/O, X built beforehand).
+    many threads as workers (no Dask, no I/O, X built beforehand). ``layers_seconds`` is the
+    wall time of the same prediction with the default layers (``layers``; None when the
+    models lack their parts), and ``layers_peak_worker_rss_mib`` its peak worker memory.
     """
 
     elements: int
@@ -40,6 +44,9 @@ class EndToEndResult:
     task_seconds: float
     kernel_seconds: float
     peak_worker_rss_mib: float
+    layers: tuple[str, ...] = ()
+    layers_seconds: float | None = None
+    layers_peak_worker_rss_mib: float | None = None
 
     def time_split(self) -> tuple[float, float, float]:
         """The wall time in three parts, seconds: the bare kernel, the rest of the task work
@@ -60,10 +67,21 @@ def end_to_end_benchmark(
     log(f"end to end: {len(inputs.models)} elements on {workers} workers")
     with local_cluster(workers) as client, get_task_stream(client) as stream:
         started = time.perf_counter()
-        report = predict_cube(inputs.cube, inputs.models, out, overwrite=True)
+        report = predict_cube(
+            inputs.cube, inputs.models, out, options=MEAN_VARIANCE, overwrite=True
+        )
         seconds = time.perf_counter() - started
         peak = max(client.run(peak_rss_mib).values())
     shutil.rmtree(out, ignore_errors=True)
+    layers_seconds = layers_peak = None
+    if not any(model.pixel_model.missing(DEFAULT_OPTIONS) for model in inputs.models):
+        log("end to end: again with the default layers (quantiles, interval, DI, AOA)")
+        with local_cluster(workers) as client:  # a fresh cluster: its own peak memory
+            started = time.perf_counter()
+            predict_cube(inputs.cube, inputs.models, out, overwrite=True)
+            layers_seconds = time.perf_counter() - started
+            layers_peak = max(client.run(peak_rss_mib).values())
+        shutil.rmtree(out, ignore_errors=True)
     task_seconds = sum(
         part["stop"] - part["start"]
         for task in stream.data
@@ -83,6 +101,9 @@ def end_to_end_benchmark(
         task_seconds=task_seconds,
         kernel_seconds=kernel_seconds,
         peak_worker_rss_mib=peak,
+        layers=DEFAULT_OPTIONS.layers(),
+        layers_seconds=layers_seconds,
+        layers_peak_worker_rss_mib=layers_peak,
     )
 
 

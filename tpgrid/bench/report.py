@@ -97,6 +97,17 @@ def markdown(result: BenchResult) -> str:
             ("of the wall time: outside tasks (set-up, scheduling, idle), s", f"{wall_s:.1f}"),
             ("peak worker RSS, MiB", f"{e2e.peak_worker_rss_mib:.0f}"),
         ]
+        if e2e.layers_seconds is not None and e2e.layers_peak_worker_rss_mib is not None:
+            rows_ += [
+                (
+                    f"with the default layers ({', '.join(e2e.layers[4:])}): wall time, s",
+                    f"{e2e.layers_seconds:.1f} (x{e2e.layers_seconds / e2e.seconds:.2f})",
+                ),
+                (
+                    "with the default layers: peak worker RSS, MiB",
+                    f"{e2e.layers_peak_worker_rss_mib:.0f}",
+                ),
+            ]
         parts.append(
             f"### End to end\n\n{e2e.elements} elements x {e2e.n_trees} trees, chunks "
             f"{e2e.chunk}², {e2e.workers} workers.\n\n"

@@ -80,6 +80,9 @@ SPEED_UP_GOALS = {
 #: Issue 15's goals for the quantile maps: at most this many times the cost of mean+variance,
 #: and at least this many times faster than quantile-forest.
 QUANTILES_OVER_MEAN_VARIANCE, QUANTILE_FOREST_SPEED_UP = 3.0, 20.0
+#: The full plateau with the default uncertainty layers: at most this many times the wall time
+#: of mean+variance alone.
+UNCERTAINTY_LAYERS_COST = 3.0
 
 
 #: Wall seconds each case of the job section aims for.
@@ -139,6 +142,16 @@ def targets(result: BenchResult) -> list[Target]:
         found.append(
             Target("full plateau, wall seconds", "full plateau", e2e.seconds, 300.0, False)
         )
+        if e2e.layers_seconds is not None:
+            found.append(
+                Target(
+                    "with quantiles, interval, DI and AOA vs mean+variance, wall",
+                    "full plateau",
+                    e2e.layers_seconds / e2e.seconds,
+                    UNCERTAINTY_LAYERS_COST,
+                    False,
+                )
+            )
     for job in result.job:
         if job.version != "this tpgrid":
             continue

@@ -101,6 +101,10 @@ class PredictOptions:
         return cls(**{**doc, "quantiles": tuple(float(q) for q in doc["quantiles"])})
 
 
+#: Mean, variance, sd and the unseen flag only: what the forest kernel alone gives.
+MEAN_VARIANCE = PredictOptions(quantiles=(), interval=False, applicability=False)
+
+
 @dataclass(frozen=True, eq=False)
 class PixelModel:
     """What predicting one element's pixels needs: its forest, and the parts of its artifact
