@@ -39,9 +39,17 @@ def mean_variance(
     )
 
 
-def tree_predictions(forest: PackedForest, X: np.ndarray) -> np.ndarray:
+def tree_predictions(forest: PackedForest, X: np.ndarray, walk: str = "auto") -> np.ndarray:
     return _kernels.forest_tree_predictions(  # type: ignore[no-any-return]
-        X, forest.feature, forest.threshold, forest.left, forest.value, forest.roots
+        X,
+        forest.feature,
+        forest.threshold,
+        forest.left,
+        forest.value,
+        forest.roots,
+        forest.lockstep_levels,
+        forest.child_feature,
+        WALK_CODES[walk],
     )
 
 
@@ -97,7 +105,7 @@ def test_row_exactly_on_the_threshold_goes_left_and_the_next_float_goes_right(wa
     t = np.float32(0.3)
     X = np.zeros((3, N_FEATURES), dtype=np.float32)
     X[:, 1] = [t, np.nextafter(t, np.float32(np.inf)), np.nextafter(t, np.float32(-np.inf))]
-    assert tree_predictions(stump(t), X)[:, 0].tolist() == [10.0, 20.0, 10.0]
+    assert tree_predictions(stump(t), X, walk)[:, 0].tolist() == [10.0, 20.0, 10.0]
     assert mean_variance(stump(t), X, walk=walk)[0].tolist() == [10.0, 20.0, 10.0]
 
 
@@ -107,14 +115,14 @@ def test_zero_rows_give_empty_outputs(forest: PackedForest, walk: str) -> None:
     mean, variance = mean_variance(forest, X, walk=walk)
     assert mean.shape == (0,)
     assert variance.shape == (0,)
-    assert tree_predictions(forest, X).shape == (0, forest.n_trees)
+    assert tree_predictions(forest, X, walk).shape == (0, forest.n_trees)
 
 
 @pytest.mark.parametrize("walk", WALKS)
 def test_one_row(estimators: list[RandomForestRegressor], forest: PackedForest, walk: str) -> None:
     X = random_rows(1, seed=1)
     expected = sklearn_per_tree(estimators, X)
-    assert np.array_equal(tree_predictions(forest, X), expected)
+    assert np.array_equal(tree_predictions(forest, X, walk), expected)
     assert np.array_equal(per_tree_through_walk(forest, X, walk), expected)
     mean, variance = mean_variance(forest, X, walk=walk)
     np.testing.assert_allclose(mean, expected.mean(axis=1), rtol=1e-14)
@@ -189,7 +197,7 @@ def test_mean_and_variance_are_the_statistics_of_the_tree_predictions(
     mean, variance = mean_variance(forest, X, walk=walk)
     np.testing.assert_allclose(mean, per_tree.mean(axis=1), rtol=1e-14)
     np.testing.assert_allclose(variance, per_tree.var(axis=1), rtol=1e-9, atol=1e-13)
-    assert np.array_equal(tree_predictions(forest, X), per_tree, equal_nan=True)
+    assert np.array_equal(tree_predictions(forest, X, walk), per_tree, equal_nan=True)
 
 
 def staircase(root_value: float, low: float, high: float, n_trees: int) -> PackedForest:
@@ -274,6 +282,10 @@ def test_outputs_do_not_depend_on_how_rows_are_split(forest: PackedForest, walk:
     tail = mean_variance(forest, X[cut:], walk=walk)
     assert np.array_equal(whole[0], np.concatenate([head[0], tail[0]]), equal_nan=True)
     assert np.array_equal(whole[1], np.concatenate([head[1], tail[1]]), equal_nan=True)
+    trees = tree_predictions(forest, X, walk)
+    parts = [tree_predictions(forest, X[:cut], walk), tree_predictions(forest, X[cut:], walk)]
+    assert np.array_equal(trees, np.concatenate(parts), equal_nan=True)
+    assert np.isnan(trees[np.isnan(X).any(axis=1)]).all()
 
 
 @pytest.mark.parametrize("levels", [0, 1, 3, 40])
