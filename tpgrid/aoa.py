@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from tpgrid import __version__
 from tpgrid.artifact import ModelArtifact
@@ -116,6 +117,20 @@ def applicability_cube(
             log.info("replacing %s", out)
         engine.finish(_attrs(models, shares))
     return shares
+
+
+def aoa_share(group: str | Path, element: str) -> float:
+    """The share of valid pixels inside the AOA in the ``{element}_aoa`` layer of the Zarr
+    group at ``group`` (this module's, or a prediction's), read one stored chunk at a time."""
+    layer = zarr.open_array(Path(group) / layer_name(element, "aoa"), mode="r")
+    valid = inside = 0
+    rows, cols = layer.chunks
+    for top in range(0, layer.shape[0], rows):
+        for left in range(0, layer.shape[1], cols):
+            flags = np.asarray(layer[top : top + rows, left : left + cols])
+            valid += int((flags != AOA_NODATA).sum())
+            inside += int((flags == 1).sum())
+    return inside / valid if valid else float("nan")
 
 
 def _layouts(models: Sequence[ElementApplicability]) -> dict[str, VariableLayout]:

@@ -338,6 +338,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 not_mapped=unfit,
                 progress=_labelled(progress, "report"),
                 previous=None if previous is None else previous / REPORT_DIR,
+                truth=plateau_files(config.plateau_dir) if config.synthetic else None,
             )
 
         publication = publish_version(

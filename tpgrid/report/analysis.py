@@ -50,6 +50,7 @@ from tpgrid.fit import SCHEMES, SiteSource, read_sites
 from tpgrid.outputs import quality_warning
 from tpgrid.report.inputs import ElementModel
 from tpgrid.report.settings import ReportSettings
+from tpgrid.synthetic.coverage import MapCoverage
 from tpgrid.tasks import Progress, task_runner
 
 log = logging.getLogger(__name__)
@@ -410,3 +411,8 @@ class ReportContents:
     prediction: xr.Dataset | None = None
     run_id: str | None = None
     not_mapped: dict[str, str] = field(default_factory=dict)  # element → why
+    #: Where the DI and AOA layers were read from: the report's own applicability group, or
+    #: the prediction's layers (None: not computed).
+    applicability: str | None = None
+    #: The published interval over the map against the synthetic truth (synthetic inputs only).
+    truth_coverage: tuple[MapCoverage, ...] = ()

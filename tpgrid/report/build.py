@@ -1,5 +1,6 @@
-"""Writing a report: every element analysed, the applicability layers computed, the figures,
-the summary and the page written into a staging directory and swapped in complete."""
+"""Writing a report: every element analysed, the applicability layers read from the prediction
+(or computed when it has none), the figures, the summary and the page written into a staging
+directory and swapped in complete."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tpgrid.aoa import ElementApplicability, applicability_cube
+from tpgrid.aoa import ElementApplicability, aoa_share, applicability_cube
 from tpgrid.cube import open_cube
 from tpgrid.errors import OutputExistsError
 from tpgrid.fit import SiteSource
+from tpgrid.outputs import variable_name
 from tpgrid.report.analysis import (
     ReportContents,
     analyse_elements,
@@ -33,6 +35,8 @@ from tpgrid.report.settings import (
     ReportSettings,
 )
 from tpgrid.store import staging_path, swap_in
+from tpgrid.synthetic import PlateauFiles
+from tpgrid.synthetic.coverage import MapCoverage, map_coverage
 from tpgrid.tasks import Progress
 
 
@@ -59,10 +63,12 @@ def write_report(
     progress: Progress | None = None,
     not_mapped: Mapping[str, str] | None = None,
     previous: str | Path | None = None,
+    truth: PlateauFiles | None = None,
 ) -> ReportResult:
     """Analyse every element model under ``models`` and write the report directory ``out``:
     ``report.html`` (figures embedded), ``figures/*.png``, ``report.json`` and, with
-    ``settings.applicability``, ``applicability.zarr`` (computed on the current Dask client).
+    ``settings.applicability``, the DI and AOA maps: read from ``prediction`` when it has them,
+    else computed on the current Dask client into ``applicability.zarr``.
 
     ``cube`` and ``sites`` default to those recorded by the fit (the site table with its CRS and
     coordinate columns; a bare ``sites`` path is a lon/lat table). ``settings.effects`` or
@@ -75,6 +81,8 @@ def write_report(
     ``previous`` is an earlier report (with the ``SHA256SUMS`` publishing wrote into it): its
     figures drawn from the same data are linked rather than drawn again, once checked against
     that manifest (:mod:`tpgrid.report.render`); the report is the same either way.
+    ``truth`` (the synthetic plateau the inputs came from) adds, with ``prediction``, the
+    published interval's coverage over the whole map against the plateau's truth.
     """
     settings = settings or ReportSettings()
     out = Path(out)
@@ -103,13 +111,23 @@ def write_report(
     staging.mkdir(parents=True)
     try:
         shares: dict[str, float] = {}
-        if settings.applicability:
+        applicability: Path | None = None
+        elements = [a.element for a in analyses]
+        if settings.applicability and prediction is not None and _has_layers(prediction, elements):
+            applicability = Path(prediction)  # the prediction made them with the same spaces
+            shares = {element: aoa_share(applicability, element) for element in elements}
+        elif settings.applicability:
+            applicability = staging / APPLICABILITY_DIR
             shares = applicability_cube(
                 cube_path,
                 [ElementApplicability(a.model.artifact, a.space) for a in analyses],
-                staging / APPLICABILITY_DIR,
+                applicability,
                 progress=progress,
             )
+        truth_coverage: tuple[MapCoverage, ...] = ()
+        if truth is not None and prediction is not None:
+            calibrations = {a.element: a.model.artifact.record.get("calibration") for a in analyses}
+            truth_coverage = tuple(map_coverage(Path(prediction), truth, calibrations))
         contents = ReportContents(
             analyses=tuple(analyses),
             descriptive=descriptive,
@@ -120,10 +138,12 @@ def write_report(
             prediction=maps,
             run_id=run_id,
             not_mapped=dict(not_mapped or {}),
+            applicability=None if applicability is None else str(applicability.resolve()),
+            truth_coverage=truth_coverage,
         )
         figures_dir = staging / FIGURES_DIR
         figures_dir.mkdir()
-        plans = figure_plans(contents, staging / APPLICABILITY_DIR)
+        plans = figure_plans(contents, applicability)
         reusable = previous_figures(None if previous is None else Path(previous))
         rendered = render_figures(plans, figures_dir, reusable, progress)
         write_keys(staging, rendered)
@@ -147,4 +167,13 @@ def write_report(
         ),
         summary=summary,
         reused=tuple(item.path.name for item in rendered if item.reused),
+    )
+
+
+def _has_layers(prediction: str | Path, elements: list[str]) -> bool:
+    """Whether the prediction group holds the DI and AOA layers of every element."""
+    return all(
+        (Path(prediction) / variable_name(element, layer)).is_dir()
+        for element in elements
+        for layer in ("di", "aoa")
     )

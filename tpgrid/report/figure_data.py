@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import zarr
 
 from tpgrid.aoa import layer_name
@@ -45,9 +46,10 @@ class FigurePlan:
     data: dict[str, Any]
 
 
-def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePlan]:
+def figure_plans(contents: ReportContents, applicability: Path | None) -> list[FigurePlan]:
     """Every figure of the report, in the report's order; a figure with nothing to show (a
-    factor no element was compared by, an element without effects) is left out."""
+    factor no element was compared by, an element without effects) is left out.
+    ``applicability`` is the group holding each element's DI and AOA layers (None: none)."""
     analyses = contents.analyses
     plans = [
         FigurePlan("descriptive", "histograms.png", "histograms", _histograms(contents)),
@@ -88,12 +90,16 @@ def figure_plans(contents: ReportContents, applicability: Path) -> list[FigurePl
             )
         maps = contents.prediction
         if prediction is not None and maps is not None and variable_name(element, "mean") in maps:
+            interval = variable_name(element, "lower") in maps
+            record = analysis.model.artifact.record.get("intervals") or {}
             where = {
                 "prediction": prediction,
                 "applicability": str(applicability) if element in contents.shares else None,
                 "element": element,
-                "k": analysis.k,
-                "level": contents.settings.level,
+                "k": None if interval else analysis.k,
+                "level": record.get("level", contents.settings.level)
+                if interval
+                else contents.settings.level,
             }
             plans.append(FigurePlan("maps", f"map_{element}.png", "map", where))
     return plans
@@ -123,18 +129,27 @@ def load_figure_data(plan: FigurePlan) -> Data:
     mean_layer = _layer(where["prediction"], variable_name(element, "mean"))
     step = _step(mean_layer.shape)
     mean = np.asarray(mean_layer[::step, ::step], dtype=np.float64)
-    sd_layer = _layer(where["prediction"], variable_name(element, "sd"))
-    sd = np.asarray(sd_layer[::step, ::step], dtype=np.float64)
+
+    def strided(layer: str) -> npt.NDArray[np.float64]:
+        values = _layer(where["prediction"], variable_name(element, layer))[::step, ::step]
+        return np.asarray(values, dtype=np.float64)
+
+    k, level = where["k"], where["level"]
+    if k is None:  # the published interval's own bounds
+        spread = strided("upper") - strided("lower")
+        spread_title = f"width of the published {level:.0%} interval, mg/kg"
+    else:  # a run without interval layers: mean ± k·sd with the report's k
+        spread = k * strided("sd")
+        spread_title = f"half-width of the {level:.0%} interval (k = {k:.2f}), mg/kg"
     outside = np.zeros(mean.shape, dtype=bool)
     if where["applicability"] is not None:
         aoa = _layer(where["applicability"], layer_name(element, "aoa"))
         outside = np.asarray(aoa[::step, ::step]) == 0
     return {
         "element": element,
-        "k": where["k"],
-        "level": where["level"],
         "mean": mean,
-        "half": where["k"] * sd,
+        "spread": spread,
+        "spread_title": spread_title,
         "outside": outside,
         # The quicklooks' colours: a map reads the same in the report and the publication.
         "mean_colours": MEAN_COLOURS,

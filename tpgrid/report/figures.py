@@ -215,21 +215,18 @@ def applicability_figure(data: Data, path: Path) -> None:
 
 
 def map_figure(data: Data, path: Path) -> None:
-    """The element's predicted mean and the half-width ``k·sd`` of its calibrated interval,
-    in the colour maps the data names (the quicklooks'); grey outside the area of
-    applicability (``outside``), white where there is no data (NaN)."""
-    element, k, level = data["element"], data["k"], data["level"]
+    """The element's predicted mean and the spread of its interval (``spread``, titled
+    ``spread_title``), in the colour maps the data names (the quicklooks'); grey outside the
+    area of applicability (``outside``), white where there is no data (NaN)."""
+    element = data["element"]
     outside = np.asarray(data["outside"], dtype=bool)
     grey = np.zeros((*outside.shape, 4))
     grey[outside] = (0.73, 0.73, 0.73, 1.0)
     figure = _new_figure(11, 4.8)
     for ax, values, title, cmap in zip(
         figure.subplots(1, 2),
-        (data["mean"], data["half"]),
-        (
-            f"{element}: mean, mg/kg",
-            f"half-width of the {level:.0%} interval (k = {k:.2f}), mg/kg",
-        ),
+        (data["mean"], data["spread"]),
+        (f"{element}: mean, mg/kg", data["spread_title"]),
         (data["mean_colours"], data["uncertainty_colours"]),
         strict=True,
     ):
