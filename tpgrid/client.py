@@ -31,7 +31,9 @@ from typing import Annotated, Any, Literal
 
 import dask.config
 from distributed import Client, LocalCluster
+from distributed.core import Status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from tornado.ioloop import PeriodicCallback
 
 from tpgrid.errors import ClusterError
 from tpgrid.tasks import client_on_demand
@@ -77,7 +79,7 @@ class SchedulerFileSpec(_Spec):
 
 
 class JobqueueSpec(_Spec):
-    """Workers as batch jobs on an HPC queue (dask-jobqueue)."""
+    """Workers as batch jobs on an HPC queue (dask-jobqueue); see docs/clusters.md."""
 
     kind: Literal["slurm", "pbs"]
     jobs: int = Field(1, ge=1, description="batch jobs to submit")
@@ -87,8 +89,18 @@ class JobqueueSpec(_Spec):
     walltime: str = "02:00:00"
     queue: str | None = None
     account: str | None = None
+    job_name: str = Field("tpgrid-worker", description="what squeue/qstat show")
     job_extra_directives: tuple[str, ...] = ()
-    local_directory: str | None = None
+    job_script_prologue: tuple[str, ...] = Field(
+        (), description="shell lines before the worker starts, e.g. 'module load gdal'"
+    )
+    interface: str | None = Field(
+        None, description="network interface of scheduler and workers, e.g. ib0"
+    )
+    local_directory: str | None = Field(None, description="worker scratch, on node-local disk")
+    log_directory: Path | None = Field(
+        None, description="the jobs' stdout/stderr; default: the batch system's (its cwd)"
+    )
 
 
 class KubernetesSpec(_Spec):
@@ -291,18 +303,9 @@ def _start_cluster(
     backend = _import_backend(spec.kind)
     if isinstance(spec, JobqueueSpec):
         cluster_class = backend.SLURMCluster if spec.kind == "slurm" else backend.PBSCluster
-        cluster = cluster_class(
-            cores=spec.cores,
-            memory=spec.memory,
-            processes=spec.processes,
-            walltime=spec.walltime,
-            queue=spec.queue,
-            account=spec.account,
-            job_extra_directives=list(spec.job_extra_directives),
-            local_directory=spec.local_directory,
-            job_script_prologue=[f"export {key}={value}" for key, value in env.items()],
-        )
+        cluster = cluster_class(**jobqueue_options(spec, env))
         cluster.scale(jobs=spec.jobs)
+        _keep_jobs(cluster, spec.jobs)
         return cluster
     if isinstance(spec, KubernetesSpec):
         return backend.KubeCluster(
@@ -323,6 +326,49 @@ def _start_cluster(
         software=spec.software,
         environ=env,
     )
+
+
+def jobqueue_options(spec: JobqueueSpec, env: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments of dask-jobqueue's ``SLURMCluster``/``PBSCluster`` for ``spec``, with
+    ``env`` exported by each job script. Keys the spec leaves unset stay None, so a site's
+    dask-jobqueue configuration (``~/.config/dask/jobqueue.yaml``) still applies."""
+    return {
+        "cores": spec.cores,
+        "memory": spec.memory,
+        "processes": spec.processes,
+        "walltime": spec.walltime,
+        "queue": spec.queue,
+        "account": spec.account,
+        "job_name": spec.job_name,
+        "job_extra_directives": list(spec.job_extra_directives),
+        "job_script_prologue": [
+            *spec.job_script_prologue,
+            *(f"export {key}={value}" for key, value in env.items()),
+        ],
+        "interface": spec.interface,
+        "local_directory": spec.local_directory,
+        "log_directory": None if spec.log_directory is None else str(spec.log_directory),
+    }
+
+
+#: How often a jobqueue cluster looks for lost jobs to replace.
+KEEP_JOBS_EVERY_MS = 1000
+
+
+def _keep_jobs(cluster: Any, jobs: int) -> None:
+    """Submit a new job for each that ends early (cancelled, preempted, out of walltime, its
+    node lost), for as long as the cluster runs. dask-jobqueue forgets a lost job's workers
+    after ``distributed.deploy.lost-worker-timeout`` but submits no other until asked to scale
+    again; a run would go on with fewer workers, or stall with none."""
+
+    def scale() -> None:
+        if cluster.status == Status.running:  # not while closing: that scales to zero
+            cluster.scale(jobs=jobs)
+
+    # The cluster stops its periodic callbacks when it closes.
+    callback = PeriodicCallback(scale, KEEP_JOBS_EVERY_MS)
+    cluster.periodic_callbacks["tpgrid-keep-jobs"] = callback
+    cluster.loop.add_callback(callback.start)
 
 
 def dask_setup(worker: Any) -> None:
