@@ -54,7 +54,18 @@ _PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 
 def _apt_install(timeout: float) -> str | None:
-    command = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *PACKAGES]
+    # A fresh container has no package lists: fetch them and try once more.
+    for commands in ([install], [["apt-get", "update", "-q"], install]):
+        for command in commands:
+            if (reason := _apt(command, timeout)) is not None:
+                break
+        if reason is None:
+            return None
+    return reason
+
+
+def _apt(command: list[str], timeout: float) -> str | None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
         result = subprocess.run(
@@ -106,7 +117,7 @@ class Slurm:
     def logs(self) -> str:
         """The daemons' logs, for a failure message."""
         texts = []
-        for log in sorted((self.root / "log").glob("*.log")):
+        for log in sorted((self.root / "log").iterdir()):
             lines = log.read_text(errors="replace").splitlines()[-15:]
             texts.append(f"--- {log.name}\n" + "\n".join(lines))
         return "\n".join(texts)
@@ -120,7 +131,8 @@ def slurm_cluster(root: Path, *, timeout: float = 60) -> Iterator[Slurm]:
     happened in the block or while starting."""
     for folder in ("munge", "state", "spool", "log"):
         (root / folder).mkdir(parents=True, exist_ok=True)
-    # munged refuses a socket folder others can write to, and a key others can read.
+    # Private to root: munged's key and socket (munged is started with --force, as it wants
+    # every folder above its socket open to all, which pytest's temporary folders are not).
     (root / "munge").chmod(0o700)
     node = socket.gethostname().split(".")[0]
     conf = root / "slurm.conf"

@@ -52,13 +52,13 @@ JOB_NAME = "tpgrid-worker"
 STAGING = ".prediction.zarr.staging-*"
 
 
-def cluster_spec(slurm: Slurm, jobs: int) -> dict[str, Any]:
+def cluster_spec(slurm: Slurm, jobs: int, processes: int) -> dict[str, Any]:
     return {
         "kind": "slurm",
         "jobs": jobs,
-        "cores": 1,
+        "cores": processes,  # one thread per worker
         "memory": "2GiB",
-        "processes": 1,
+        "processes": processes,
         "walltime": "00:10:00",
         "queue": slurm.partition,
         "log_directory": "slurm-logs",
@@ -89,7 +89,12 @@ def run(folder: Path, *options: str, env: dict[str, str] | None = None) -> subpr
 
 
 def finished(process: subprocess.Popen[str], timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()  # its cluster's jobs are cancelled when the SLURM fixture ends
+        output, _ = process.communicate()
+        pytest.fail(f"tpgrid run did not finish within {timeout:.0f} s:\n{output}")
     assert process.returncode == 0, output
     return output
 
@@ -148,11 +153,11 @@ class QueueWatch:
 
 
 def start_slurm_run(
-    slurm: Slurm, folder: Path, jobs: int, env: dict[str, str] | None = None
+    slurm: Slurm, folder: Path, jobs: int, processes: int, env: dict[str, str] | None = None
 ) -> subprocess.Popen[str]:
     """`tpgrid run` in ``folder`` with a cluster spec file, as a user would start it."""
     spec = folder / "slurm.yaml"
-    spec.write_text(yaml.safe_dump(cluster_spec(slurm, jobs)))
+    spec.write_text(yaml.safe_dump(cluster_spec(slurm, jobs, processes)))
     return run(folder, "--cluster", str(spec), env=slurm.env | (env or {}))
 
 
@@ -168,7 +173,7 @@ def slurm_run(slurm: Slurm, tmp_path_factory: pytest.TempPathFactory) -> SlurmRu
     """The whole pipeline (plateau, cube, fit, predict, publish) on SLURM worker jobs."""
     folder = tmp_path_factory.mktemp("slurm-run")
     with QueueWatch(slurm) as watch:
-        output = finished(start_slurm_run(slurm, folder, jobs=2))
+        output = finished(start_slurm_run(slurm, folder, jobs=2, processes=1))
     return SlurmRun(folder, output, watch)
 
 
@@ -184,12 +189,17 @@ def test_a_pipeline_on_slurm_jobs_equals_a_local_run(
     assert not list(slurm_run.folder.glob("slurm-*.out"))  # job logs in their own folder
 
 
+@pytest.mark.parametrize("processes", [1, 2], ids=["1 worker", "2 workers"])
 def test_the_only_worker_job_cancelled_mid_prediction_is_replaced_and_changes_nothing(
-    slurm: Slurm, slurm_run: SlurmRun, local_outputs: dict[str, str], tmp_path: Path
+    slurm: Slurm,
+    slurm_run: SlurmRun,
+    local_outputs: dict[str, str],
+    tmp_path: Path,
+    processes: int,
 ) -> None:
     # The same run again from its cube and models: only predict and publish have work to do,
-    # on one job, cancelled once the first chunk is written. The forests went to its worker
-    # alone, so the run must submit a new job and send them again.
+    # on one job (of one or two worker processes), cancelled once the first chunk is written.
+    # The forests went to its workers alone: the run must submit a new job and send them again.
     folder = tmp_path / "run"
     shutil.copytree(slurm_run.folder, folder, symlinks=True)
     workdir = folder / "work"
@@ -206,7 +216,7 @@ def test_the_only_worker_job_cancelled_mid_prediction_is_replaced_and_changes_no
     # The cluster gives a lost worker this long to come back before replacing its job.
     quick = {"DASK_DISTRIBUTED__DEPLOY__LOST_WORKER_TIMEOUT": "1s"}
     with QueueWatch(slurm, cancel_at_first_prediction_chunk) as watch:
-        finished(start_slurm_run(slurm, folder, jobs=1, env=quick))
+        finished(start_slurm_run(slurm, folder, jobs=1, processes=processes, env=quick))
 
     assert len(cancelled) == 1, "the prediction ended before its job could be cancelled"
     assert len(watch.running() - set(cancelled)) == 1, watch.seen  # its replacement

@@ -24,12 +24,14 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import dask.config
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
 from distributed.core import Status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -352,21 +354,43 @@ def jobqueue_options(spec: JobqueueSpec, env: dict[str, str]) -> dict[str, Any]:
 
 
 #: How often a jobqueue cluster looks for lost jobs to replace.
-KEEP_JOBS_EVERY_MS = 1000
+KEEP_JOBS_EVERY_S = 1.0
 
 
 def _keep_jobs(cluster: Any, jobs: int) -> None:
     """Submit a new job for each that ends early (cancelled, preempted, out of walltime, its
-    node lost), for as long as the cluster runs. dask-jobqueue forgets a lost job's workers
-    after ``distributed.deploy.lost-worker-timeout`` but submits no other until asked to scale
-    again; a run would go on with fewer workers, or stall with none."""
+    node lost), for as long as the cluster runs: else a run goes on with fewer workers, or
+    waits forever with none.
 
-    def scale() -> None:
-        if cluster.status == Status.running:  # not while closing: that scales to zero
-            cluster.scale(jobs=jobs)
+    A job is lost when every worker it started has left the scheduler and none came back
+    within ``distributed.deploy.lost-worker-timeout``. The cluster forgets such a job itself
+    only when it has one worker process (it looks a worker up by the job's name, and the
+    workers of a job of several are named ``<job>-0``, ``<job>-1``, ...), and submits no other
+    until it is scaled again."""
+    # A poll later than the cluster's own check, so that a job with one worker is not both
+    # forgotten by it and replaced here.
+    grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+    grace += 2 * KEEP_JOBS_EVERY_S
+    joined: set[str] = set()  # jobs whose workers have joined the scheduler
+    gone_since: dict[str, float] = {}  # of those, the ones without a worker now
+
+    def check() -> None:
+        if cluster.status != Status.running:  # not while closing: that scales to zero
+            return
+        workers = [str(w["name"]) for w in cluster.scheduler_info["workers"].values()]
+        now = time.monotonic()
+        for job in list(cluster.workers):
+            if any(name == job or name.startswith(f"{job}-") for name in workers):
+                joined.add(job)
+                gone_since.pop(job, None)
+            elif job in joined and now - gone_since.setdefault(job, now) > grace:
+                joined.discard(job)
+                del gone_since[job]
+                cluster.loop.add_callback(cluster.workers.pop(job).close)  # its scancel/qdel
+        cluster.scale(jobs=jobs)  # submits a job for each one forgotten
 
     # The cluster stops its periodic callbacks when it closes.
-    callback = PeriodicCallback(scale, KEEP_JOBS_EVERY_MS)
+    callback = PeriodicCallback(check, KEEP_JOBS_EVERY_S * 1000)
     cluster.periodic_callbacks["tpgrid-keep-jobs"] = callback
     cluster.loop.add_callback(callback.start)
 

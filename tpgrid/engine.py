@@ -4,7 +4,8 @@ intervals) needs a block function and a layout, not new orchestration.
 
 A run (:class:`ChunkRun`) lays out a staging group beside its output, or resumes the one a
 killed run left; sends what every task needs (forests, training spaces) to each worker once,
-under a key made of its content, so the task graph does not grow with it; submits one task per
+under a key made of its content, so the task graph does not grow with it (and again, with the
+tasks that needed it, if every worker that held it is lost); submits one task per
 chunk, the largest chunks first; reports progress per element as chunks finish; and swaps the
 group in when complete. A task writes its chunk, then marks it done (:func:`mark_done`), which
 is what a resumed run, or a retried task, reads.
