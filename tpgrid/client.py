@@ -332,8 +332,8 @@ def _start_cluster(
 
 def jobqueue_options(spec: JobqueueSpec, env: dict[str, str]) -> dict[str, Any]:
     """Keyword arguments of dask-jobqueue's ``SLURMCluster``/``PBSCluster`` for ``spec``, with
-    ``env`` exported by each job script. Keys the spec leaves unset stay None, so a site's
-    dask-jobqueue configuration (``~/.config/dask/jobqueue.yaml``) still applies."""
+    ``env`` exported by each job script. The keys a spec may leave out are None then, so a
+    site's dask-jobqueue configuration (``~/.config/dask/jobqueue.yaml``) applies to them."""
     return {
         "cores": spec.cores,
         "memory": spec.memory,
