@@ -103,8 +103,10 @@ def outputs(workdir: Path) -> dict[str, str]:
     """sha256 of every prediction chunk and every published COG (its whole file)."""
     chunks = sorted((workdir / "prediction.zarr").glob("*/c/*/*"))
     cogs = sorted((workdir / "published" / "current").glob("*.tif"))
-    assert len(chunks) == 72, chunks  # 2 elements × 4 layers × 9 chunks
-    assert len(cogs) == 8, cogs
+    layers = {path.parts[-4] for path in chunks}  # prediction.zarr/<layer>/c/<row>/<col>
+    assert {layer.split("_")[0] for layer in layers} == {"Fe", "Ni"}, layers
+    assert len(chunks) == 9 * len(layers), chunks  # every layer in all 9 chunks
+    assert {path.stem.split("_")[0] for path in cogs} == {"Fe", "Ni"}, cogs
     return {
         str(path.relative_to(workdir)): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in chunks + cogs
