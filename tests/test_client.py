@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from dask_jobqueue import PBSCluster, SLURMCluster
 
 from tests.conftest import DaskProcesses
 from tpgrid.client import (
@@ -15,6 +16,7 @@ from tpgrid.client import (
     SchedulerFileSpec,
     client_when_needed,
     dask_client,
+    jobqueue_options,
     load_cluster_spec,
     parse_cluster_spec,
 )
@@ -145,3 +147,70 @@ def test_a_client_when_needed_checks_its_spec_at_once(tmp_path: Path) -> None:
     spec = SchedulerFileSpec(kind="scheduler_file", scheduler_file=tmp_path / "nope.json")
     with pytest.raises(ClusterError, match=r"nope\.json"), client_when_needed(spec):
         pass
+
+
+@pytest.mark.parametrize(
+    ("kind", "directives"),
+    [
+        (
+            "slurm",
+            [
+                "#SBATCH -J tpgrid-worker",
+                "#SBATCH -p short",
+                "#SBATCH -A soil",
+                "#SBATCH -e {logs}/tpgrid-worker-%J.err",
+                "#SBATCH --cpus-per-task=4",
+                "#SBATCH --mem=8G",
+                "#SBATCH -t 00:30:00",
+            ],
+        ),
+        (
+            "pbs",
+            [
+                "#PBS -N tpgrid-worker",
+                "#PBS -q short",
+                "#PBS -A soil",
+                "#PBS -e {logs}/",
+                "#PBS -l walltime=00:30:00",
+            ],
+        ),
+    ],
+)
+def test_a_jobqueue_spec_becomes_the_job_script_it_says(
+    kind: str, directives: list[str], tmp_path: Path
+) -> None:
+    (tmp_path / "specs").mkdir()
+    spec_file = tmp_path / "specs" / f"{kind}.yaml"
+    spec_file.write_text(
+        f"kind: {kind}\ncores: 4\nmemory: 8GiB\nprocesses: 2\nwalltime: '00:30:00'\n"
+        "queue: short\naccount: soil\njob_script_prologue: ['module load gdal']\n"
+        "interface: lo\nlocal_directory: /scratch/tpgrid\nlog_directory: logs\n"
+    )
+    spec = load_cluster_spec(spec_file)
+    assert isinstance(spec, JobqueueSpec)
+    env = {"NUMBA_NUM_THREADS": "1", "NUMBA_CACHE_DIR": "/shared/numba"}
+
+    cluster_class = SLURMCluster if kind == "slurm" else PBSCluster
+    with cluster_class(**jobqueue_options(spec, env)) as cluster:  # submits no job yet
+        script = cluster.job_script().splitlines()
+        scheduler = cluster.scheduler_address
+
+    logs = tmp_path / "specs" / "logs"  # a relative log folder is read from the spec's folder
+    for directive in directives:
+        assert directive.format(logs=logs) in script
+    # The site's set-up first, then the worker environment, then the worker in this venv.
+    start = script.index("module load gdal")
+    assert script[start + 1 : start + 3] == [
+        "export NUMBA_NUM_THREADS=1",
+        "export NUMBA_CACHE_DIR=/shared/numba",
+    ]
+    worker = script[start + 3].split()
+    assert worker[:3] == [sys.executable, "-m", "distributed.cli.dask_worker"]
+    assert scheduler.startswith("tcp://127.0.0.1:")  # on the interface asked for, lo
+    for option, value in [
+        ("--nworkers", "2"),
+        ("--nthreads", "2"),
+        ("--interface", "lo"),
+        ("--local-directory", "/scratch/tpgrid"),
+    ]:
+        assert worker[worker.index(option) + 1] == value

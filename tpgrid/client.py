@@ -24,14 +24,18 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import dask.config
+from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
+from distributed.core import Status
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from tornado.ioloop import PeriodicCallback
 
 from tpgrid.errors import ClusterError
 from tpgrid.tasks import client_on_demand
@@ -77,7 +81,7 @@ class SchedulerFileSpec(_Spec):
 
 
 class JobqueueSpec(_Spec):
-    """Workers as batch jobs on an HPC queue (dask-jobqueue)."""
+    """Workers as batch jobs on an HPC queue (dask-jobqueue); see docs/clusters.md."""
 
     kind: Literal["slurm", "pbs"]
     jobs: int = Field(1, ge=1, description="batch jobs to submit")
@@ -87,8 +91,18 @@ class JobqueueSpec(_Spec):
     walltime: str = "02:00:00"
     queue: str | None = None
     account: str | None = None
+    job_name: str = Field("tpgrid-worker", description="what squeue/qstat show")
     job_extra_directives: tuple[str, ...] = ()
-    local_directory: str | None = None
+    job_script_prologue: tuple[str, ...] = Field(
+        (), description="shell lines before the worker starts, e.g. 'module load gdal'"
+    )
+    interface: str | None = Field(
+        None, description="network interface of scheduler and workers, e.g. ib0"
+    )
+    local_directory: str | None = Field(None, description="worker scratch, on node-local disk")
+    log_directory: Path | None = Field(
+        None, description="the jobs' stdout/stderr; default: the batch system's (its cwd)"
+    )
 
 
 class KubernetesSpec(_Spec):
@@ -291,18 +305,9 @@ def _start_cluster(
     backend = _import_backend(spec.kind)
     if isinstance(spec, JobqueueSpec):
         cluster_class = backend.SLURMCluster if spec.kind == "slurm" else backend.PBSCluster
-        cluster = cluster_class(
-            cores=spec.cores,
-            memory=spec.memory,
-            processes=spec.processes,
-            walltime=spec.walltime,
-            queue=spec.queue,
-            account=spec.account,
-            job_extra_directives=list(spec.job_extra_directives),
-            local_directory=spec.local_directory,
-            job_script_prologue=[f"export {key}={value}" for key, value in env.items()],
-        )
+        cluster = cluster_class(**jobqueue_options(spec, env))
         cluster.scale(jobs=spec.jobs)
+        _keep_jobs(cluster, spec.jobs)
         return cluster
     if isinstance(spec, KubernetesSpec):
         return backend.KubeCluster(
@@ -323,6 +328,71 @@ def _start_cluster(
         software=spec.software,
         environ=env,
     )
+
+
+def jobqueue_options(spec: JobqueueSpec, env: dict[str, str]) -> dict[str, Any]:
+    """Keyword arguments of dask-jobqueue's ``SLURMCluster``/``PBSCluster`` for ``spec``, with
+    ``env`` exported by each job script. The keys a spec may leave out are None then, so a
+    site's dask-jobqueue configuration (``~/.config/dask/jobqueue.yaml``) applies to them."""
+    return {
+        "cores": spec.cores,
+        "memory": spec.memory,
+        "processes": spec.processes,
+        "walltime": spec.walltime,
+        "queue": spec.queue,
+        "account": spec.account,
+        "job_name": spec.job_name,
+        "job_extra_directives": list(spec.job_extra_directives),
+        "job_script_prologue": [
+            *spec.job_script_prologue,
+            *(f"export {key}={value}" for key, value in env.items()),
+        ],
+        "interface": spec.interface,
+        "local_directory": spec.local_directory,
+        "log_directory": None if spec.log_directory is None else str(spec.log_directory),
+    }
+
+
+#: How often a jobqueue cluster looks for lost jobs to replace.
+KEEP_JOBS_EVERY_S = 1.0
+
+
+def _keep_jobs(cluster: Any, jobs: int) -> None:
+    """Submit a new job for each that ends early (cancelled, preempted, out of walltime, its
+    node lost), for as long as the cluster runs: else a run goes on with fewer workers, or
+    waits forever with none.
+
+    A job is lost when every worker it started has left the scheduler and none came back
+    within ``distributed.deploy.lost-worker-timeout``. The cluster forgets such a job itself
+    only when it has one worker process (it looks a worker up by the job's name, and the
+    workers of a job of several are named ``<job>-0``, ``<job>-1``, ...), and submits no other
+    until it is scaled again."""
+    # A poll later than the cluster's own check, so that a job with one worker is not both
+    # forgotten by it and replaced here.
+    grace = parse_timedelta(dask.config.get("distributed.deploy.lost-worker-timeout"))
+    grace += 2 * KEEP_JOBS_EVERY_S
+    joined: set[str] = set()  # jobs whose workers have joined the scheduler
+    gone_since: dict[str, float] = {}  # of those, the ones without a worker now
+
+    def check() -> None:
+        if cluster.status != Status.running:  # not while closing: that scales to zero
+            return
+        workers = [str(w["name"]) for w in cluster.scheduler_info["workers"].values()]
+        now = time.monotonic()
+        for job in list(cluster.workers):
+            if any(name == job or name.startswith(f"{job}-") for name in workers):
+                joined.add(job)
+                gone_since.pop(job, None)
+            elif job in joined and now - gone_since.setdefault(job, now) > grace:
+                joined.discard(job)
+                del gone_since[job]
+                cluster.loop.add_callback(cluster.workers.pop(job).close)  # its scancel/qdel
+        cluster.scale(jobs=jobs)  # submits a job for each one forgotten
+
+    # The cluster stops its periodic callbacks when it closes.
+    callback = PeriodicCallback(check, KEEP_JOBS_EVERY_S * 1000)
+    cluster.periodic_callbacks["tpgrid-keep-jobs"] = callback
+    cluster.loop.add_callback(callback.start)
 
 
 def dask_setup(worker: Any) -> None:

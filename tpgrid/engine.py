@@ -4,7 +4,8 @@ intervals) needs a block function and a layout, not new orchestration.
 
 A run (:class:`ChunkRun`) lays out a staging group beside its output, or resumes the one a
 killed run left; sends what every task needs (forests, training spaces) to each worker once,
-under a key made of its content, so the task graph does not grow with it; submits one task per
+under a key made of its content, so the task graph does not grow with it (and again, with the
+tasks that needed it, if every worker that held it is lost); submits one task per
 chunk, the largest chunks first; reports progress per element as chunks finish; and swaps the
 group in when complete. A task writes its chunk, then marks it done (:func:`mark_done`), which
 is what a resumed run, or a retried task, reads.
@@ -30,12 +31,16 @@ from typing import Any, Generic, TypeVar
 
 import numpy as np
 from distributed import Client, Future, Worker
+from distributed.client import FutureCancelledError
 
 from tpgrid.cube import VALID, read_window
 from tpgrid.errors import ClusterError
 from tpgrid.grid import ChunkWindow, TargetGrid
 from tpgrid.store import VariableLayout, create_layout, finish, swap_in
 from tpgrid.tasks import Progress, as_finished, current_client
+
+#: How often a run sends its shared inputs again after losing every worker that held them.
+SHARED_RESENDS = 3
 
 #: Folder of per-chunk completion markers inside a staging group (removed before swap-in).
 DONE_DIR = "_tpgrid_done"
@@ -178,22 +183,33 @@ class ChunkRun:
             if progress:
                 progress(element, finished, chunks)
         submitted = self._submit(block, jobs, shared, content)
-        for future in as_finished(list(submitted)):
-            job = submitted[future]
-            try:
-                result = future.result()
-            except Exception as exc:
-                exc.add_note(
-                    f"in the {self.what} task of {', '.join(job.names)} for chunk {job.key} (rows "
-                    f"{_span(job.window.rows)}, cols {_span(job.window.cols)}) of cube "
-                    f"{job.cube}, writing {self.out} (staged in {job.out})"
-                )
-                raise
-            for element in job.names:
-                counted[element] = counted.get(element, 0) + 1
-                if progress:
-                    progress(element, counted[element], chunks)
-            yield job, result
+        for resend in range(SHARED_RESENDS + 1):
+            lost = []
+            for future in as_finished(list(submitted)):
+                job = submitted[future]
+                try:
+                    result = future.result()
+                except Exception as exc:
+                    # Scattered inputs are never recomputed: when every worker holding them is
+                    # gone (batch jobs cancelled, preempted, out of walltime), the scheduler
+                    # forgets them and cancels the tasks that need them. Send them again.
+                    if isinstance(exc, FutureCancelledError) and resend < SHARED_RESENDS:
+                        lost.append(job)
+                        continue
+                    exc.add_note(
+                        f"in the {self.what} task of {', '.join(job.names)} for chunk {job.key} "
+                        f"(rows {_span(job.window.rows)}, cols {_span(job.window.cols)}) of cube "
+                        f"{job.cube}, writing {self.out} (staged in {job.out})"
+                    )
+                    raise
+                for element in job.names:
+                    counted[element] = counted.get(element, 0) + 1
+                    if progress:
+                        progress(element, counted[element], chunks)
+                yield job, result
+            if not lost:
+                return
+            submitted = self._submit(block, lost, shared, content)
 
     def finish(self, attrs: Mapping[str, Any]) -> None:
         """Drop the done markers, record ``attrs``, mark the group complete and swap it in."""
@@ -217,6 +233,8 @@ class ChunkRun:
         # With one key per forest (seven dependencies) it assigns every task to a worker up
         # front and balances by stealing, which left a worker idle for ~1 s at the end of a run.
         key = f"tpgrid-{self.kind}-shared-{hashlib.sha256(content.encode()).hexdigest()[:32]}"
+        # Scattering gives up after 30 s without workers; batch jobs may queue far longer.
+        self.client.wait_for_workers(1)
         scattered = self.client.scatter({key: shared}, broadcast=True, hash=False)[key]
         # Largest chunks first (by priority: futures submitted together have no order): the
         # run then ends on small tasks rather than one worker finishing a large chunk alone.
