@@ -183,14 +183,33 @@ def test_the_page_shows_the_published_interval_per_scheme_and_di_bin(
 
 
 @pytest.mark.slow
-def test_applicability_layers_are_written_with_the_report(report: ReportResult) -> None:
+def test_applicability_is_read_from_the_prediction_not_computed_again(
+    report: ReportResult, prediction: Path
+) -> None:
+    assert report.summary["applicability"] == "prediction"
+    assert not (report.directory / "applicability.zarr").exists()
     for element in ELEMENTS:
-        aoa = np.asarray(
-            zarr.open_array(report.directory / "applicability.zarr" / f"{element}_aoa")[:]
-        )
+        aoa = np.asarray(zarr.open_array(prediction / f"{element}_aoa")[:])
         share = report.summary["elements"][element]["applicability"]["share_inside"]
         assert share == pytest.approx(np.mean(aoa[aoa != 255] == 1))
         assert 0.0 < share < 1.0
+
+
+@pytest.mark.slow
+def test_a_report_without_a_prediction_computes_the_same_applicability_layers(
+    models: Path, prediction: Path, cluster: LocalCluster, tmp_path: Path
+) -> None:
+    settings = SETTINGS.model_copy(update={"effects": ()})
+    with Client(cluster):
+        alone = write_report(models, tmp_path / "alone", settings=settings)
+    assert alone.summary["applicability"] == "applicability.zarr"
+    for element in ELEMENTS:
+        for layer in ("di", "aoa"):
+            computed = zarr.open_array(
+                alone.directory / "applicability.zarr" / f"{element}_{layer}"
+            )
+            predicted = zarr.open_array(prediction / f"{element}_{layer}")
+            np.testing.assert_array_equal(computed[:], predicted[:])
 
 
 @pytest.mark.slow
