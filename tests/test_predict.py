@@ -859,6 +859,11 @@ class UncertainModel:
     artifact: ModelArtifact
     estimator: Any  # quantile-forest's RandomForestQuantileRegressor, the reference
     X_train: np.ndarray
+    quantile_forest: Any  # its first QUANTILE_TREES trees: the maps' quantile forest
+
+
+#: The maps' quantile forest is the forest's first this many trees (the calibration says so).
+QUANTILE_TREES = 20
 
 
 @pytest.fixture(scope="module")
@@ -870,19 +875,23 @@ def uncertain(plateau: Plateau) -> UncertainModel:
     spec = feature_spec(plateau)
     X, _ = spec.matrix({name: values[plateau.sites] for name, values in plateau.covariates.items()})
     y = plateau.truth("Fe")[plateau.sites].astype(np.float64)
-    estimator = RandomForestQuantileRegressor(
-        n_estimators=N_TREES,
-        max_features=1 / 3,
-        min_samples_leaf=3,
-        max_samples_leaf=None,
-        random_state=0,
-    ).fit(X, y)
+
+    def quantile_forest(n_trees: int) -> Any:
+        return RandomForestQuantileRegressor(
+            n_estimators=n_trees,
+            max_features=1 / 3,
+            min_samples_leaf=3,
+            max_samples_leaf=None,
+            random_state=0,
+        ).fit(X, y)
+
+    estimator = quantile_forest(N_TREES)
     forest = pack_forest(estimator)
     sites = np.arange(y.size)
     space = training_space(X, sites, sites % 3, np.linspace(1.0, 0.2, X.shape[1]), spec)
     edge = float(np.median(space.train_di))
     calibration = IntervalCalibration(
-        0.9, "quantile", (0.05, 0.95), (edge,), (-150.0, 900.0), (30, 30)
+        0.9, "quantile", (0.05, 0.95), (edge,), (-150.0, 900.0), (30, 30), trees=QUANTILE_TREES
     )
     artifact = ModelArtifact(
         "Fe",
@@ -894,7 +903,7 @@ def uncertain(plateau: Plateau) -> UncertainModel:
         space=space,
         calibration=calibration,
     )
-    return UncertainModel(artifact, estimator, X)
+    return UncertainModel(artifact, estimator, X, quantile_forest(QUANTILE_TREES))
 
 
 @pytest.mark.slow
@@ -919,13 +928,15 @@ def test_every_uncertainty_layer_equals_its_reference_over_the_whole_map(
     assert unseen.any()
     assert report.elements[0].pixels_unseen == unseen.sum()
 
-    quantiles = forest_quantiles(model.forest, model.membership, X, [0.05, 0.5, 0.95])
+    quantiles = forest_quantiles(
+        model.forest, model.membership, X, [0.05, 0.5, 0.95], trees=QUANTILE_TREES
+    )
     for k, layer in enumerate(("q05", "q50", "q95")):
         assert np.array_equal(got[layer], quantiles[:, k].astype(np.float32), equal_nan=True)
     # quantile-forest's own predict (Meinshausen's weights, tpgrid's default), on pixels seen
     # in training (its forest cannot take NaN).
     sample = np.flatnonzero(~unseen)[:: max(1, int((~unseen).sum()) // 400)]
-    reference = uncertain.estimator.predict(
+    reference = uncertain.quantile_forest.predict(
         raw[sample], quantiles=[0.05, 0.5, 0.95], weighted_leaves=True
     )
     assert np.array_equal(quantiles[sample], reference)

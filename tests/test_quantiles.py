@@ -212,3 +212,45 @@ def test_walks_tiles_and_nan_rows() -> None:
     np.testing.assert_array_equal(got["auto"][finite], expected)
     for walk in WALKS:
         np.testing.assert_array_equal(got[walk], got["auto"])
+
+
+@pytest.mark.filterwarnings("ignore:Using the fractional value max_samples")
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(5, 80),
+    seed=st.integers(0, 2**16),
+    trees=st.integers(1, 12),
+    min_samples_leaf=st.integers(1, 6),
+    weighted=st.booleans(),
+)
+def test_the_first_trees_are_quantile_forests_own_forest_of_that_many_trees(
+    n: int, seed: int, trees: int, min_samples_leaf: int, weighted: bool
+) -> None:
+    # A forest of `trees` trees with the same random_state has exactly the first `trees`
+    # trees of the larger one (scikit-learn draws the trees' seeds in order).
+    large, X, y = fitted(
+        RandomForestQuantileRegressor, n, seed, n_estimators=12, min_samples_leaf=min_samples_leaf
+    )
+    small, _, _ = fitted(
+        RandomForestQuantileRegressor,
+        n,
+        seed,
+        n_estimators=trees,
+        min_samples_leaf=min_samples_leaf,
+    )
+    packed = pack_forest(large)
+    membership = leaf_membership(large, X, y, packed)
+    rows = np.random.default_rng(seed).standard_normal((40, 3)).astype(np.float32)
+    q = [0.05, 0.5, 0.95]
+    got = forest_quantiles(packed, membership, rows, q, weighted_leaves=weighted, trees=trees)
+    expected = small.predict(rows, q, weighted_leaves=weighted)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_trees_outside_the_forest_are_refused() -> None:
+    estimator, X, y = fitted(RandomForestQuantileRegressor, 30, 1, n_estimators=3)
+    packed = pack_forest(estimator)
+    membership = leaf_membership(estimator, X, y, packed)
+    for trees in (0, 4):
+        with pytest.raises(ValueError, match=r"trees must be in \[1, 3\]"):
+            forest_quantiles(packed, membership, X, [0.5], trees=trees)

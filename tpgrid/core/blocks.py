@@ -191,7 +191,8 @@ def predict_block(
     by_level: dict[float, npt.NDArray[np.float64]] = {}
     if computed:
         assert model.membership is not None  # checked by missing()
-        table = forest_quantiles(model.forest, model.membership, X_model, computed)
+        trees = None if model.calibration is None else model.calibration.trees
+        table = forest_quantiles(model.forest, model.membership, X_model, computed, trees=trees)
         by_level = {q: table[:, k] for k, q in enumerate(computed)}
     for q in options.quantiles:
         pixels[quantile_layer(q)] = by_level[q]

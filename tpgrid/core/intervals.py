@@ -54,7 +54,9 @@ class IntervalCalibration:
 
     ``quantiles`` are the (low, high) forest quantiles the ``"quantile"`` method starts from;
     ``di_edges`` the ascending upper DI edges of every bin but the last; ``widening`` per bin
-    (``c`` in mg/kg or ``k``); ``n_sites`` the held-out sites each bin was calibrated on.
+    (``c`` in mg/kg or ``k``); ``n_sites`` the held-out sites each bin was calibrated on;
+    ``trees``: the quantile forest is that of the forest's first ``trees`` trees (as many as
+    the held-out forests the calibration was made on had; None: every tree).
     """
 
     level: float
@@ -63,6 +65,7 @@ class IntervalCalibration:
     di_edges: tuple[float, ...]
     widening: tuple[float, ...]
     n_sites: tuple[int, ...]
+    trees: int | None = None
 
     def __post_init__(self) -> None:
         if not 0 < self.level < 1:
@@ -80,6 +83,8 @@ class IntervalCalibration:
             raise ValueError(f"{n_bins} DI bins need {n_bins} widenings and site counts")
         if not np.isfinite(self.widening).all():
             raise ValueError(f"interval widenings must be finite, got {self.widening}")
+        if self.trees is not None and self.trees < 1:
+            raise ValueError(f"the quantile forest needs at least one tree, got {self.trees}")
 
     @property
     def n_bins(self) -> int:
@@ -123,6 +128,7 @@ class IntervalCalibration:
             "di_edges": list(self.di_edges),
             "widening": list(self.widening),
             "n_sites": list(self.n_sites),
+            "trees": self.trees,
         }
 
     @classmethod
@@ -137,6 +143,7 @@ class IntervalCalibration:
                 di_edges=tuple(float(e) for e in doc["di_edges"]),
                 widening=tuple(float(w) for w in doc["widening"]),
                 n_sites=tuple(int(n) for n in doc["n_sites"]),
+                trees=None if doc.get("trees") is None else int(doc["trees"]),
             )
         except (KeyError, TypeError) as exc:
             raise ValueError(f"not an interval calibration: {exc!r}") from exc

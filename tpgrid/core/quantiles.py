@@ -195,6 +195,7 @@ def forest_quantiles(
     quantiles: npt.ArrayLike,
     weighted_leaves: bool = True,
     walk: Walk = "auto",
+    trees: int | None = None,
 ) -> npt.NDArray[np.float64]:
     """Quantiles of each row's conditional distribution: float64 (n_rows, n_quantiles).
 
@@ -216,7 +217,10 @@ def forest_quantiles(
     ``X`` is (n_rows, n_features), cast to float32; rows with a NaN covariate give NaN.
     ``quantiles`` are in [0, 1]. ``walk`` is as in `PackedForest.predict_mean_variance`: it
     changes the speed, never the result. Every leaf reached must hold a draw (as every leaf of
-    a fitted forest does).
+    a fitted forest does). ``trees`` takes the quantile forest of the first ``trees`` trees
+    only (None: all): equal to quantile-forest's forest of that many trees fitted with the same
+    ``random_state``, whose trees are the first ones of the larger forest; its cost is in
+    proportion.
     """
     if membership.n_nodes != forest.n_nodes:
         raise ValueError(
@@ -230,6 +234,9 @@ def forest_quantiles(
         raise ValueError("quantiles must be a non-empty 1-D list of numbers in [0, 1]")
     if membership.y_train.size == 0:
         raise ValueError("the membership holds no training targets")
+    n_trees = forest.n_trees if trees is None else trees
+    if not 1 <= n_trees <= forest.n_trees:
+        raise ValueError(f"trees must be in [1, {forest.n_trees}], got {trees}")
     leaves = membership.leaf_offsets[1:] > membership.leaf_offsets[:-1]
     if np.any(leaves != (forest.left == np.arange(forest.n_nodes))):
         raise ValueError("the membership's leaves are not the forest's leaves")
@@ -239,8 +246,8 @@ def forest_quantiles(
         forest.feature,
         forest.threshold,
         forest.left,
-        forest.roots,
-        forest.lockstep_levels,
+        forest.roots[:n_trees],
+        forest.lockstep_levels[:n_trees],
         forest.child_feature,
         membership.leaf_code,
         membership.entries,
