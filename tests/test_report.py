@@ -275,7 +275,14 @@ def test_cli_report_writes_the_report_and_prints_the_coverage(
     )
     assert result.exit_code == 0, result.output
     assert (out / REPORT_FILE).is_file()
-    assert CALIBRATED_SD in result.output
+    assert "published, grouped CV" in result.output
+    summary = json.loads((out / "report.json").read_text())
+    lines = result.output.splitlines()
+    for element in ELEMENTS:
+        coverage = summary["elements"][element]["intervals"]["coverage"]
+        shares = [f"{coverage[s]['overall']['coverage']:.0%}" for s in ("grouped", "spatial")]
+        (row,) = [line.split() for line in lines if line.split()[:1] == [element]]
+        assert row[2:4] == shares, row
     assert not (out / "applicability.zarr").exists()
     assert {p.name for p in (out / FIGURES_DIR).glob("effects_*.png")} == {
         f"effects_{e}.png" for e in ELEMENTS
