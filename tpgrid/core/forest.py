@@ -137,15 +137,7 @@ class PackedForest:
         X32 = self._as_input(X)
         warm_up_kernels()
         return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
-            X32,
-            self.feature,
-            self.threshold,
-            self.left,
-            self.value,
-            self.roots,
-            self.lockstep_levels,
-            self.child_feature,
-            _WALKS[walk],
+            X32, *self._walked(), _WALKS[walk]
         )
 
     def predict_trees(self, X: npt.ArrayLike, walk: Walk = "auto") -> npt.NDArray[np.float64]:
@@ -154,7 +146,12 @@ class PackedForest:
         X32 = self._as_input(X)
         warm_up_kernels()
         return _kernels.forest_tree_predictions(  # type: ignore[no-any-return]
-            X32,
+            X32, *self._walked(), _WALKS[walk]
+        )
+
+    def _walked(self) -> tuple[npt.NDArray[Any], ...]:
+        """The arrays every walk of `tpgrid.core._kernels` takes, in its argument order."""
+        return (
             self.feature,
             self.threshold,
             self.left,
@@ -162,7 +159,6 @@ class PackedForest:
             self.roots,
             self.lockstep_levels,
             self.child_feature,
-            _WALKS[walk],
         )
 
     def _as_input(self, X: npt.ArrayLike) -> npt.NDArray[np.float32]:
