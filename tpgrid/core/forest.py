@@ -136,7 +136,7 @@ class PackedForest:
         """
         X32 = self._as_input(X)
         warm_up_kernels()
-        return _kernels.forest_mean_variance(  # type: ignore[no-any-return]
+        return _kernels.forest_mean_variance(  # type: ignore[no-any-return, call-arg]
             X32, *self._walked(), _WALKS[walk]
         )
 
@@ -145,7 +145,7 @@ class PackedForest:
         in :meth:`predict_mean_variance`: it changes the speed, never the result."""
         X32 = self._as_input(X)
         warm_up_kernels()
-        return _kernels.forest_tree_predictions(  # type: ignore[no-any-return]
+        return _kernels.forest_tree_predictions(  # type: ignore[no-any-return, call-arg]
             X32, *self._walked(), _WALKS[walk]
         )
 
