@@ -5,6 +5,7 @@ A tiny forest and a few hundred rows: these tests check behaviour, never speed.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import sys
@@ -16,10 +17,12 @@ import pytest
 from sklearn.ensemble import RandomForestRegressor
 from typer.testing import CliRunner
 
-from tests.plateau_fixtures import plateau  # noqa: F401  (a fixture)
+from tests.plateau_fixtures import cube_path, plateau  # noqa: F401  (fixtures)
+from tpgrid.artifact import ModelArtifact
 from tpgrid.bench import (
     DEFAULT_SECTIONS,
     EXACT,
+    AlternativesResult,
     BenchResult,
     BenchSettings,
     EndToEndResult,
@@ -31,6 +34,7 @@ from tpgrid.bench import (
     ScalingRun,
     UncertaintyResult,
     UncertaintyRows,
+    alternatives_benchmark,
     check_engine,
     job_benchmark,
     kernel_benchmark,
@@ -40,9 +44,13 @@ from tpgrid.bench import (
     uncertainty_benchmark,
     write_report,
 )
+from tpgrid.bench.alternatives import APPLY_UFUNC, DASK_ML, TPGRID
 from tpgrid.bench.job import change_one_window
 from tpgrid.bench.result import uncertainty_ratios
 from tpgrid.cli import app
+from tpgrid.core.features import CATEGORICAL_NODATA, CategoricalFeature, FeatureSpec
+from tpgrid.core.forest import pack_forest
+from tpgrid.cube import VALID, open_cube
 from tpgrid.errors import BenchmarkError, ConfigError, EngineMismatchError
 from tpgrid.synthetic import PlateauFiles
 
@@ -450,3 +458,98 @@ def test_the_uncertainty_section_runs_on_the_reference_forest_but_not_by_default
     BenchSettings(workdir=Path("w"), forest="reference", sections=("kernel", "uncertainty"))
     with pytest.raises(ConfigError, match="rows_reference must be at least 1"):
         BenchSettings(workdir=Path("w"), sections=("uncertainty",), rows_reference=0)
+
+
+# --- the Dask user's alternative ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def cube_forests(
+    cube_path: Path,  # noqa: F811  (the fixture)
+) -> tuple[list[ModelArtifact], dict[str, Any]]:
+    """Two 6-tree forests on 400 valid pixels of the small cube (every variable, categoricals
+    one-hot), as artifacts and as their scikit-learn estimators."""
+    ds = open_cube(cube_path)
+    valid = ds[VALID].values == 1
+    rows, cols = np.nonzero(valid)
+    pick = np.random.default_rng(0).choice(rows.size, 400, replace=False)
+    kinds = {n: ds[n].attrs["tpgrid:kind"] for n in ds.data_vars if ds[n].attrs.get("tpgrid:kind")}
+    at = {n: ds[n].values[rows[pick], cols[pick]] for n in kinds}
+    categorical = []
+    for name in sorted(n for n, kind in kinds.items() if kind != "continuous"):
+        codes = tuple(int(c) for c in np.unique(at[name]) if c != CATEGORICAL_NODATA)
+        classes = ds[name].attrs["tpgrid:classes"]
+        categorical.append(CategoricalFeature(name, codes, tuple(classes[str(c)] for c in codes)))
+    continuous = tuple(sorted(n for n, kind in kinds.items() if kind == "continuous"))
+    spec = FeatureSpec(continuous, tuple(categorical))
+    X, _ = spec.matrix(at)
+    models, estimators = [], {}
+    for seed, element in enumerate(("Fe", "Zn")):
+        y = X[:, seed] * 3.0 + X[:, seed + 1] ** 2 + 50.0
+        forest = RandomForestRegressor(6, max_features=0.5, random_state=seed).fit(X, y)
+        models.append(ModelArtifact(element, pack_forest(forest), spec))
+        estimators[element] = forest
+    return models, estimators
+
+
+@pytest.fixture(scope="module")
+def alternatives(
+    cube_path: Path,  # noqa: F811  (the fixture)
+    cube_forests: tuple[list[ModelArtifact], dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> AlternativesResult:
+    models, estimators = cube_forests
+    return alternatives_benchmark(cube_path, models, estimators, tmp_path_factory.mktemp("w"), 2)
+
+
+def test_the_alternatives_equal_tpgrid_and_the_closure_ships_the_forests_with_every_task(
+    cube_path: Path,  # noqa: F811  (the fixture)
+    alternatives: AlternativesResult,
+) -> None:
+    assert [run.engine for run in alternatives.runs] == [TPGRID, DASK_ML, APPLY_UFUNC]
+    assert all(run.max_error <= EXACT for run in alternatives.runs)
+    valid = int((open_cube(cube_path)[VALID].values == 1).sum())
+    assert alternatives.pixels == 2 * valid
+    tpgrid, dask_ml, loop = (alternatives.run(name) for name in (TPGRID, DASK_ML, APPLY_UFUNC))
+    assert all(run.bytes_to_workers > 0 and run.tasks > 0 for run in alternatives.runs)
+    # tpgrid's tasks carry no forest: the packed forests reach the workers scattered.
+    assert tpgrid.task_bytes < alternatives.model_bytes
+    assert tpgrid.scattered_bytes > 0
+    assert loop.scattered_bytes == 0
+    # The closure travels with each of the element's chunk tasks.
+    chunks = alternatives.chunks
+    assert chunks > 1
+    assert loop.task_bytes >= chunks * alternatives.model_bytes
+    assert loop.bytes_to_workers > tpgrid.bytes_to_workers
+    assert dask_ml.task_bytes > tpgrid.task_bytes
+
+
+def test_an_alternative_that_differs_from_tpgrid_is_refused(
+    cube_path: Path,  # noqa: F811  (the fixture)
+    cube_forests: tuple[list[ModelArtifact], dict[str, Any]],
+    tmp_path: Path,
+) -> None:
+    models, estimators = cube_forests
+    corrupted = {element: copy.deepcopy(forest) for element, forest in estimators.items()}
+    corrupted["Zn"].estimators_[0] = corrupted["Zn"].estimators_[1]  # one tree of 6 replaced
+    with pytest.raises(EngineMismatchError, match=f"engine '{DASK_ML}' differs from tpgrid's"):
+        alternatives_benchmark(cube_path, models, corrupted, tmp_path, 2)
+
+
+def test_the_alternatives_section_is_written_with_its_target(
+    alternatives: AlternativesResult, tmp_path: Path
+) -> None:
+    machine = {"cpu": "test", "cores": 2, "load_average_before": [0.1], "load_average_after": [0.2]}
+    files = write_report(BenchResult({"seed": 0}, machine, alternatives=alternatives), tmp_path)
+    doc = json.loads(files.json.read_text())
+    table = {row["engine"]: row for row in doc["alternatives"]["table"]}
+    assert set(table) == {TPGRID, DASK_ML, APPLY_UFUNC}
+    assert table[TPGRID]["x tpgrid's wall"] == 1.0
+    (target,) = [t for t in doc["targets"] if t["name"] == f"tpgrid vs {APPLY_UFUNC}, wall"]
+    loop, ours = alternatives.run(APPLY_UFUNC), alternatives.run(TPGRID)
+    assert target["measured"] == pytest.approx(loop.seconds / ours.seconds)
+    assert target["goal"] == 5.0
+    assert "### The Dask user's alternative" in files.markdown.read_text()
+    assert "alternatives" not in DEFAULT_SECTIONS
+    with pytest.raises(ConfigError, match="the reference forest has no plateau"):
+        BenchSettings(workdir=Path("w"), forest="reference", sections=("alternatives",))

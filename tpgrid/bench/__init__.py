@@ -1,6 +1,6 @@
 """Prediction-throughput benchmark: tpgrid against the engines users would pick instead.
 
-Five sections, each returning plain data (:func:`run_benchmark` runs them in turn and
+Six sections, each returning plain data (:func:`run_benchmark` runs them in turn and
 :func:`write_report` writes a JSON result, a markdown table and a PNG plot):
 
 1. **Kernel** (:mod:`~tpgrid.bench.kernel`): one forest, the same float32 rows and the same
@@ -25,6 +25,10 @@ Five sections, each returning plain data (:func:`run_benchmark` runs them in tur
 5. **End-to-end job** (:mod:`~tpgrid.bench.job`): ``tpgrid demo`` as a user runs it, as
    separate processes: the small demo's first run, a no-op re-run, a re-run after a one-window
    covariate change, and the full plateau's job; optionally beside a baseline install.
+6. **The Dask user's alternative** (:mod:`~tpgrid.bench.alternatives`): on the end-to-end
+   section's cube, forests and cluster, tpgrid's prediction beside dask-ml's ``ParallelPostFit``
+   and an ``xarray.apply_ufunc`` loop over scikit-learn's trees, each checked equal to tpgrid's
+   output, with wall time, peak worker memory and the bytes sent to the workers.
 
 The forests are those :func:`tpgrid.fit.fit_models` fits on the synthetic plateau (500 trees
 per element, hyperparameters as its search picks them), so tree depth is what users get.
@@ -36,6 +40,7 @@ the machine hits them alike; the spread is reported. :mod:`~tpgrid.bench.result`
 targets and whether each is met; :mod:`~tpgrid.bench.report` writes them out.
 """
 
+from tpgrid.bench.alternatives import AlternativeRun, AlternativesResult, alternatives_benchmark
 from tpgrid.bench.end_to_end import EndToEndResult, end_to_end_benchmark
 from tpgrid.bench.engines import EXACT, FLOAT32, Engine, check_engine, reference_prediction
 from tpgrid.bench.job import CASES, JobRun, job_benchmark
@@ -62,6 +67,8 @@ __all__ = [
     "FLOAT32",
     "QUANTILES",
     "SECTIONS",
+    "AlternativeRun",
+    "AlternativesResult",
     "BenchResult",
     "BenchSettings",
     "EndToEndResult",
@@ -78,6 +85,7 @@ __all__ = [
     "TimedForest",
     "UncertaintyResult",
     "UncertaintyRows",
+    "alternatives_benchmark",
     "check_engine",
     "end_to_end_benchmark",
     "job_benchmark",

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from tpgrid.bench.alternatives import APPLY_UFUNC, AlternativesResult
+from tpgrid.bench.alternatives import TPGRID as TPGRID_ENGINE
 from tpgrid.bench.end_to_end import EndToEndResult
 from tpgrid.bench.job import JobRun
 from tpgrid.bench.kernel import KernelResult
@@ -36,6 +38,7 @@ class BenchResult:
     end_to_end: EndToEndResult | None = None
     job: list[JobRun] = field(default_factory=list)
     uncertainty: UncertaintyResult | None = None
+    alternatives: AlternativesResult | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Everything measured, plus the derived tables and the targets with their verdicts."""
@@ -46,6 +49,8 @@ class BenchResult:
         if self.uncertainty is not None:
             doc["uncertainty"]["table"] = uncertainty_rows(self.uncertainty)
             doc["uncertainty"]["ratios"] = uncertainty_ratios(self.uncertainty)
+        if self.alternatives is not None:
+            doc["alternatives"]["table"] = alternatives_rows(self.alternatives)
         for entry, run in zip(doc["scaling"], self.scaling, strict=True):
             entry["pixel_trees_per_s"] = run.pixel_trees_per_s
         return doc
@@ -83,6 +88,11 @@ QUANTILES_OVER_MEAN_VARIANCE, QUANTILE_FOREST_SPEED_UP = 3.0, 20.0
 #: The full plateau with the default uncertainty layers: at most this many times the wall time
 #: of mean+variance alone.
 UNCERTAINTY_LAYERS_COST = 3.0
+
+
+#: Issue 16: tpgrid's wall time at least this many times shorter than the per-tree loop a Dask
+#: user would wrap in xarray.apply_ufunc, at equal output (mean and variance).
+ALTERNATIVE_SPEED_UP = 5.0
 
 
 #: Wall seconds each case of the job section aims for.
@@ -152,6 +162,13 @@ def targets(result: BenchResult) -> list[Target]:
                     False,
                 )
             )
+    if result.alternatives is not None and any(
+        run.engine == APPLY_UFUNC for run in result.alternatives.runs
+    ):
+        alt = result.alternatives
+        ratio = alt.run(APPLY_UFUNC).seconds / alt.run(TPGRID_ENGINE).seconds
+        where = f"{alt.elements} elements, {alt.chunks} chunks"
+        found.append(Target(f"tpgrid vs {APPLY_UFUNC}, wall", where, ratio, ALTERNATIVE_SPEED_UP))
     for job in result.job:
         if job.version != "this tpgrid":
             continue
@@ -186,6 +203,28 @@ def kernel_rows(kernel: KernelResult) -> list[dict[str, Any]]:
                 }
             )
     return table
+
+
+def alternatives_rows(result: AlternativesResult) -> list[dict[str, Any]]:
+    """The alternatives section as table rows: one per engine."""
+    ours = result.run(TPGRID_ENGINE)
+    return [
+        {
+            "engine": run.engine,
+            "output": run.output,
+            "wall seconds": round(run.seconds, 1),
+            "x tpgrid's wall": round(run.seconds / ours.seconds, 2),
+            "peak worker RSS (MiB)": round(run.peak_worker_rss_mib),
+            "tasks": run.tasks,
+            "task specs (MB)": round(run.task_bytes / 1e6, 2),
+            "scattered (MB)": round(run.scattered_bytes / 1e6, 2),
+            "between workers (MB)": round(run.fetched_bytes / 1e6, 2),
+            "to workers (MB)": round(run.bytes_to_workers / 1e6, 2),
+            "measuring (s)": round(run.measure_seconds, 2),
+            "max error": run.max_error,
+        }
+        for run in result.runs
+    ]
 
 
 def uncertainty_rows(result: UncertaintyResult) -> list[dict[str, Any]]:

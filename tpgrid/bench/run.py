@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tpgrid.artifact import ModelArtifact, load_estimator
+from tpgrid.bench.alternatives import alternatives_benchmark
 from tpgrid.bench.end_to_end import end_to_end_benchmark
 from tpgrid.bench.inputs import (
     PlateauInputs,
@@ -69,6 +70,14 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         scaling = scaling_benchmark(settings.workdir, inputs, chunks, settings.workers, log)
     if inputs is not None and "end_to_end" in settings.sections:
         end_to_end = end_to_end_benchmark(inputs, settings.workdir, max(settings.workers), log)
+    alternatives = None
+    if inputs is not None and "alternatives" in settings.sections:
+        estimators = {
+            m.element: load_estimator(inputs.model_dir / m.element) for m in inputs.models
+        }
+        alternatives = alternatives_benchmark(
+            inputs.cube, inputs.models, estimators, settings.workdir, max(settings.workers), log
+        )
     job = []
     if "end_to_end_job" in settings.sections:
         job = job_benchmark(settings.workdir, settings.baseline, seed=settings.seed, log=log)
@@ -77,7 +86,7 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     chosen = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(settings).items()}
-    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job, uncertainty)
+    return BenchResult(chosen, machine, kernel, scaling, end_to_end, job, uncertainty, alternatives)
 
 
 @dataclass(frozen=True)
@@ -128,7 +137,8 @@ def machine_info() -> dict[str, Any]:
         pass
     versions: dict[str, str | None] = {}
     for package in ("tpgrid", "numba", "numpy", "scikit-learn", "onnxruntime", "skl2onnx",
-                    "treelite", "quantile-forest", "forestci", "dask", "distributed"):  # fmt: skip
+                    "treelite", "quantile-forest", "forestci", "dask", "distributed", "dask-ml",
+                    "xarray"):  # fmt: skip
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:

@@ -14,10 +14,11 @@ from tpgrid.errors import ConfigError
 
 Log = Callable[[str], None]
 
-SECTIONS = ("kernel", "uncertainty", "scaling", "end_to_end", "end_to_end_job")
+SECTIONS = ("kernel", "uncertainty", "scaling", "end_to_end", "end_to_end_job", "alternatives")
 #: What runs when no section is named: all but the uncertainty section, which takes minutes at
-#: the default rows (its per-tree predictions and the libraries it compares with are slow).
-DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s != "uncertainty")
+#: the default rows (its per-tree predictions and the libraries it compares with are slow), and
+#: the alternatives section, whose scikit-learn engines take minutes on the full plateau.
+DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("uncertainty", "alternatives"))
 
 
 @dataclass(frozen=True)

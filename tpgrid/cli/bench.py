@@ -57,9 +57,11 @@ def bench(
     section: Annotated[
         list[str] | None,
         typer.Option(
-            help="kernel, uncertainty, scaling, end_to_end or end_to_end_job (repeat it); "
-            "default: all but uncertainty, which takes minutes at the default --rows (5-8 min on "
-            "2 cores, plateau forest)."
+            help="kernel, uncertainty, scaling, end_to_end, end_to_end_job or alternatives "
+            "(repeat it); default: all but uncertainty, which takes minutes at the default --rows "
+            "(5-8 min on 2 cores, plateau forest), and alternatives (tpgrid beside dask-ml's "
+            "ParallelPostFit and an xarray.apply_ufunc loop over scikit-learn's trees on the same "
+            "cluster; minutes on the full plateau)."
         ),
     ] = None,
     chunk: Annotated[
@@ -78,8 +80,9 @@ def bench(
     ] = None,
 ) -> None:
     """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite, the
-    quantile and standard-error layers against quantile-forest and forestci, and the whole
-    `tpgrid demo` job (first run, no-op, one-window change) beside a baseline."""
+    quantile and standard-error layers against quantile-forest and forestci, the whole
+    `tpgrid demo` job (first run, no-op, one-window change) beside a baseline, and the
+    prediction beside what a Dask user would write instead (dask-ml, xarray.apply_ufunc)."""
     from tpgrid.bench import (
         DEFAULT_SECTIONS,
         BenchSettings,
