@@ -1000,3 +1000,21 @@ def test_a_chunk_of_a_model_without_its_parts_is_refused_naming_them() -> None:
         "training space (DI, AOA, interval)",
         "in-bag counts (standard error)",
     ]
+
+
+def test_a_run_sends_its_workers_only_the_parts_its_layers_use(
+    uncertain: UncertainModel,
+) -> None:
+    whole = uncertain.artifact.pixel_model
+    bare = whole.needed_for(MEAN_ONLY)
+    assert bare.forest is whole.forest
+    assert (bare.membership, bare.inbag, bare.space, bare.calibration) == (None,) * 4
+    assert bare.missing(MEAN_ONLY) == []
+    intervals = whole.needed_for(PredictOptions(quantiles=(), applicability=False))
+    # The interval starts from the quantile forest: its membership goes too, the in-bag not.
+    assert intervals.membership is whole.membership
+    assert intervals.inbag is None
+    assert intervals.calibration is whole.calibration
+    every = whole.needed_for(ALL_LAYERS)
+    assert every.missing(ALL_LAYERS) == []
+    assert every.inbag is whole.inbag

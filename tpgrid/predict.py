@@ -28,6 +28,7 @@ holding another run is only replaced when asked.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -317,8 +318,13 @@ def predict_cube(
         ]
         needed = {model.element: model for model in models if to_predict[model.element]}
         # The models under a key made of their hashes: each reaches each worker once.
-        content = "|".join(model.model_hash for model in needed.values())
-        pixel_models = {element: model.pixel_model for element, model in needed.items()}
+        # The options too: they decide which parts of a model are sent.
+        content = "|".join(
+            [json.dumps(options.to_json()), *(m.model_hash for m in needed.values())]
+        )
+        pixel_models = {
+            element: model.pixel_model.needed_for(options) for element, model in needed.items()
+        }
         done = {element: len(known) for element, known in counts.items()}
         jobs = _jobs(cube, staging, models, to_predict, options)
         chunks = len(list(grid.windows()))

@@ -128,6 +128,18 @@ class PixelModel:
         }
         return [part for part, missing in needs.items() if missing]
 
+    def needed_for(self, options: PredictOptions) -> PixelModel:
+        """This model without the parts ``options`` do not use: what a run sends its workers
+        (the leaf membership and in-bag counts are most of a model's bytes)."""
+        space_used = options.applicability or options.interval
+        return PixelModel(
+            self.forest,
+            self.membership if self.quantiles(options) else None,
+            self.inbag if options.standard_error else None,
+            self.space if space_used else None,
+            self.calibration if options.interval else None,
+        )
+
     def quantiles(self, options: PredictOptions) -> tuple[float, ...]:
         """The quantiles to compute: those asked for, and those the interval starts from."""
         wanted = set(options.quantiles)
