@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import forestci
@@ -31,21 +29,12 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tpgrid.bench import BenchSettings, timed_forest
+from tpgrid.bench.engines import best_ns
 from tpgrid.bench.inputs import prepare_plateau
 from tpgrid.bench.uncertainty import IJ_BLOCK_ROWS
 from tpgrid.core.bootstrap import inbag_counts
 from tpgrid.core.forest import pack_forest
 from tpgrid.core.jackknife import ij_variance
-
-
-def best_ns(run: Callable[[], object], pixel_trees: int, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return round(min(times) * 1e9 / pixel_trees, 2)
 
 
 def main() -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tpgrid.bench import BenchSettings, quantile_forest_on, timed_forest
+from tpgrid.bench.engines import best_ns
 from tpgrid.bench.inputs import prepare_plateau
 from tpgrid.core import _quantile_kernels
 from tpgrid.core.forest import _WALKS, pack_forest
@@ -60,16 +60,6 @@ def staged_kernel() -> Any:
     exec(source.replace("@numba.njit(nogil=True, cache=True", "@numba.njit(nogil=True"), names)
     assert isinstance(names["forest_quantiles"], numba.core.registry.CPUDispatcher)
     return names["forest_quantiles"]
-
-
-def best_ns(run: Callable[[], object], pixel_trees: int, repeats: int) -> float:
-    run()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return round(min(times) * 1e9 / pixel_trees, 2)
 
 
 def main() -> None:

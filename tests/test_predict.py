@@ -28,6 +28,7 @@ from tpgrid.core import _kernels
 from tpgrid.core.applicability import dissimilarity, training_space
 from tpgrid.core.blocks import (
     BASE_LAYERS,
+    MEAN_VARIANCE,
     UNSEEN_NODATA,
     PixelModel,
     PredictOptions,
@@ -68,8 +69,8 @@ pytestmark = pytest.mark.cluster
 
 N_TREES = 30
 #: The models fitted here are bare forests: mean, variance, sd and the unseen flag only
-#: (tests/test_predict_uncertainty.py predicts the other layers).
-MEAN_ONLY = PredictOptions(quantiles=(), interval=False, applicability=False)
+#: (the uncertainty section below predicts the other layers).
+MEAN_ONLY = MEAN_VARIANCE
 BARE_MODEL_FLAGS = ["--quantile", "0", "--no-interval", "--no-applicability"]
 
 

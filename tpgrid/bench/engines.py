@@ -95,6 +95,12 @@ def time_runs(runs: Mapping[str, Callable[[], object]], repeats: int) -> dict[st
     return seconds
 
 
+def best_ns(run: Callable[[], object], pixel_trees: int, repeats: int) -> float:
+    """The best of ``repeats`` timed calls of ``run`` (after one untimed call), in ns per
+    pixel·tree of the ``pixel_trees`` it computes."""
+    return round(min(time_runs({"run": run}, repeats)["run"]) * 1e9 / pixel_trees, 2)
+
+
 def _split_rows(
     pool: ThreadPoolExecutor, threads: int, X: F32, fn: Callable[[F32], tuple[F64, F64]]
 ) -> tuple[F64, F64]:
