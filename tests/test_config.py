@@ -31,10 +31,15 @@ def test_the_real_template_reads_its_grid_and_catalog_beside_it() -> None:
     assert config.fit.calibrate == ("Zn", "Ni")
 
 
-@pytest.mark.parametrize(("name", "full"), [("demo", False), ("synthetic_1km", True)])
-def test_tpgrid_demo_runs_the_shipped_demo_pipelines(name: str, full: bool) -> None:
+@pytest.mark.parametrize(
+    ("name", "full", "resolution"),
+    [("demo", False, None), ("synthetic_1km", True, None), ("synthetic_250m", True, 250.0)],
+)
+def test_tpgrid_demo_runs_the_shipped_demo_pipelines(
+    name: str, full: bool, resolution: float | None
+) -> None:
     shipped = load_pipeline(PIPELINES / f"{name}.yaml")
-    assert demo_config(shipped.workdir, full=full) == shipped
+    assert demo_config(shipped.workdir, full=full, resolution=resolution) == shipped
 
 
 def test_unknown_keys_are_named(tmp_path: Path) -> None:

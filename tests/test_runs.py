@@ -314,6 +314,10 @@ def test_run_records_are_json_with_timings(first_run: PipelineConfig) -> None:
     doc = json.loads(path.read_text())
     assert all(s["seconds"] >= 0 for s in doc["steps"])
     assert doc["versions"]["tpgrid"]
+    # The cluster's workers are separate processes: each step knows the highest one's peak.
+    for s in doc["steps"]:
+        assert 30 < s["peak_process_mib"] < 8192, s
+        assert 30 < s["peak_worker_mib"] < 8192, s
 
 
 def flip_byte(path: Path) -> None:
@@ -547,3 +551,40 @@ def test_a_changed_grid_replaces_the_pipelines_cube_and_the_maps_path_is_printed
 
 def recorded_step(record: dict[str, Any], name: str) -> dict[str, Any]:
     return next(s for s in record["steps"] if s["name"] == name)
+
+
+def test_a_synthetic_run_at_another_resolution_maps_the_same_plateau_on_its_own_grid(
+    first_run: PipelineConfig, cluster: Client, tmp_path: Path
+) -> None:
+    """`synthetic: {resolution: ...}` (`tpgrid demo --resolution`): the same plateau files and
+    sites, a grid of that pixel size; the truth, written on the plateau's 1 km grid, is not
+    compared with maps on another grid."""
+    config = copy_run(first_run, tmp_path)
+    plateau = plateau_files(config.plateau_dir)
+    truth_before = tree_bytes(plateau.truth_dir)
+    coarse = load_pipeline(
+        write_config(
+            config.workdir,
+            synthetic={"size": "small", "seed": 0, "resolution": 2000},
+            report={"enabled": True},
+        )
+    )
+    assert first_run.truth_files is not None
+    assert coarse.truth_files is None
+
+    record = run_pipeline(coarse)
+
+    assert record.status == "ok"
+    assert step(record, "plateau").action == "unchanged"
+    assert tree_bytes(plateau.truth_dir) == truth_before
+    fine = TargetGrid.from_spec(first_run.grid_spec())
+    grid = TargetGrid.from_spec(coarse.grid_spec())
+    assert grid.spec.resolution == 2000.0
+    assert all(abs(2 * n - m) <= 2 for n, m in zip(grid.shape, fine.shape, strict=True))
+    maps, _ = open_prediction(coarse.prediction_path)
+    assert maps["Fe_mean"].shape == grid.shape
+    assert int(np.isfinite(maps["Fe_mean"].values).sum()) > 1000
+    current = current_version(coarse.published_dir)
+    assert current is not None
+    report = json.loads((current / "report" / "report.json").read_text())
+    assert report["truth_coverage"] == []

@@ -30,7 +30,7 @@ from tpgrid.errors import StorageError
 from tpgrid.fit import PLATEAU_FIT, FitSettings, SearchGrid, SiteSource
 from tpgrid.grid import GridSpec, load_grid_spec
 from tpgrid.report import ReportSettings
-from tpgrid.synthetic import plateau_files
+from tpgrid.synthetic import PlateauFiles, plateau_files
 from tpgrid.yamlfile import read_mapping, validated
 
 
@@ -70,6 +70,12 @@ class SyntheticInputs(_Section):
 
     size: Literal["small", "full"] = "small"
     seed: int = Field(0, ge=0)
+    resolution: float | None = Field(
+        None,
+        gt=0,
+        description="pixel size of the target grid, metres (default: the plateau's own, 1000); "
+        "the covariate files and sites are the same at every resolution",
+    )
 
 
 class PredictSettings(_Section):
@@ -170,6 +176,16 @@ class PipelineConfig(_Section):
         return self.workdir / "plateau"
 
     @property
+    def truth_files(self) -> PlateauFiles | None:
+        """The synthetic plateau whose truth the maps can be checked against: only when they
+        are on the grid the truth was written on (the plateau's own resolution)."""
+        if self.synthetic is None:
+            return None
+        files = plateau_files(self.plateau_dir)
+        own = load_grid_spec(files.grid).resolution
+        return files if self.synthetic.resolution in (None, own) else None
+
+    @property
     def catalog_path(self) -> Path:
         if self.synthetic is not None:
             return plateau_files(self.plateau_dir).catalog
@@ -190,7 +206,10 @@ class PipelineConfig(_Section):
 
     def grid_spec(self) -> GridSpec:
         if self.synthetic is not None:
-            return load_grid_spec(plateau_files(self.plateau_dir).grid)
+            plateau = load_grid_spec(plateau_files(self.plateau_dir).grid)
+            if self.synthetic.resolution is None:
+                return plateau
+            return plateau.model_copy(update={"resolution": self.synthetic.resolution})
         if isinstance(self.grid, GridSpec):
             return self.grid
         assert self.grid is not None
@@ -261,22 +280,26 @@ def check_workdir(workdir: Path) -> None:
             return
 
 
-def demo_config(workdir: Path, *, full: bool = False, seed: int = 0) -> PipelineConfig:
+def demo_config(
+    workdir: Path, *, full: bool = False, seed: int = 0, resolution: float | None = None
+) -> PipelineConfig:
     """The demo pipeline (``tpgrid demo``): the small synthetic plateau with a light search,
-    or with ``full`` the paper-scale run on the full plateau. Same as ``pipelines/demo.yaml``
-    and ``pipelines/synthetic_1km.yaml``, with ``workdir`` and ``seed`` as given."""
+    or with ``full`` the paper-scale run on the full plateau; ``resolution`` (metres) maps it
+    on a finer or coarser grid than the plateau's 1 km. Same as ``pipelines/demo.yaml``,
+    ``synthetic_1km.yaml`` and (``resolution=250``) ``synthetic_250m.yaml``, with ``workdir``
+    and ``seed`` as given."""
     check_workdir(workdir)
     if full:
         return PipelineConfig(
-            name="synthetic_1km",
+            name="synthetic_1km" if resolution is None else f"synthetic_{resolution:g}m",
             workdir=workdir,
-            synthetic=SyntheticInputs(size="full", seed=seed),
+            synthetic=SyntheticInputs(size="full", seed=seed, resolution=resolution),
             fit=PLATEAU_FIT,
         )
     return PipelineConfig(
-        name="demo",
+        name="demo" if resolution is None else f"demo_{resolution:g}m",
         workdir=workdir,
-        synthetic=SyntheticInputs(size="small", seed=seed),
+        synthetic=SyntheticInputs(size="small", seed=seed, resolution=resolution),
         fit=PLATEAU_FIT.model_copy(
             update={
                 "n_trees": 200,

@@ -40,6 +40,7 @@ from tpgrid.cube import build_cube, plan_cube
 from tpgrid.errors import FitError, StorageError
 from tpgrid.fit import FitReport, fit_models
 from tpgrid.grid import TargetGrid
+from tpgrid.memory import PeakMemoryMeter
 from tpgrid.outputs import open_prediction, published_run
 from tpgrid.predict import load_models, predict_cube
 from tpgrid.publication import (
@@ -70,6 +71,10 @@ class Step:
     repairs: tuple[str, ...] = ()
     #: what the user should know about the step's results (e.g. a model worse than the mean)
     warnings: tuple[str, ...] = ()
+    #: peak resident memory during the step, MiB: of this process, and of the highest worker
+    #: (None: no Dask worker was there at the step's end)
+    peak_process_mib: float | None = None
+    peak_worker_mib: float | None = None
 
 
 @dataclass(frozen=True)
@@ -338,7 +343,7 @@ def _run_steps(config: PipelineConfig, steps: list[Step], progress: Progress | N
                 not_mapped=unfit,
                 progress=_labelled(progress, "report"),
                 previous=None if previous is None else previous / REPORT_DIR,
-                truth=plateau_files(config.plateau_dir) if config.synthetic else None,
+                truth=config.truth_files,
             )
 
         publication = publish_version(
@@ -428,6 +433,7 @@ def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
     """Time one step; the body calls ``note(action, detail, counts, repairs=..., warnings=...)``
     once."""
     started = time.perf_counter()
+    memory = PeakMemoryMeter()
     noted: dict[str, Any] = {}
 
     def note(
@@ -448,6 +454,7 @@ def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
 
     yield note
     seconds = round(time.perf_counter() - started, 2)
+    peak = memory.read()
     steps.append(
         Step(
             name,
@@ -457,6 +464,8 @@ def _timed(steps: list[Step], name: str) -> Iterator[Callable[..., None]]:
             noted["counts"],
             noted["repairs"],
             noted["warnings"],
+            peak.process_mib,
+            peak.highest_worker_mib,
         )
     )
     log.info("%s: %s (%s) in %.1f s", name, noted["action"], noted["detail"], seconds)

@@ -36,7 +36,7 @@ import xarray as xr
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from tpgrid.artifact import ModelArtifact
-from tpgrid.bench.cluster import local_cluster, peak_rss_mib
+from tpgrid.bench.cluster import local_cluster
 from tpgrid.bench.engines import EXACT
 from tpgrid.bench.settings import Log
 from tpgrid.core.arrays import F64
@@ -45,6 +45,7 @@ from tpgrid.core.features import FeatureSpec
 from tpgrid.cube import VALID, cube_grid, open_cube
 from tpgrid.errors import EngineMismatchError
 from tpgrid.grid import ChunkWindow
+from tpgrid.memory import peak_rss_mib
 from tpgrid.outputs.layers import open_prediction, variable_name
 from tpgrid.predict import predict_cube
 

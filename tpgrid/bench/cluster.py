@@ -1,8 +1,7 @@
-"""A fresh LocalCluster for each timed prediction, and the peak memory of its workers."""
+"""A fresh LocalCluster for each timed prediction, so its workers' peak memory is the run's."""
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,16 +28,3 @@ def local_cluster(workers: int) -> Iterator[Any]:
     ):
         client.wait_for_workers(workers)
         yield client
-
-
-def peak_rss_mib() -> float:
-    """This process's peak resident memory, MiB: VmHWM on Linux, which (unlike ``ru_maxrss``)
-    does not carry over the peak of the process that spawned this one."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

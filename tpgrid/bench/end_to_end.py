@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpgrid.artifact import ModelArtifact
-from tpgrid.bench.cluster import local_cluster, peak_rss_mib
+from tpgrid.bench.cluster import local_cluster
 from tpgrid.bench.inputs import PlateauInputs
 from tpgrid.bench.settings import Log
 from tpgrid.core.blocks import MEAN_VARIANCE, model_input
 from tpgrid.cube import VALID, cube_grid, open_cube
+from tpgrid.memory import peak_rss_mib
 from tpgrid.predict import DEFAULT_OPTIONS, predict_cube
 
 

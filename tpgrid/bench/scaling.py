@@ -9,10 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tpgrid.artifact import ModelArtifact
-from tpgrid.bench.cluster import local_cluster, peak_rss_mib
+from tpgrid.bench.cluster import local_cluster
 from tpgrid.bench.inputs import PlateauInputs, cube_with_chunk
 from tpgrid.bench.settings import Log
 from tpgrid.core.blocks import MEAN_VARIANCE
+from tpgrid.memory import peak_rss_mib
 from tpgrid.predict import predict_cube
 
 

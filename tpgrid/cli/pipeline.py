@@ -41,13 +41,21 @@ def demo(
         Path | None,
         typer.Option(
             help="Working directory of the demo (default: tpgrid-demo, with --full "
-            "tpgrid-demo-full)."
+            "tpgrid-demo-full; with --resolution R, -Rm appended)."
         ),
     ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="The paper-scale run: whole plateau, 500 trees.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic plateau.")] = 0,
+    resolution: Annotated[
+        float | None,
+        typer.Option(
+            min=1.0,
+            help="Pixel size of the maps, metres (default: the plateau's 1000); e.g. 250 maps "
+            "the same plateau on 16 times as many pixels.",
+        ),
+    ] = None,
     cluster: ClusterOption = None,
     scheduler_address: SchedulerOption = None,
     workers: WorkersOption = None,
@@ -55,19 +63,23 @@ def demo(
 ) -> None:
     """Run the whole job on a built-in synthetic plateau: plateau, cube, fit, predict, publish.
 
-    The same as `tpgrid run pipelines/demo.yaml` (or synthetic_1km.yaml with --full). Running it
-    again recomputes only what changed: nothing, unless its files were edited.
+    The same as `tpgrid run pipelines/demo.yaml` (or synthetic_1km.yaml with --full, and
+    synthetic_250m.yaml with --full --resolution 250). Running it again recomputes only what
+    changed: nothing, unless its files were edited.
     """
     from tpgrid.config import demo_config
     from tpgrid.preflight import check_pipeline
 
-    # Each size its own workdir: the full demo must not rewrite the small one's plateau.
-    workdir = out or Path("tpgrid-demo-full" if full else "tpgrid-demo")
-    config = demo_config(workdir.resolve(), full=full, seed=seed)
+    # Each size and resolution its own workdir: the full demo must not rewrite the small one's
+    # plateau, nor a 250 m run replace the 1 km maps.
+    default = "tpgrid-demo-full" if full else "tpgrid-demo"
+    workdir = out or Path(default if resolution is None else f"{default}-{resolution:g}m")
+    config = demo_config(workdir.resolve(), full=full, seed=seed, resolution=resolution)
     workdir_lock(ctx, [config.workdir], wait)
     check_pipeline(
         config,
-        workdir_fix="pass --out with a new directory (or the --full and --seed it was made with)",
+        workdir_fix="pass --out with a new directory (or the --full, --seed and --resolution "
+        "it was made with)",
     )
     _run_and_show(config, cluster, scheduler_address, workers)
 
@@ -237,10 +249,22 @@ def _run_and_show(
 
 def _steps_table(title: str, steps: list[Step], *, timed: bool = True) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    for column in ("step", "action", "why / what", *(["seconds"] if timed else [])):
-        table.add_column(column)
+    measured = ["seconds", "peak MiB, worker", "peak MiB, this process"] if timed else []
+    for column in ("step", "action", "why / what", *measured):
+        table.add_column(column, justify="right" if column in measured else "left")
     for step in steps:
         table.add_row(
-            step.name, step.action, step.detail, *([f"{step.seconds:.1f}"] if timed else [])
+            step.name,
+            step.action,
+            step.detail,
+            *(
+                [f"{step.seconds:.1f}", _mib(step.peak_worker_mib), _mib(step.peak_process_mib)]
+                if timed
+                else []
+            ),
         )
     return table
+
+
+def _mib(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"

@@ -26,6 +26,7 @@ from rasterio.windows import Window
 
 from tpgrid.core.arrays import F64
 from tpgrid.core.intervals import IntervalCalibration
+from tpgrid.errors import ConfigError
 from tpgrid.grid import TargetGrid
 from tpgrid.outputs import open_prediction, variable_name
 from tpgrid.synthetic.fields import random_stream
@@ -105,6 +106,13 @@ def map_coverage(
         rng = random_stream(seed, f"map coverage {element}")
         counts = np.zeros((calibration.n_bins, 4))  # pixels, sample in, truth in, width sum
         with rasterio.open(plateau.truth(element)) as source:
+            if source.shape != grid.shape or source.transform != grid.geobox.affine:
+                raise ConfigError(
+                    f"the truth {plateau.truth(element)} is a {source.height} x {source.width} "
+                    f"grid, the prediction {prediction} a {grid.shape[0]} x {grid.shape[1]} one "
+                    "(another resolution?): the coverage against the truth needs the maps on "
+                    "the plateau's own grid"
+                )
             for window in grid.windows():
                 layers = {
                     layer: np.asarray(array[window.rows, window.cols])
