@@ -220,7 +220,20 @@ def job_runs() -> list[JobRun]:
         JobRun("baseline", "small, first run", 45.0, steps),
         JobRun("this tpgrid", "small, first run", 28.0, steps | {"publish": 5.0}),
         JobRun("baseline", "full, first run", 170.0, steps | {"predict": 17.0}),
-        JobRun("this tpgrid", "full, first run", 120.0, steps | {"predict": 24.0}),
+        JobRun(
+            "this tpgrid",
+            "full, first run",
+            120.0,
+            steps | {"predict": 24.0},
+            {"cube": 400.0, "fit": 350.0, "predict": 600.0, "publish": 450.0},
+        ),
+        JobRun(
+            "this tpgrid",
+            "full 250 m, first run",
+            1100.0,
+            steps | {"cube": 160.0, "predict": 500.0, "publish": 300.0},
+            {"cube": 700.0, "fit": 350.0, "predict": 1600.0, "publish": 900.0},
+        ),
     ]
 
 
@@ -236,10 +249,27 @@ def test_the_job_section_targets_this_tpgrid_and_tabulates_both(
     assert share.measured == pytest.approx(24.0 / 120.0)
     assert not share.met
     assert all(t.rows != "baseline" for t in found.values())
+    assert ("tpgrid demo, wall seconds", "full 250 m, first run") not in found  # no wall goal
+    maps = found["cube + predict + publish, seconds", "full 250 m, first run"]
+    assert (maps.measured, maps.goal, maps.met) == (960.0, 900.0, False)
+    memory = {
+        case: found["peak worker memory, MiB", case]
+        for case in ("full, first run", "full 250 m, first run")
+    }
+    assert (memory["full, first run"].measured, memory["full, first run"].met) == (600.0, True)
+    assert (memory["full 250 m, first run"].measured, memory["full 250 m, first run"].met) == (
+        1600.0,
+        False,
+    )
     text = write_report(result, tmp_path / "out").markdown.read_text()
     assert "|  | baseline | this tpgrid |" in text
     assert "| **wall** | **45.0** | **28.0** |" in text
     assert "| predict's share of the wall | 10.0% | 20.0% |" in text
+    # Memory columns only for the runs that recorded it (not the baseline's).
+    assert "|  | baseline | this tpgrid | this tpgrid: peak worker MiB |" in text
+    assert "| predict | 17.0 | 24.0 | 600 |" in text
+    assert "| **wall** | **170.0** | **120.0** | **600** |" in text
+    assert "| publish | 300.0 | 900 |" in text
 
 
 def test_one_window_change_scales_ndvi_in_20_by_20_pixels_away_from_every_site(
@@ -280,6 +310,8 @@ def test_one_window_change_scales_ndvi_in_20_by_20_pixels_away_from_every_site(
 def test_a_baseline_that_is_not_an_executable_is_refused(tmp_path: Path) -> None:
     with pytest.raises(BenchmarkError, match="is not a file"):
         job_benchmark(tmp_path, baseline=tmp_path / "nope", cases=())
+    with pytest.raises(ConfigError, match=r"unknown job cases \['full, 30 m'\]"):
+        BenchSettings(workdir=tmp_path, job_cases=("full, first run", "full, 30 m"))
     with pytest.raises(ConfigError, match="end_to_end_job section only"):
         BenchSettings(workdir=tmp_path, sections=("kernel",), baseline=tmp_path / "tpgrid")
 

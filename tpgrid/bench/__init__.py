@@ -24,7 +24,8 @@ Six sections, each returning plain data (:func:`run_benchmark` runs them in turn
    beside the wall time, so the cluster's overhead shows apart from the kernel.
 5. **End-to-end job** (:mod:`~tpgrid.bench.job`): ``tpgrid demo`` as a user runs it, as
    separate processes: the small demo's first run, a no-op re-run, a re-run after a one-window
-   covariate change, and the full plateau's job; optionally beside a baseline install.
+   covariate change, and the full plateau's job (and, when named, the full plateau at 250 m);
+   each step's peak worker memory beside its seconds; optionally beside a baseline install.
 6. **The Dask user's alternative** (:mod:`~tpgrid.bench.alternatives`): on the end-to-end
    section's cube, forests and cluster, tpgrid's prediction beside dask-ml's ``ParallelPostFit``
    and an ``xarray.apply_ufunc`` loop over scikit-learn's trees, each checked equal to tpgrid's
@@ -43,13 +44,19 @@ targets and whether each is met; :mod:`~tpgrid.bench.report` writes them out.
 from tpgrid.bench.alternatives import AlternativeRun, AlternativesResult, alternatives_benchmark
 from tpgrid.bench.end_to_end import EndToEndResult, end_to_end_benchmark
 from tpgrid.bench.engines import EXACT, FLOAT32, Engine, check_engine, reference_prediction
-from tpgrid.bench.job import CASES, JobRun, job_benchmark
+from tpgrid.bench.job import JobRun, job_benchmark
 from tpgrid.bench.kernel import EngineTiming, KernelResult, RowsResult, kernel_benchmark
 from tpgrid.bench.report import ReportFiles, markdown, write_report
 from tpgrid.bench.result import BenchResult, Target, kernel_rows, targets
 from tpgrid.bench.run import TimedForest, run_benchmark, timed_forest
 from tpgrid.bench.scaling import ScalingRun, scaling_benchmark
-from tpgrid.bench.settings import DEFAULT_SECTIONS, SECTIONS, BenchSettings
+from tpgrid.bench.settings import (
+    DEFAULT_JOB_CASES,
+    DEFAULT_SECTIONS,
+    JOB_CASES,
+    SECTIONS,
+    BenchSettings,
+)
 from tpgrid.bench.uncertainty import (
     QUANTILES,
     LayerEngine,
@@ -61,10 +68,11 @@ from tpgrid.bench.uncertainty import (
 )
 
 __all__ = [
-    "CASES",
+    "DEFAULT_JOB_CASES",
     "DEFAULT_SECTIONS",
     "EXACT",
     "FLOAT32",
+    "JOB_CASES",
     "QUANTILES",
     "SECTIONS",
     "AlternativeRun",

@@ -13,7 +13,12 @@ Cases, in order, on a fresh working directory per version:
 3. ``small, one-window re-run``: after NDVI was changed (×1.05) in one 20 × 20 px window of its
    source raster where no site lies, the same again;
 4. ``full, first run``: ``tpgrid demo --full`` with the full plateau's files already in place
-   (written once, copied in untimed), so cube → fit → predict → publish → report.
+   (written once, copied in untimed), so cube → fit → predict → publish → report;
+5. ``full 250 m, first run`` (only when asked for: it takes many minutes):
+   ``tpgrid demo --full --resolution 250``, the same plateau files on 16 times the pixels.
+
+Each step's peak resident memory (the highest worker's, and the ``tpgrid`` process's) comes
+from the run record too.
 """
 
 from __future__ import annotations
@@ -24,35 +29,34 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tpgrid.bench.settings import Log
+from tpgrid.bench.settings import DEFAULT_JOB_CASES, JOB_CASES, Log
 from tpgrid.errors import BenchmarkError
 from tpgrid.synthetic import plateau_files, reuse_or_write_plateau
 
-CASES = (
-    "small, first run",
-    "small, no-op re-run",
-    "small, one-window re-run",
-    "full, first run",
-)
+FULL_250M = JOB_CASES[-1]
+#: The cases that run on the full plateau's files, and the --resolution each passes.
+FULL_CASES = {"full, first run": None, FULL_250M: 250}
 #: Edge of the changed window, source pixels.
 WINDOW = 20
 
 
 @dataclass(frozen=True)
 class JobRun:
-    """One timed ``tpgrid demo`` process: which install, which case, its wall time and the
-    seconds of each of its steps (from its run record)."""
+    """One timed ``tpgrid demo`` process: which install, which case, its wall time, and the
+    seconds and the highest worker's peak memory (MiB) of each of its steps (from its run
+    record; no memory from installs that did not record it)."""
 
     version: str
     case: str
     wall_seconds: float
     steps: dict[str, float]
+    peak_worker_mib: dict[str, float] = field(default_factory=dict)
 
     @property
     def prediction_share(self) -> float:
@@ -63,11 +67,12 @@ class JobRun:
 def job_benchmark(
     workdir: Path,
     baseline: Path | None = None,
-    cases: Sequence[str] = CASES,
+    cases: Sequence[str] = DEFAULT_JOB_CASES,
     seed: int = 0,
     log: Log = lambda _: None,
 ) -> list[JobRun]:
-    """Time the ``cases`` for this tpgrid and, if given, the ``baseline`` executable."""
+    """Time the ``cases`` (of :data:`~tpgrid.bench.settings.JOB_CASES`) for this tpgrid and,
+    if given, the ``baseline`` executable."""
     versions = {"this tpgrid": [sys.executable, "-m", "tpgrid"]}
     if baseline is not None:
         if not baseline.is_file():
@@ -79,23 +84,26 @@ def job_benchmark(
     root = workdir / "job"
     root.mkdir(parents=True, exist_ok=True)
     full_plateau = None
-    if "full, first run" in cases:
+    if set(FULL_CASES) & set(cases):
         log("end-to-end job: the full plateau's files (written once, then reused)")
         full_plateau = reuse_or_write_plateau(root / "plateau-full", "full", seed).root
     runs = []
     for case in cases:
         for version, command in versions.items():
-            out = root / f"{version.replace(' ', '-')}-{case.split(',')[0]}"
-            if case in ("small, first run", "full, first run"):
+            out = root / f"{version.replace(' ', '-')}-{case.split(',')[0].replace(' ', '-')}"
+            if case == "small, first run" or case in FULL_CASES:
                 shutil.rmtree(out, ignore_errors=True)
-            if case == "full, first run":
+            if case in FULL_CASES:
                 assert full_plateau is not None
                 shutil.copytree(full_plateau, out / "plateau")
             if case == "small, one-window re-run":
                 change_one_window(out / "plateau", WINDOW)
             args = [*command, "demo", "--out", str(out), "--seed", str(seed)]
-            if case == "full, first run":
+            if case in FULL_CASES:
                 args.append("--full")
+                resolution = FULL_CASES[case]
+                if resolution is not None:
+                    args += ["--resolution", str(resolution)]
             log(f"end-to-end job: {version}, {case}")
             runs.append(_timed_run(version, case, args, out))
     return runs
@@ -116,7 +124,14 @@ def _timed_run(version: str, case: str, args: list[str], out: Path) -> JobRun:
     if not new:
         raise BenchmarkError(f"{' '.join(args)} wrote no run record into {records}")
     record = json.loads(new[-1].read_text())
-    return JobRun(version, case, wall, {s["name"]: s["seconds"] for s in record["steps"]})
+    steps = record["steps"]
+    return JobRun(
+        version,
+        case,
+        wall,
+        {s["name"]: s["seconds"] for s in steps},
+        {s["name"]: s["peak_worker_mib"] for s in steps if s.get("peak_worker_mib") is not None},
+    )
 
 
 def change_one_window(plateau: Path, edge: int) -> tuple[int, int]:

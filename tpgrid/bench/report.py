@@ -174,23 +174,32 @@ def uncertainty_markdown(result: UncertaintyResult) -> str:
 
 
 def job_markdown(runs: Sequence[JobRun]) -> str:
-    """One table per case: the seconds of each step and the wall time, per version."""
+    """One table per case: the seconds of each step and the wall time, per version, and each
+    step's highest peak worker memory for the versions that recorded it."""
     parts = ["### The whole job (`tpgrid demo`, one process per run)"]
     versions = list(dict.fromkeys(run.version for run in runs))
     for case in dict.fromkeys(run.case for run in runs):
         by_version = {run.version: run for run in runs if run.case == case}
+        ran = [v for v in versions if v in by_version]
         steps = list(dict.fromkeys(name for run in by_version.values() for name in run.steps))
-        rows = [
-            {"": step} | {v: f"{by_version[v].steps.get(step, 0.0):.1f}" for v in versions}
-            for step in steps
-        ]
-        rows.append(
-            {"": "**wall**"} | {v: f"**{by_version[v].wall_seconds:.1f}**" for v in versions}
-        )
-        rows.append(
-            {"": "predict's share of the wall"}
-            | {v: f"{by_version[v].prediction_share:.1%}" for v in versions}
-        )
+        measured = [v for v in ran if by_version[v].peak_worker_mib]
+        rows = []
+        for step in steps:
+            row = {"": step} | {v: f"{by_version[v].steps.get(step, 0.0):.1f}" for v in ran}
+            for v in measured:
+                peak = by_version[v].peak_worker_mib.get(step)
+                row[f"{v}: peak worker MiB"] = "" if peak is None else f"{peak:,.0f}"
+            rows.append(row)
+        wall = {"": "**wall**"} | {v: f"**{by_version[v].wall_seconds:.1f}**" for v in ran}
+        share = {"": "predict's share of the wall"} | {
+            v: f"{by_version[v].prediction_share:.1%}" for v in ran
+        }
+        for v in measured:
+            wall[f"{v}: peak worker MiB"] = (
+                f"**{max(by_version[v].peak_worker_mib.values()):,.0f}**"
+            )
+            share[f"{v}: peak worker MiB"] = ""
+        rows += [wall, share]
         parts.append(f"**{case}** (seconds)\n\n" + markdown_table(rows))
     return "\n\n".join(parts)
 

@@ -80,7 +80,9 @@ def run_benchmark(settings: BenchSettings, log: Log = lambda _: None) -> BenchRe
         )
     job = []
     if "end_to_end_job" in settings.sections:
-        job = job_benchmark(settings.workdir, settings.baseline, seed=settings.seed, log=log)
+        job = job_benchmark(
+            settings.workdir, settings.baseline, settings.job_cases, settings.seed, log
+        )
     machine = machine_info() | {
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in os.getloadavg()],

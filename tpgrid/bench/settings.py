@@ -19,6 +19,16 @@ SECTIONS = ("kernel", "uncertainty", "scaling", "end_to_end", "end_to_end_job", 
 #: the default rows (its per-tree predictions and the libraries it compares with are slow), and
 #: the alternatives section, whose scikit-learn engines take minutes on the full plateau.
 DEFAULT_SECTIONS = tuple(s for s in SECTIONS if s not in ("uncertainty", "alternatives"))
+#: The end_to_end_job section's cases (see :mod:`tpgrid.bench.job`); the last, the full plateau
+#: at 250 m, runs only when named: it takes many minutes.
+JOB_CASES = (
+    "small, first run",
+    "small, no-op re-run",
+    "small, one-window re-run",
+    "full, first run",
+    "full 250 m, first run",
+)
+DEFAULT_JOB_CASES = JOB_CASES[:-1]
 
 
 @dataclass(frozen=True)
@@ -38,6 +48,7 @@ class BenchSettings:
     chunks: tuple[int, ...] | None = None  # default: the grid's chunk / 2, x1, x2, x4
     workers: tuple[int, ...] = (1, 2)
     baseline: Path | None = None  # another install's tpgrid executable, for the job section
+    job_cases: tuple[str, ...] = DEFAULT_JOB_CASES
 
     def __post_init__(self) -> None:
         unknown = set(self.sections) - set(SECTIONS)
@@ -47,6 +58,9 @@ class BenchSettings:
             )
         if self.forest not in ("plateau", "reference"):
             raise ConfigError(f"forest {self.forest!r} is not 'plateau' or 'reference'")
+        unknown_cases = sorted(set(self.job_cases) - set(JOB_CASES))
+        if unknown_cases:
+            raise ConfigError(f"unknown job cases {unknown_cases}: choose from {list(JOB_CASES)}")
         if self.baseline is not None and "end_to_end_job" not in self.sections:
             raise ConfigError("a baseline is compared in the end_to_end_job section only")
         if self.forest == "reference" and set(self.sections) - {"kernel", "uncertainty"}:

@@ -78,12 +78,22 @@ def bench(
             "venv), timed beside this one in the end_to_end_job section."
         ),
     ] = None,
+    job_case: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Cases of the end_to_end_job section (repeat it): 'small, first run', 'small, "
+            "no-op re-run', 'small, one-window re-run', 'full, first run' (the default: all "
+            "four) or 'full 250 m, first run' (tpgrid demo --full --resolution 250; about 20 "
+            "minutes on 2 cores)."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark prediction throughput against scikit-learn, ONNX Runtime and treelite, the
     quantile and standard-error layers against quantile-forest and forestci, the whole
     `tpgrid demo` job (first run, no-op, one-window change) beside a baseline, and the
     prediction beside what a Dask user would write instead (dask-ml, xarray.apply_ufunc)."""
     from tpgrid.bench import (
+        DEFAULT_JOB_CASES,
         DEFAULT_SECTIONS,
         BenchSettings,
         run_benchmark,
@@ -105,6 +115,7 @@ def bench(
         chunks=tuple(chunk) if chunk else None,
         workers=tuple(workers) if workers else (1, 2),
         baseline=baseline.resolve() if baseline else None,
+        job_cases=tuple(job_case) if job_case else DEFAULT_JOB_CASES,
     )
     started = time.perf_counter()
     result = run_benchmark(
