@@ -188,7 +188,9 @@ def start_dask_processes(
     while True:
         try:
             with Client(address, timeout="2s") as client:
-                client.wait_for_workers(n_workers, timeout=max(1.0, deadline - time.monotonic()))
+                if n_workers:
+                    timeout = max(1.0, deadline - time.monotonic())
+                    client.wait_for_workers(n_workers, timeout=timeout)
             break
         except OSError:
             if time.monotonic() > deadline:

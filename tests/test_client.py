@@ -214,3 +214,45 @@ def test_a_jobqueue_spec_becomes_the_job_script_it_says(
         ("--local-directory", "/scratch/tpgrid"),
     ]:
         assert worker[worker.index(option) + 1] == value
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_a_run_waits_for_its_first_worker_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import subprocess
+    import threading
+
+    from distributed import Client
+
+    from tests.conftest import start_dask_processes, stop_dask_processes
+    from tpgrid.engine import wait_for_a_worker
+
+    scheduler, processes = start_dask_processes(tmp_path, n_workers=0)
+    worker = None
+    try:
+        with Client(processes.address) as client:
+            waiting = threading.Thread(target=wait_for_a_worker, args=(client, 1.0))
+            with caplog.at_level("WARNING", logger="tpgrid.engine"):
+                waiting.start()
+                waiting.join(timeout=3.5)
+                assert waiting.is_alive()  # no worker: it waits, it does not fail
+                dask_cli = str(Path(sys.executable).with_name("dask"))
+                worker = subprocess.Popen(
+                    [dask_cli, "worker", processes.address, "--nthreads", "1", "--no-nanny"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+                waiting.join(timeout=60)
+            assert not waiting.is_alive()
+        notices = [r.getMessage() for r in caplog.records if "no Dask worker" in r.getMessage()]
+        assert len(notices) >= 2
+        assert processes.address in notices[0]
+        assert "for 1 s" in notices[0]
+        assert "for 2 s" in notices[1]
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(timeout=20)
+        stop_dask_processes(scheduler, processes)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 import time
 import uuid
@@ -41,6 +42,11 @@ from tpgrid.tasks import Progress, as_finished, current_client
 
 #: How often a run sends its shared inputs again after losing every worker that held them.
 SHARED_RESENDS = 3
+
+#: While no worker is there to run a task, a warning this often, seconds.
+WORKER_WAIT_NOTICE_S = 30.0
+
+log = logging.getLogger(__name__)
 
 #: Folder of per-chunk completion markers inside a staging group (removed before swap-in).
 DONE_DIR = "_tpgrid_done"
@@ -233,8 +239,7 @@ class ChunkRun:
         # With one key per forest (seven dependencies) it assigns every task to a worker up
         # front and balances by stealing, which left a worker idle for ~1 s at the end of a run.
         key = f"tpgrid-{self.kind}-shared-{hashlib.sha256(content.encode()).hexdigest()[:32]}"
-        # Scattering gives up after 30 s without workers; batch jobs may queue far longer.
-        self.client.wait_for_workers(1)
+        wait_for_a_worker(self.client)
         scattered = self.client.scatter({key: shared}, broadcast=True, hash=False)[key]
         # Largest chunks first (by priority: futures submitted together have no order): the
         # run then ends on small tasks rather than one worker finishing a large chunk alone.
@@ -257,6 +262,28 @@ class ChunkRun:
         }
         self._futures += futures
         return futures
+
+
+def wait_for_a_worker(client: Client, notice_every: float = WORKER_WAIT_NOTICE_S) -> None:
+    """Wait until the scheduler has a worker, saying so every ``notice_every`` seconds.
+
+    Without a time limit: a batch system's worker jobs may queue for hours. Scattering alone
+    would give up after 30 s without workers, and waiting silently looks like a hang when the
+    workers were never started.
+    """
+    waited = 0.0
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=notice_every)
+            return
+        except TimeoutError:
+            waited += notice_every
+            log.warning(
+                "no Dask worker has joined the scheduler at %s for %.0f s; still waiting "
+                "(start workers against it, or check that the batch jobs are queued and running)",
+                "?" if client.scheduler is None else client.scheduler.address,
+                waited,
+            )
 
 
 def _span(pixels: slice) -> str:
