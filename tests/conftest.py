@@ -184,19 +184,24 @@ def start_dask_processes(
     ]
     from distributed import Client
 
+    processes = DaskProcesses(address, scheduler_file, workers)
     deadline = time.monotonic() + 60
-    while True:
-        try:
-            with Client(address, timeout="2s") as client:
-                if n_workers:
-                    timeout = max(1.0, deadline - time.monotonic())
-                    client.wait_for_workers(n_workers, timeout=timeout)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.5)
-    return scheduler, DaskProcesses(address, scheduler_file, workers)
+    try:
+        while True:
+            try:
+                with Client(address, timeout="2s") as client:
+                    if n_workers:
+                        timeout = max(1.0, deadline - time.monotonic())
+                        client.wait_for_workers(n_workers, timeout=timeout)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+    except BaseException:
+        stop_dask_processes(scheduler, processes)  # no scheduler left behind by a failed start
+        raise
+    return scheduler, processes
 
 
 def stop_dask_processes(scheduler: subprocess.Popen[bytes], processes: DaskProcesses) -> None:

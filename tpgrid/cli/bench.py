@@ -83,7 +83,7 @@ def bench(
         typer.Option(
             help="Cases of the end_to_end_job section (repeat it): 'small, first run', 'small, "
             "no-op re-run', 'small, one-window re-run', 'full, first run' (the default: all "
-            "four) or 'full 250 m, first run' (tpgrid demo --full --resolution 250; about 20 "
+            "four) or 'full 250 m, first run' (tpgrid demo --full --resolution 250; about 30 "
             "minutes on 2 cores)."
         ),
     ] = None,
