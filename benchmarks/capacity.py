@@ -3,7 +3,8 @@
 Prints one JSON document with:
 
 - ``scheduler``: no-op tasks through a LocalCluster's scheduler (2 single-threaded worker
-  processes): seconds per task end to end, and the scheduler's resident memory per task held;
+  processes, as the bench starts them): seconds per task end to end, and the scheduler's
+  resident memory per task held;
 - ``broadcast``: sending a blob the size of a run's forests to every worker once, as the chunk
   engine does (``client.scatter(..., broadcast=True)``): seconds, and MB delivered per second
   to all workers together;
@@ -31,9 +32,10 @@ from pathlib import Path
 
 import numpy as np
 import zarr
-from distributed import Client, LocalCluster
+from distributed import Client
 from zarr.codecs import ZstdCodec
 
+from tpgrid.bench.cluster import local_cluster
 from tpgrid.cube import VALID, cube_grid, read_window
 from tpgrid.cube.plan import expected_fingerprints
 from tpgrid.cube.variables import plan_variables
@@ -170,16 +172,7 @@ def main() -> None:
     parser.add_argument("catalog", type=Path, help="the catalog YAML it was built from")
     parser.add_argument("--tasks", type=int, default=20_000, help="no-op tasks to time")
     args = parser.parse_args()
-    with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=":0",
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    with local_cluster(2) as client:
         scheduler = scheduler_costs(client, args.tasks)
         broadcast = broadcast_costs(client, FORESTS_MB)
     result = {
