@@ -249,7 +249,8 @@ def _run_and_show(
 
 def _steps_table(title: str, steps: list[Step], *, timed: bool = True) -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD)
-    measured = ["seconds", "peak MiB, worker", "peak MiB, this process"] if timed else []
+    # Two-line headers: the step's detail keeps the width of an 80-column terminal.
+    measured = ["seconds", "worker\npeak MiB", "tpgrid\npeak MiB"] if timed else []
     for column in ("step", "action", "why / what", *measured):
         table.add_column(column, justify="right" if column in measured else "left")
     for step in steps:
