@@ -77,7 +77,9 @@ def write_cog(array: Path, path: Path, grid: TargetGrid) -> Path:
                 STATISTICS="NO" if categorical else "YES",
                 BIGTIFF="IF_SAFER",
             )
-        except (RasterioError, CPLE_BaseError) as exc:
+        # SystemError: rasterio's "Unknown GDAL Error", raised when GDAL fails without an error
+        # of its own, as the COG driver can when libtiff runs out of space mid-copy.
+        except (RasterioError, CPLE_BaseError, SystemError) as exc:
             # Checked before the temporary file goes: it is part of what filled the disk.
             failed = _cog_write_error(path, exc)
         finally:
