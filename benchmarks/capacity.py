@@ -60,7 +60,6 @@ def scheduler_costs(client: Client, tasks: int) -> dict[str, float]:
     client.gather(futures)
     seconds = time.perf_counter() - started
     held = client.run_on_scheduler(_rss_mib)
-    del futures
     return {
         "tasks": tasks,
         "seconds": round(seconds, 2),

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from dask_jobqueue import PBSCluster, SLURMCluster
+from distributed import Client
 
-from tests.conftest import DaskProcesses
+from tests.conftest import DaskProcesses, start_dask_processes, stop_dask_processes
 from tpgrid.client import (
     AddressSpec,
     JobqueueSpec,
@@ -20,6 +23,7 @@ from tpgrid.client import (
     load_cluster_spec,
     parse_cluster_spec,
 )
+from tpgrid.engine import wait_for_a_worker
 from tpgrid.errors import ClusterError, ConfigError
 from tpgrid.tasks import current_client, task_runner
 
@@ -221,14 +225,6 @@ def test_a_jobqueue_spec_becomes_the_job_script_it_says(
 def test_a_run_waits_for_its_first_worker_and_says_so(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import subprocess
-    import threading
-
-    from distributed import Client
-
-    from tests.conftest import start_dask_processes, stop_dask_processes
-    from tpgrid.engine import wait_for_a_worker
-
     scheduler, processes = start_dask_processes(tmp_path, n_workers=0)
     worker = None
     try:
